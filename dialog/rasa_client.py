@@ -1,0 +1,141 @@
+"""Talks to the Rasa server over its REST channel; sender = conversation id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from dialog.text_normalizer import normalize_caller_text
+
+log = logging.getLogger(__name__)
+
+KEYPAD_ENTITY = "order_number"
+
+
+class DialogUnavailable(RuntimeError):
+    """The dialog engine could not be reached or answered with an error."""
+
+
+@dataclass(frozen=True)
+class BotMessage:
+    """One message of the bot's reply: something to say and/or a custom payload."""
+
+    text: str | None = None
+    custom: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DialogReply:
+    messages: list[BotMessage]
+    elapsed_ms: float
+    sent_text: str = ""
+    intent: str | None = None
+    confidence: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def texts(self) -> list[str]:
+        return [m.text for m in self.messages if m.text]
+
+    @property
+    def handoff(self) -> dict[str, Any] | None:
+        for message in self.messages:
+            if message.custom and isinstance(message.custom.get("handoff"), dict):
+                return dict(message.custom["handoff"])
+        return None
+
+    @property
+    def hangup(self) -> bool:
+        return any(m.custom and m.custom.get("hangup") for m in self.messages)
+
+
+class DialogEngine(Protocol):
+    """What the conversation pipeline needs from a dialog manager."""
+
+    async def send(
+        self, conversation_id: str, text: str, metadata: dict[str, Any] | None = None
+    ) -> DialogReply: ...
+
+    async def send_event(
+        self, conversation_id: str, intent: str, metadata: dict[str, Any] | None = None,
+        entities: dict[str, str] | None = None,
+    ) -> DialogReply: ...
+
+    async def send_keypad(
+        self, conversation_id: str, digits: str, metadata: dict[str, Any] | None = None
+    ) -> DialogReply: ...
+
+
+class RasaClient:
+    """Async client of Rasa's REST channel (``/webhooks/rest/webhook``)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self._base_url,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)),
+            limits=httpx.Limits(max_keepalive_connections=16),
+        )
+
+    async def send(
+        self, conversation_id: str, text: str, metadata: dict[str, Any] | None = None
+    ) -> DialogReply:
+        """Send what the caller said (normalised: spoken digits become digits)."""
+        return await self._post(conversation_id, normalize_caller_text(text), metadata)
+
+    async def send_event(
+        self, conversation_id: str, intent: str, metadata: dict[str, Any] | None = None,
+        entities: dict[str, str] | None = None,
+    ) -> DialogReply:
+        """Trigger an intent directly (call start, no input, keypad entry)."""
+        message = f"/{intent}"
+        if entities:
+            message += json.dumps(entities, separators=(",", ":"))
+        return await self._post(conversation_id, message, metadata)
+
+    async def send_keypad(
+        self, conversation_id: str, digits: str, metadata: dict[str, Any] | None = None
+    ) -> DialogReply:
+        return await self.send_event(conversation_id, "inform", metadata, {KEYPAD_ENTITY: digits})
+
+    async def healthy(self) -> bool:
+        try:
+            response = await self._http.get("/")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(
+        self, conversation_id: str, message: str, metadata: dict[str, Any] | None
+    ) -> DialogReply:
+        payload = {"sender": conversation_id, "message": message, "metadata": metadata or {}}
+        started = time.perf_counter()
+        try:
+            response = await self._http.post("/webhooks/rest/webhook", json=payload)
+            response.raise_for_status()
+            body = response.json()
+        except httpx.HTTPStatusError as exc:
+            raise DialogUnavailable(
+                f"Rasa at {self._base_url} answered HTTP {exc.response.status_code}"
+            ) from exc
+        except (httpx.HTTPError, ValueError) as exc:
+            raise DialogUnavailable(
+                f"Rasa at {self._base_url} is not reachable: {exc!r}"
+            ) from exc
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if not isinstance(body, list):
+            raise DialogUnavailable(f"Rasa at {self._base_url} sent an unexpected reply: {body!r}")
+        messages = [
+            BotMessage(text=item.get("text") or None, custom=item.get("custom") or None)
+            for item in body
+            if isinstance(item, dict)
+        ]
+        return DialogReply(messages=messages, elapsed_ms=elapsed_ms, sent_text=message)

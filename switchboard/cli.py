@@ -1,0 +1,179 @@
+"""The ``switchboard`` console command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from switchboard.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Switchboard: a self-hosted contact-center voice agent.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database migrations and demo data.", no_args_is_help=True)
+dialog_app = typer.Typer(help="The Rasa bot: install check, training.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(dialog_app, name="dialog")
+app.add_typer(bench_app, name="bench")
+
+
+def _setup_logging(settings: Settings, quiet: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else settings.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    train: Annotated[bool, typer.Option(help="Train the bot first if its files changed.")] = True,
+) -> None:
+    """Start a node: database, Rasa server and action server, supervised until Ctrl-C."""
+    from switchboard.supervisor import Supervisor, SupervisorError
+
+    settings = get_settings()
+    _setup_logging(settings)
+    try:
+        Supervisor(settings).run(train=train)
+    except SupervisorError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def simulate(
+    caller_wav: Annotated[Path, typer.Argument(help="The caller's audio (WAV/FLAC/OGG).")],
+    reply_wav: Annotated[
+        Path | None, typer.Option("--reply-wav", help="Write what the caller heard here.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the turn log (JSON) here.")
+    ] = None,
+    fast: Annotated[
+        bool, typer.Option("--fast/--realtime", help="Run faster than real time.")
+    ] = False,
+    rate: Annotated[
+        int, typer.Option(help="Call sample rate: 8000 (telephone) or 16000 (wideband).")
+    ] = 16000,
+    tail: Annotated[
+        float, typer.Option(help="Seconds of silence the caller waits after the bot is done.")
+    ] = 1.0,
+    rasa_url: Annotated[
+        str | None, typer.Option(help="Rasa server; started for the run if unreachable.")
+    ] = None,
+) -> None:
+    """Run one call through the real pipeline with CALLER_WAV as the caller."""
+    from switchboard.simulate import SUPPORTED_RATES, AudioFileError, load_caller_audio
+
+    settings = get_settings()
+    if rasa_url:
+        settings = settings.model_copy(update={"rasa_url": rasa_url})
+    _setup_logging(settings, quiet=True)
+    if rate not in SUPPORTED_RATES:
+        raise _fail(f"--rate must be one of {SUPPORTED_RATES}, got {rate}", 2)
+    try:
+        pcm = load_caller_audio(caller_wav, rate)
+    except AudioFileError as exc:
+        raise _fail(str(exc), 2) from None
+    asyncio.run(_simulate(settings, pcm, rate, fast, tail, reply_wav, json_path))
+
+
+async def _simulate(
+    settings: Settings, pcm: object, rate: int, fast: bool, tail: float,
+    reply_wav: Path | None, json_path: Path | None,
+) -> None:
+    import numpy as np
+
+    from switchboard.dialog_service import dialog_available
+    from switchboard.node import Node
+    from switchboard.simulate import simulate_call, write_outputs
+
+    assert isinstance(pcm, np.ndarray)
+    async with dialog_available(settings) as rasa_url:
+        settings = settings.model_copy(update={"rasa_url": rasa_url})
+        node = Node.create(settings)
+        try:
+            sim = await simulate_call(node, pcm, rate, realtime=not fast, tail_s=tail)
+        finally:
+            await node.aclose()
+    for turn in sim.result.turns:
+        stages = [f"{name} {getattr(turn, name):.0f} ms"
+                  for name in ("endpoint_ms", "stt_ms", "dialog_ms", "tts_ms", "response_ms")
+                  if getattr(turn, name) is not None]
+        flag = " [barge-in]" if turn.barge_in else ""
+        typer.echo(f"{turn.speaker:>6}: {turn.text}{flag}")
+        if stages:
+            typer.secho(f"        {', '.join(stages)}", dim=True)
+    typer.echo(f"call {sim.result.call_id} ended: {sim.result.reason} "
+               f"({len(sim.bot_audio) / rate:.1f} s of audio in {sim.wall_s:.1f} s)")
+    write_outputs(sim, reply_wav, json_path)
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    utterances: Annotated[int, typer.Option(min=1, max=200, help="Caller turns to time.")] = 12,
+    rate: Annotated[int, typer.Option(help="Call sample rate (8000 or 16000).")] = 16000,
+) -> None:
+    """Per-stage latency percentiles of real turns (VAD, Whisper, Rasa, Piper) in real time."""
+    settings = get_settings()
+    _setup_logging(settings, quiet=True)
+    asyncio.run(_bench(settings, utterances, rate))
+
+
+async def _bench(settings: Settings, utterances: int, rate: int) -> None:
+    from switchboard.bench import bench_pipeline as run_bench
+    from switchboard.dialog_service import dialog_available
+    from switchboard.node import Node
+
+    async with dialog_available(settings) as rasa_url:
+        node = Node.create(settings.model_copy(update={"rasa_url": rasa_url}))
+        try:
+            rows = await run_bench(node, utterances, rate)
+        finally:
+            await node.aclose()
+    typer.echo(f"{'stage':<14}{'n':>4}{'p50':>9}{'p90':>9}{'p95':>9}{'mean':>9}  (ms)")
+    for row in rows:
+        typer.echo(f"{row.stage:<14}{row.count:>4}{row.p50:>9.0f}{row.p90:>9.0f}"
+                   f"{row.p95:>9.0f}{row.mean:>9.0f}")
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the database migrations (and seed the demo orders if enabled)."""
+    from switchboard.storage.database import DatabaseError, prepare_database
+
+    settings = get_settings()
+    try:
+        prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
+    except DatabaseError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo("database is up to date")
+
+
+@dialog_app.command("train")
+def dialog_train(
+    force: Annotated[bool, typer.Option(help="Train even if the bot has not changed.")] = False,
+) -> None:
+    """Train the Rasa model if the bot's files changed (content hash)."""
+    from dialog.runtime import RasaError, ensure_trained
+
+    settings = get_settings()
+    _setup_logging(settings)
+    try:
+        model = ensure_trained(settings, force=force)
+    except RasaError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"model: {model}")

@@ -1,0 +1,99 @@
+"""The long-lived parts one node shares across its calls: database, speech engines, dialog."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dialog.rasa_client import DialogEngine, RasaClient
+from speech.stt import SpeechToText, WhisperSTT
+from speech.tts import PiperTTS, TextToSpeech
+from switchboard.pipeline.conversation import CallResult, ConversationPipeline, TurnTaking
+from switchboard.pipeline.media import AudioSink, AudioSource
+from switchboard.pipeline.recorder import CallRecorder
+from switchboard.settings import Settings
+from switchboard.storage.database import prepare_database
+from switchboard.storage.repository import CallRepository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    """Everything a call needs that outlives the call."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    calls: CallRepository
+    stt: SpeechToText
+    tts: TextToSpeech
+    dialog: DialogEngine
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        stt: SpeechToText | None = None,
+        tts: TextToSpeech | None = None,
+        dialog: DialogEngine | None = None,
+    ) -> Node:
+        """Migrate the database and load the speech models (once per process)."""
+        sessions = prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
+        if stt is None:
+            whisper = WhisperSTT.from_settings(settings)
+            whisper.warm_up()
+            stt = whisper
+        if tts is None:
+            piper = PiperTTS.from_settings(settings)
+            piper.warm_up()
+            tts = piper
+        if dialog is None:
+            dialog = RasaClient(settings.rasa_url, timeout_s=settings.rasa_timeout_s)
+        return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog)
+
+    async def run_call(
+        self,
+        *,
+        source: AudioSource,
+        sink: AudioSink,
+        transport: str,
+        caller: str | None = None,
+        callee: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        pipeline_ready: Any = None,
+    ) -> CallResult:
+        """Store a new call and run the conversation pipeline on the given media."""
+        info = {"transport": transport, "caller": caller, "callee": callee, **(metadata or {})}
+        call_id = self.calls.create_call(
+            transport=transport, caller=caller, callee=callee, metadata=metadata
+        )
+        pipeline = ConversationPipeline(
+            call_id=call_id,
+            source=source,
+            sink=sink,
+            stt=self.stt,
+            tts=self.tts,
+            dialog=self.dialog,
+            recorder=CallRecorder(self.calls, call_id),
+            turn_taking=TurnTaking.from_settings(self.settings),
+            metadata=info,
+        )
+        if pipeline_ready is not None:
+            pipeline_ready(pipeline)
+        log.info("call %s started (%s from %s)", call_id, transport, caller or "unknown")
+        result = await pipeline.run()
+        log.info("call %s ended: %s", call_id, result.reason)
+        return result
+
+    async def aclose(self) -> None:
+        for engine in (self.stt, self.tts, self.dialog):
+            close = getattr(engine, "aclose", None) or getattr(engine, "close", None)
+            if close is None:
+                continue
+            outcome = close()
+            if hasattr(outcome, "__await__"):
+                await outcome

@@ -1,0 +1,64 @@
+"""Stores a call's turns and events off the event loop, in order, without losing any."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from switchboard.storage.repository import CallRepository, TurnRecord
+
+log = logging.getLogger(__name__)
+
+
+class CallRecorder:
+    """Writes through one thread so a call's rows land in the order they happened.
+
+    A write that fails is logged with the call id and kept in ``failed`` — the pipeline's
+    own turn list still holds every turn, so nothing said on the call is lost."""
+
+    def __init__(self, repository: CallRepository, call_id: str) -> None:
+        self.repository = repository
+        self.call_id = call_id
+        self.failed: list[tuple[str, Any]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rec-{call_id[:8]}")
+        self._pending: list[asyncio.Future[Any]] = []
+
+    def turn(self, record: TurnRecord) -> None:
+        self._submit("turn", record, self.repository.add_turn, self.call_id, record)
+
+    def event(self, kind: str, data: dict[str, Any] | None = None) -> None:
+        self._submit("event", (kind, data), self.repository.add_event, self.call_id, kind, data)
+
+    def end(self, *, reason: str, status: str, handoff_target: str | None = None) -> None:
+        self._submit(
+            "end", reason, self._end, reason, status, handoff_target,
+        )
+
+    def _end(self, reason: str, status: str, handoff_target: str | None) -> None:
+        self.repository.end_call(
+            self.call_id, reason=reason, status=status, handoff_target=handoff_target
+        )
+
+    def _submit(self, what: str, item: Any, fn: Any, *args: Any) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, fn, *args)
+
+        def _done(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                self.failed.append((what, item))
+                log.error("call %s: could not store %s: %s", self.call_id, what, exc)
+
+        future.add_done_callback(_done)
+        self._pending.append(future)
+
+    async def flush(self) -> None:
+        """Wait for every queued write; then release the writer thread."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+            self._pending.clear()
+        self._executor.shutdown(wait=False)

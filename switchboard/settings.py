@@ -1,0 +1,122 @@
+"""One typed settings object for the whole node (environment prefix ``SWITCHBOARD_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every knob of a Switchboard node. Each field maps to ``SWITCHBOARD_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHBOARD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- general -----------------------------------------------------------------------
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / "var",
+        description="Where the SQLite database, Rasa models, recordings and logs live.",
+    )
+    log_level: str = Field(default="INFO", description="Python logging level.")
+
+    # --- storage -----------------------------------------------------------------------
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means a SQLite file in data_dir. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    demo_data: bool = Field(default=True, description="Seed the demo orders on start.")
+    redis_url: str = Field(default="", description="Redis URL for shared session state.")
+
+    # --- speech: STT -------------------------------------------------------------------
+    stt_model: str = Field(
+        default="tiny.en",
+        description="Whisper model: 'tiny.en', 'base' or a CTranslate2 model directory.",
+    )
+    stt_device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="STT device.")
+    stt_compute_type: str = Field(
+        default="auto", description="CTranslate2 compute type; auto = float16 on GPU, int8 on CPU."
+    )
+    stt_language: str = Field(default="en", description="Language passed to Whisper.")
+    stt_beam_size: int = Field(default=1, ge=1, description="Whisper beam size.")
+    stt_cpu_threads: int = Field(default=2, ge=1, description="CPU threads for Whisper.")
+
+    # --- speech: TTS -------------------------------------------------------------------
+    tts_voice: str = Field(
+        default="en_US-joe-medium",
+        description="Piper voice: 'en_US-joe-medium' or a path to a voice .onnx file.",
+    )
+    tts_device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="TTS device.")
+
+    # --- turn taking -------------------------------------------------------------------
+    vad_threshold: float = Field(default=0.5, gt=0, lt=1, description="Speech probability.")
+    speech_start_ms: int = Field(
+        default=64, ge=20, description="Speech needed before a caller turn (and barge-in) starts."
+    )
+    end_of_turn_ms: int = Field(
+        default=500, ge=100, description="Silence after speech that ends the caller's turn."
+    )
+    early_transcribe_ms: int = Field(
+        default=250,
+        ge=0,
+        description="Silence after which transcription starts speculatively (0 = off); "
+        "the result is used if the caller stays silent until end of turn.",
+    )
+    min_utterance_ms: int = Field(
+        default=200, ge=0, description="Shorter bursts of speech are ignored as noise."
+    )
+    max_utterance_s: float = Field(
+        default=30.0, gt=1, description="A caller turn is cut and handled after this long."
+    )
+    barge_in: bool = Field(default=True, description="Caller speech stops bot playback.")
+    no_input_timeout_s: float = Field(
+        default=8.0, gt=0, description="Silence after the bot spoke before a reprompt."
+    )
+    max_reprompts: int = Field(
+        default=1, ge=0, description="Reprompts before the bot says goodbye and hangs up."
+    )
+    max_call_s: float = Field(default=1800.0, gt=0, description="Longest call before hangup.")
+    dtmf_timeout_s: float = Field(
+        default=3.0, gt=0, description="Pause that ends a keypad entry (or '#')."
+    )
+    apology_text: str = Field(
+        default="Sorry, I'm having technical trouble right now. Please call again later. Goodbye.",
+        description="Spoken when the dialog engine cannot be reached.",
+    )
+
+    # --- dialog (Rasa) -----------------------------------------------------------------
+    rasa_url: str = Field(
+        default="http://127.0.0.1:5005", description="Rasa server the pipeline talks to."
+    )
+    rasa_port: int = Field(default=5005, description="Port of the managed Rasa server.")
+    action_port: int = Field(default=5055, description="Port of the managed action server.")
+    rasa_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Rasa request.")
+    rasa_start_timeout_s: float = Field(
+        default=180.0, gt=0, description="How long to wait for Rasa to become healthy."
+    )
+    rasa_venv: Path = Field(
+        default=PROJECT_ROOT / ".venv-rasa", description="Virtualenv holding Rasa 3.6."
+    )
+
+    @field_validator("data_dir", "rasa_venv")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or the default SQLite file inside ``data_dir``."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'switchboard.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

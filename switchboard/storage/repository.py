@@ -1,0 +1,137 @@
+"""The repository layer: every read and write of calls, turns, events and orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from switchboard.storage.models import Call, CallEvent, Order, Turn, utcnow
+
+
+@dataclass
+class TurnRecord:
+    """A turn as the pipeline produces it, before it is stored."""
+
+    speaker: str
+    text: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    intent: str | None = None
+    confidence: float | None = None
+    barge_in: bool = False
+    endpoint_ms: float | None = None
+    stt_ms: float | None = None
+    dialog_ms: float | None = None
+    tts_ms: float | None = None
+    response_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CallRepository:
+    """Calls with their turns and events. Each method is one short transaction."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def create_call(
+        self,
+        *,
+        transport: str,
+        caller: str | None = None,
+        callee: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        call_id: str | None = None,
+    ) -> str:
+        with self._sessions() as session:
+            call = Call(transport=transport, caller=caller, callee=callee,
+                        call_metadata=metadata or {})
+            if call_id:
+                call.id = call_id
+            session.add(call)
+            session.commit()
+            return call.id
+
+    def add_turn(self, call_id: str, turn: TurnRecord) -> int:
+        """Store a turn with the next sequence number; returns that number."""
+        with self._sessions() as session:
+            seq = session.scalar(
+                select(func.coalesce(func.max(Turn.seq), 0)).where(Turn.call_id == call_id)
+            )
+            row = Turn(
+                call_id=call_id, seq=(seq or 0) + 1, speaker=turn.speaker, text=turn.text,
+                started_at=turn.started_at, ended_at=turn.ended_at, intent=turn.intent,
+                confidence=turn.confidence, barge_in=turn.barge_in,
+                endpoint_ms=turn.endpoint_ms, stt_ms=turn.stt_ms, dialog_ms=turn.dialog_ms,
+                tts_ms=turn.tts_ms, response_ms=turn.response_ms,
+            )
+            session.add(row)
+            session.commit()
+            return row.seq
+
+    def add_event(self, call_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
+        with self._sessions() as session:
+            session.add(CallEvent(call_id=call_id, kind=kind, data=data or {}))
+            session.commit()
+
+    def end_call(
+        self,
+        call_id: str,
+        *,
+        reason: str,
+        status: str = "ended",
+        handoff_target: str | None = None,
+        recording_path: str | None = None,
+    ) -> None:
+        with self._sessions() as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise KeyError(f"no call with id {call_id}")
+            call.ended_at = utcnow()
+            call.end_reason = reason
+            call.status = status
+            if handoff_target:
+                call.handoff_target = handoff_target
+            if recording_path:
+                call.recording_path = recording_path
+            session.commit()
+
+    def get_call(self, call_id: str) -> Call | None:
+        """The call with its turns and events loaded (detached, safe to read anywhere)."""
+        with self._sessions() as session:
+            return session.scalar(
+                select(Call)
+                .where(Call.id == call_id)
+                .options(selectinload(Call.turns), selectinload(Call.events))
+            )
+
+    def list_calls(self, *, limit: int = 50, offset: int = 0) -> list[Call]:
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(Call).order_by(Call.started_at.desc()).limit(limit).offset(offset)
+                )
+            )
+
+    def end_active_calls(self, *, reason: str) -> int:
+        """Mark every call still active as ended (after a crash or restart)."""
+        with self._sessions() as session:
+            calls = list(session.scalars(select(Call).where(Call.status == "active")))
+            for call in calls:
+                call.status = "ended"
+                call.end_reason = reason
+                call.ended_at = utcnow()
+            session.commit()
+            return len(calls)
+
+
+class OrderRepository:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def get(self, number: str) -> Order | None:
+        with self._sessions() as session:
+            return session.get(Order, number)

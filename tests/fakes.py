@@ -1,0 +1,78 @@
+"""Hand-written fakes for unit tests of the conversation pipeline (the real engines are
+exercised in tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+
+from dialog.rasa_client import BotMessage, DialogReply, DialogUnavailable
+from speech.stt import Transcript
+
+WORD_MS = 150
+
+
+class FakeSTT:
+    """Returns scripted transcripts, one per call."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = list(texts)
+        self.calls = 0
+
+    async def transcribe(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
+        self.calls += 1
+        await asyncio.sleep(0.01)
+        text = self.texts.pop(0) if self.texts else ""
+        return Transcript(text=text, confidence=0.9, no_speech_prob=0.0, language="en",
+                          audio_ms=len(pcm) * 1000 // sample_rate, elapsed_ms=10.0)
+
+
+class FakeTTS:
+    """A 300 Hz tone, WORD_MS per word, one chunk per sentence."""
+
+    native_rate = 16000
+
+    def __init__(self) -> None:
+        self.spoken: list[str] = []
+
+    async def stream(self, text: str, sample_rate: int) -> AsyncIterator[np.ndarray]:
+        self.spoken.append(text)
+        for sentence in [s for s in text.replace("?", ".").split(".") if s.strip()]:
+            await asyncio.sleep(0.005)
+            n = len(sentence.split()) * WORD_MS * sample_rate // 1000
+            t = np.arange(n) / sample_rate
+            yield (np.sin(2 * np.pi * 300 * t) * 8000).astype(np.int16)
+
+
+Script = Callable[[str], list[BotMessage]]
+
+
+class FakeDialog:
+    """Answers from a function of the message; can be switched off to simulate an outage."""
+
+    def __init__(self, script: Script, *, fail_after: int | None = None) -> None:
+        self.script = script
+        self.received: list[str] = []
+        self.fail_after = fail_after
+
+    async def _reply(self, message: str) -> DialogReply:
+        self.received.append(message)
+        if self.fail_after is not None and len(self.received) > self.fail_after:
+            raise DialogUnavailable("Rasa at http://127.0.0.1:1 is not reachable: refused")
+        return DialogReply(messages=self.script(message), elapsed_ms=1.0, sent_text=message)
+
+    async def send(self, conversation_id: str, text: str,
+                   metadata: dict[str, Any] | None = None) -> DialogReply:
+        return await self._reply(text)
+
+    async def send_event(self, conversation_id: str, intent: str,
+                         metadata: dict[str, Any] | None = None,
+                         entities: dict[str, str] | None = None) -> DialogReply:
+        return await self._reply(f"/{intent}")
+
+    async def send_keypad(self, conversation_id: str, digits: str,
+                          metadata: dict[str, Any] | None = None) -> DialogReply:
+        return await self._reply(f"/inform:{digits}")
