@@ -39,16 +39,16 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @app.command()
-def run(
-    train: Annotated[bool, typer.Option(help="Train the bot first if its files changed.")] = True,
-) -> None:
-    """Start a node: database, Rasa server and action server, supervised until Ctrl-C."""
+def run() -> None:
+    """Start a node: database, Rasa server and action server, supervised until Ctrl-C.
+
+    Trains the bot first if its files changed."""
     from switchboard.supervisor import Supervisor, SupervisorError
 
     settings = get_settings()
     _setup_logging(settings)
     try:
-        Supervisor(settings).run(train=train)
+        Supervisor(settings).run()
     except SupervisorError as exc:
         raise _fail(str(exc)) from None
 
@@ -177,3 +177,18 @@ def dialog_train(
     except RasaError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"model: {model}")
+
+
+@app.command("settings")
+def show_settings(
+    markdown: Annotated[bool, typer.Option(help="Print the README's settings table.")] = False,
+) -> None:
+    """Show every setting with its environment variable and current value."""
+    from switchboard.settings import settings_table
+
+    if markdown:
+        typer.echo(settings_table())
+        return
+    settings = get_settings()
+    for name in Settings.model_fields:
+        typer.echo(f"SWITCHBOARD_{name.upper()}={getattr(settings, name)}")

@@ -120,3 +120,16 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def settings_table() -> str:
+    """The README's table of settings, generated from the fields above."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        if isinstance(default, Path):
+            default = default.relative_to(PROJECT_ROOT) if default.is_relative_to(
+                PROJECT_ROOT) else default
+        shown = f"`{default}`" if default not in ("", None) else "(empty)"
+        rows.append(f"| `SWITCHBOARD_{name.upper()}` | {shown} | {info.description or ''} |")
+    return "\n".join(rows)

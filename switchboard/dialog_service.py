@@ -1,0 +1,44 @@
+"""Makes sure a Rasa server answers for one-off commands (simulate, bench)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from dialog.rasa_client import RasaClient
+from dialog.runtime import RasaServers, ensure_trained
+from switchboard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def dialog_available(settings: Settings) -> AsyncIterator[str]:
+    """Yield the URL of a healthy Rasa server: the configured one if it answers, otherwise
+    a managed one started for the duration (trained first if needed)."""
+    client = RasaClient(settings.rasa_url, timeout_s=2.0)
+    try:
+        healthy = await client.healthy()
+    finally:
+        await client.aclose()
+    if healthy:
+        yield settings.rasa_url
+        return
+    print(f"Rasa is not answering at {settings.rasa_url}; starting one for this run "
+          "(about 15-30 s)...", flush=True)
+    model = await asyncio.to_thread(ensure_trained, settings)
+    servers = RasaServers(settings, model, rasa_port=free_port(), action_port=free_port())
+    await asyncio.to_thread(servers.__enter__)
+    try:
+        yield servers.url
+    finally:
+        await asyncio.to_thread(servers.stop)

@@ -1,0 +1,101 @@
+"""Migrations and the repository layer against SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from switchboard.storage.database import DatabaseError, prepare_database
+from switchboard.storage.repository import CallRepository, OrderRepository, TurnRecord
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SWITCHBOARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL server, dropped afterwards."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"switchboard_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # the server is part of the test environment
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is needed for this test: {exc}")
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'calls.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_migrations_create_every_table_and_are_idempotent(url: str) -> None:
+    prepare_database(url)
+    prepare_database(url)
+    tables = set(inspect(create_engine(url)).get_table_names())
+    assert {"calls", "turns", "call_events", "users", "orders", "alembic_version"} <= tables
+
+
+def test_demo_orders_are_seeded_once(url: str) -> None:
+    sessions = prepare_database(url)
+    prepare_database(url)
+    orders = OrderRepository(sessions)
+    order = orders.get("48213")
+    assert order is not None and order.status == "shipped" and order.carrier == "UPS"
+    with sessions() as session:
+        assert session.execute(text("SELECT count(*) FROM orders")).scalar_one() == 5
+
+
+def test_a_call_keeps_its_turns_in_order_with_latencies(url: str) -> None:
+    calls = CallRepository(prepare_database(url))
+    call_id = calls.create_call(transport="sip", caller="+15550100", metadata={"trunk": "a"})
+    t0 = datetime.now(timezone.utc)
+    calls.add_turn(call_id, TurnRecord(speaker="bot", text="Hi.", started_at=t0))
+    calls.add_turn(call_id, TurnRecord(
+        speaker="caller", text="check my order", started_at=t0 + timedelta(seconds=2),
+        ended_at=t0 + timedelta(seconds=3), confidence=0.8, barge_in=True,
+        endpoint_ms=500, stt_ms=210.5))
+    calls.add_turn(call_id, TurnRecord(
+        speaker="bot", text="What's your order number?", started_at=t0 + timedelta(seconds=4),
+        dialog_ms=12.0, tts_ms=80.0, response_ms=802.5))
+    calls.add_event(call_id, "barge_in", {"at_ms": 2100})
+    calls.end_call(call_id, reason="caller_hangup")
+
+    call = calls.get_call(call_id)
+    assert call is not None
+    assert call.status == "ended" and call.end_reason == "caller_hangup"
+    assert call.call_metadata == {"trunk": "a"}
+    assert [(t.seq, t.speaker) for t in call.turns] == [(1, "bot"), (2, "caller"), (3, "bot")]
+    assert call.turns[1].barge_in and call.turns[1].stt_ms == 210.5
+    assert call.turns[2].response_ms == 802.5
+    assert [e.kind for e in call.events] == ["barge_in"]
+    assert calls.list_calls(limit=10)[0].id == call_id
+
+
+def test_calls_left_active_by_a_crash_are_ended(url: str) -> None:
+    calls = CallRepository(prepare_database(url))
+    call_id = calls.create_call(transport="sip")
+    assert calls.end_active_calls(reason="worker_restarted") >= 1
+    call = calls.get_call(call_id)
+    assert call is not None and call.end_reason == "worker_restarted"
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseError, match="127.0.0.1:1"):
+        prepare_database("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
