@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.speech_fixtures", "tests.dialog_fixtures"]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

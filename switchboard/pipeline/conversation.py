@@ -311,7 +311,7 @@ class ConversationPipeline:
 
     def _settle_update(self) -> None:
         computing = self._busy or not self._queue.empty()
-        if not computing or self.playout or self._ended.is_set():
+        if not computing or self.playout.pending_ms or self._ended.is_set():
             self._settled.set()
         else:
             self._settled.clear()

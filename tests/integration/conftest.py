@@ -1,0 +1,24 @@
+"""A node wired to the real engines and the session's Rasa server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dialog.rasa_client import RasaClient
+from speech.stt import WhisperSTT
+from speech.tts import PiperTTS
+from switchboard.node import Node
+from switchboard.settings import Settings
+
+
+@pytest.fixture
+async def node(
+    database_url: str, stt: WhisperSTT, tts: PiperTTS, rasa_server: object
+) -> AsyncIterator[Node]:
+    url = rasa_server.url  # type: ignore[attr-defined]
+    settings = Settings(database_url=database_url, rasa_url=url)
+    dialog = RasaClient(url, timeout_s=settings.rasa_timeout_s)
+    yield Node.create(settings, stt=stt, tts=tts, dialog=dialog)
+    await dialog.aclose()
