@@ -1,0 +1,3 @@
+from switchboard.cli import app
+
+app(prog_name="switchboard")
