@@ -1,0 +1,184 @@
+"""Speech to text: Whisper through faster-whisper (CTranslate2), local model files only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from faster_whisper import WhisperModel
+
+from speech.audio import int16_to_float32, resample
+from speech.models import WHISPER_TINY_EN, pick_compute_type, pick_device, resolve_whisper_model
+
+if TYPE_CHECKING:
+    from switchboard.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+WHISPER_RATE = 16000
+"""Whisper's input rate; other rates are resampled first."""
+
+NO_SPEECH_PROB = 0.6
+"""A segment this likely to hold no speech..."""
+MIN_AVG_LOGPROB = -1.0
+"""...and decoded with less confidence than this is dropped as a hallucination."""
+MAX_COMPRESSION_RATIO = 2.4
+"""Segments more repetitive than this (gzip ratio) are dropped as hallucinations."""
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "switchboard" / "models"
+"""Where models joined from several packages are kept when no cache_dir is given."""
+SILENT_PEAK = 64
+"""Audio whose peak stays below this (about -54 dBFS) is not sent to the model."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What was said in one utterance.
+
+    ``confidence`` is the mean token probability of the kept text (0 when empty);
+    ``no_speech_prob`` Whisper's belief that there was no speech (1 when nothing was
+    decoded); ``audio_ms`` the input's duration; ``elapsed_ms`` the time transcription took.
+    """
+
+    text: str
+    confidence: float
+    no_speech_prob: float
+    language: str
+    audio_ms: int
+    elapsed_ms: float
+
+
+class SpeechToText(Protocol):
+    """Anything that turns one utterance of int16 mono PCM into a ``Transcript``."""
+
+    async def transcribe(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
+        """Transcribe ``pcm`` (1-D int16 at ``sample_rate``)."""
+        ...
+
+
+class WhisperSTT:
+    """A Whisper model; transcriptions run one at a time on a thread owned by the instance."""
+
+    def __init__(
+        self,
+        model: str = WHISPER_TINY_EN,
+        device: str = "auto",
+        compute_type: str = "auto",
+        language: str = "en",
+        beam_size: int = 1,
+        cpu_threads: int = 2,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
+    ) -> None:
+        path = resolve_whisper_model(model, cache_dir)
+        self.language = language
+        self.beam_size = beam_size
+        self.device = pick_device(device)
+        self._model = self._load(path, compute_type, cpu_threads)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-stt")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WhisperSTT:
+        """The model named by the ``stt_*`` settings; joined models cached in data_dir/models."""
+        return cls(
+            model=settings.stt_model,
+            device=settings.stt_device,
+            compute_type=settings.stt_compute_type,
+            language=settings.stt_language,
+            beam_size=settings.stt_beam_size,
+            cpu_threads=settings.stt_cpu_threads,
+            cache_dir=settings.data_dir / "models",
+        )
+
+    def _load(self, path: Path, compute_type: str, cpu_threads: int) -> WhisperModel:
+        if self.device == "cuda":
+            try:
+                return WhisperModel(
+                    str(path),
+                    device="cuda",
+                    compute_type=pick_compute_type(compute_type, "cuda"),
+                    local_files_only=True,
+                )
+            except (RuntimeError, ValueError):
+                logger.warning("loading Whisper model %s on CUDA failed; using the CPU", path)
+                self.device = "cpu"
+        return WhisperModel(
+            str(path),
+            device="cpu",
+            compute_type=pick_compute_type(compute_type, "cpu"),
+            cpu_threads=cpu_threads,
+            local_files_only=True,
+        )
+
+    def warm_up(self) -> None:
+        """Run the model (and faster-whisper's VAD) once so the first call is not slow."""
+        noise = np.random.default_rng(0).normal(0.0, 0.01, WHISPER_RATE).astype(np.float32)
+        for vad_filter in (False, True):
+            self._decode(noise, vad_filter=vad_filter)
+
+    def transcribe_sync(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
+        """Transcribe ``pcm`` (1-D int16 at ``sample_rate``) on the calling thread."""
+        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
+            got = f"{type(pcm).__name__} {getattr(pcm, 'dtype', '')} {getattr(pcm, 'shape', '')}"
+            raise ValueError(
+                f"expected 1-D int16 mono PCM as a numpy array, got {got.strip()}; "
+                "convert with (samples * 32767).astype(np.int16) and pick one channel"
+            )
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+        started = time.perf_counter()
+        audio_ms = len(pcm) * 1000 // sample_rate
+        if pcm.size == 0 or int(np.abs(pcm).max()) < SILENT_PEAK:
+            text, confidence, no_speech_prob, language = "", 0.0, 1.0, self.language
+        else:
+            audio = int16_to_float32(resample(pcm, sample_rate, WHISPER_RATE))
+            text, confidence, no_speech_prob, language = self._decode(audio, vad_filter=True)
+        return Transcript(
+            text=text,
+            confidence=confidence,
+            no_speech_prob=no_speech_prob,
+            language=language,
+            audio_ms=audio_ms,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def transcribe(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
+        """Transcribe ``pcm`` on the instance's worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.transcribe_sync, pcm, sample_rate)
+
+    def _decode(self, audio: np.ndarray, *, vad_filter: bool) -> tuple[str, float, float, str]:
+        segments, info = self._model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            temperature=0.0,
+            vad_filter=vad_filter,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+        )
+        texts: list[str] = []
+        logprob_sum = 0.0
+        tokens = 0
+        no_speech_prob = 1.0
+        for segment in segments:
+            no_speech_prob = min(no_speech_prob, segment.no_speech_prob)
+            if (
+                segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < MIN_AVG_LOGPROB
+            ) or segment.compression_ratio > MAX_COMPRESSION_RATIO:
+                logger.debug("dropped a likely hallucination: %r", segment.text)
+                continue
+            texts.append(segment.text.strip())
+            logprob_sum += segment.avg_logprob * len(segment.tokens)
+            tokens += len(segment.tokens)
+        confidence = math.exp(logprob_sum / tokens) if tokens else 0.0
+        return " ".join(t for t in texts if t), confidence, no_speech_prob, info.language
+
+    def close(self) -> None:
+        """Let the running transcription finish, cancel queued ones, stop the worker thread."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""Tests of the speech package: audio, models, VAD, STT and TTS."""

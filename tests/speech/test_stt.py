@@ -1,0 +1,96 @@
+"""Whisper transcribes Piper and espeak speech, at 8 and 16 kHz, and hears nothing in noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speech.stt import SpeechToText, Transcript, WhisperSTT
+from speech.tts import PiperTTS
+from switchboard.settings import Settings
+from tests.audio_tools import espeak, normalize_digits, piper_speech, silence, white_noise
+
+SENTENCE = "I'd like to check my order status"
+
+
+def words(transcript: Transcript) -> set[str]:
+    return set(transcript.text.lower().replace(".", "").replace(",", "").split())
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_piper_speech_is_transcribed(stt: WhisperSTT, tts: PiperTTS, rate: int) -> None:
+    transcript = stt.transcribe_sync(piper_speech(tts, SENTENCE + ".", rate), rate)
+
+    assert {"check", "order", "status"} <= words(transcript)
+    assert transcript.confidence > 0.5
+    assert transcript.no_speech_prob < 0.5
+    assert transcript.language == "en"
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_espeak_speech_is_transcribed(stt: WhisperSTT, rate: int) -> None:
+    transcript = stt.transcribe_sync(espeak(SENTENCE, rate), rate)
+
+    assert {"check", "status"} <= words(transcript)
+
+
+def test_spoken_digits_come_back_as_the_number(stt: WhisperSTT, tts: PiperTTS) -> None:
+    transcript = stt.transcribe_sync(piper_speech(tts, "Four eight two one three.", 8000), 8000)
+
+    assert normalize_digits(transcript.text) == "48213"
+
+
+async def test_transcribe_runs_off_the_event_loop(stt: WhisperSTT, tts: PiperTTS) -> None:
+    engine: SpeechToText = stt
+    pcm = piper_speech(tts, "Hello.", 16000)
+
+    transcript = await engine.transcribe(pcm, 16000)
+
+    assert "hello" in words(transcript)
+    assert transcript.audio_ms == len(pcm) * 1000 // 16000
+    assert transcript.elapsed_ms > 0
+
+
+@pytest.mark.parametrize(
+    "pcm",
+    [
+        silence(2000),
+        np.zeros(0, dtype=np.int16),
+        white_noise(2000, level=0.01),
+        white_noise(2000, level=0.1),
+        white_noise(2000, level=0.3, seed=1),
+    ],
+    ids=["silence", "empty", "quiet-noise", "noise", "loud-noise"],
+)
+def test_silence_and_noise_transcribe_to_nothing(stt: WhisperSTT, pcm: np.ndarray) -> None:
+    transcript = stt.transcribe_sync(pcm, 16000)
+
+    assert transcript.text == ""
+    assert transcript.confidence == 0.0
+    assert transcript.no_speech_prob == 1.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros(16000, dtype=np.float32), np.zeros((16000, 2), dtype=np.int16), [0] * 16000],
+    ids=["float32", "stereo", "list"],
+)
+def test_anything_but_mono_int16_is_refused(stt: WhisperSTT, bad: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="1-D int16 mono PCM"):
+        stt.transcribe_sync(bad, 16000)
+
+
+def test_a_non_positive_rate_is_refused(stt: WhisperSTT) -> None:
+    with pytest.raises(ValueError, match="sample_rate"):
+        stt.transcribe_sync(silence(100), 0)
+
+
+def test_from_settings_uses_the_stt_settings(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, stt_model="tiny.en", stt_device="cpu", stt_beam_size=2)
+
+    engine = WhisperSTT.from_settings(settings)
+    engine.close()
+
+    assert (engine.device, engine.beam_size, engine.language) == ("cpu", 2, "en")
