@@ -82,8 +82,8 @@ def stage_stats(results: list[CallResult]) -> list[StageStats]:
         values = np.array([getattr(t, stage) for t in answered if getattr(t, stage) is not None])
         if len(values) == 0:
             continue
-        rows.append(StageStats(stage, len(values), *np.percentile(values, [50, 90, 95]),
-                               float(values.mean())))
+        p50, p90, p95 = (float(v) for v in np.percentile(values, [50, 90, 95]))
+        rows.append(StageStats(stage, len(values), p50, p90, p95, float(values.mean())))
     return rows
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -65,7 +65,7 @@ def test_demo_orders_are_seeded_once(url: str) -> None:
 def test_a_call_keeps_its_turns_in_order_with_latencies(url: str) -> None:
     calls = CallRepository(prepare_database(url))
     call_id = calls.create_call(transport="sip", caller="+15550100", metadata={"trunk": "a"})
-    t0 = datetime.now(timezone.utc)
+    t0 = datetime.now(UTC)
     calls.add_turn(call_id, TurnRecord(speaker="bot", text="Hi.", started_at=t0))
     calls.add_turn(call_id, TurnRecord(
         speaker="caller", text="check my order", started_at=t0 + timedelta(seconds=2),
@@ -97,5 +97,5 @@ def test_calls_left_active_by_a_crash_are_ended(url: str) -> None:
 
 
 def test_unreachable_database_is_a_clear_error() -> None:
-    with pytest.raises(DatabaseError, match="127.0.0.1:1"):
+    with pytest.raises(DatabaseError, match=r"127\.0\.0\.1:1"):
         prepare_database("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")

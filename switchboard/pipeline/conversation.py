@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -135,7 +135,7 @@ class ConversationPipeline:
         )
         self._queue: asyncio.Queue[_CallerTurn | _DialogInput] = asyncio.Queue()
         self._media_ms = 0
-        self._started = datetime.now(timezone.utc)
+        self._started = datetime.now(UTC)
         self._busy = False
         self._speaking: asyncio.Task[None] | None = None
         self._first_frame: asyncio.Future[float] | None = None

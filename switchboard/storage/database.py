@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -32,7 +33,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -53,7 +54,7 @@ def migrate(url: str) -> None:
     """Apply every Alembic revision up to head."""
     try:
         command.upgrade(alembic_config(url), "head")
-    except Exception as exc:  # noqa: BLE001 - re-raised with the URL the user can act on
+    except Exception as exc:
         safe = make_url(url).render_as_string(hide_password=True)
         raise DatabaseError(f"cannot migrate database {safe}: {exc}") from exc
 
