@@ -62,7 +62,10 @@ class DialogEngine(Protocol):
     ) -> DialogReply: ...
 
     async def send_event(
-        self, conversation_id: str, intent: str, metadata: dict[str, Any] | None = None,
+        self,
+        conversation_id: str,
+        intent: str,
+        metadata: dict[str, Any] | None = None,
         entities: dict[str, str] | None = None,
     ) -> DialogReply: ...
 
@@ -89,7 +92,10 @@ class RasaClient:
         return await self._post(conversation_id, normalize_caller_text(text), metadata)
 
     async def send_event(
-        self, conversation_id: str, intent: str, metadata: dict[str, Any] | None = None,
+        self,
+        conversation_id: str,
+        intent: str,
+        metadata: dict[str, Any] | None = None,
         entities: dict[str, str] | None = None,
     ) -> DialogReply:
         """Trigger an intent directly (call start, no input, keypad entry)."""
@@ -127,9 +133,7 @@ class RasaClient:
                 f"Rasa at {self._base_url} answered HTTP {exc.response.status_code}"
             ) from exc
         except (httpx.HTTPError, ValueError) as exc:
-            raise DialogUnavailable(
-                f"Rasa at {self._base_url} is not reachable: {exc!r}"
-            ) from exc
+            raise DialogUnavailable(f"Rasa at {self._base_url} is not reachable: {exc!r}") from exc
         elapsed_ms = (time.perf_counter() - started) * 1000
         if not isinstance(body, list):
             raise DialogUnavailable(f"Rasa at {self._base_url} sent an unexpected reply: {body!r}")

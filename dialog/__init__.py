@@ -1,0 +1,1 @@
+"""Dialog: the Rasa bot, its runtime (train/run) and caller-text normalization."""

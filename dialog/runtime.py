@@ -1,0 +1,390 @@
+"""Train, start, watch and stop the Rasa server and its action server.
+
+Rasa 3.6 lives in its own virtualenv (``settings.rasa_venv``, Python 3.10): this module
+only runs its executables as child processes and never imports Rasa. Models are cached by
+a hash of the training inputs, so Rasa retrains only when the bot itself changes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import fcntl
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from switchboard.settings import PROJECT_ROOT, Settings
+
+BOT_DIR = PROJECT_ROOT / "dialog" / "bot"
+TRAINING_INPUTS = ("config.yml", "domain.yml", "data")
+INSTALL_SCRIPT = PROJECT_ROOT / "scripts" / "install-rasa-venv.sh"
+LOOPBACK = "127.0.0.1"
+LOG_TAIL_LINES = 40
+TAIL_BYTES = 16_384
+CHUNK_BYTES = 4096
+STOP_GRACE_S = 10.0
+HEALTH_POLL_S = 0.5
+TRACKER_RECORD_EXPIRY_S = 24 * 3600
+CHILD_ENV = {
+    "RASA_TELEMETRY_ENABLED": "false",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "SQLALCHEMY_SILENCE_UBER_WARNING": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class RasaError(RuntimeError):
+    """Base class of the errors raised while training or running Rasa."""
+
+
+class RasaNotInstalled(RasaError):
+    """The Rasa virtualenv is missing or incomplete."""
+
+
+class RasaTrainingError(RasaError):
+    """``rasa train`` failed."""
+
+
+class RasaStartError(RasaError):
+    """The Rasa server or the action server did not come up (or died)."""
+
+
+def bot_hash(bot_dir: Path = BOT_DIR) -> str:
+    """Content hash of the files that affect training (config, domain, data/**)."""
+    digest = hashlib.sha256()
+    for name in TRAINING_INPUTS:
+        root = bot_dir / name
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            digest.update(path.relative_to(bot_dir).as_posix().encode())
+            digest.update(b"\0")
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def models_dir(settings: Settings) -> Path:
+    """Where trained models are cached, one ``<bot_hash>.tar.gz`` per bot version."""
+    return settings.data_dir / "rasa" / "models"
+
+
+def logs_dir(settings: Settings) -> Path:
+    """Where the Rasa children write their logs."""
+    return settings.data_dir / "logs"
+
+
+def rasa_executable(settings: Settings, name: str = "rasa") -> Path:
+    """``<rasa_venv>/bin/<name>``, or :class:`RasaNotInstalled` with what to do."""
+    path = settings.rasa_venv / "bin" / name
+    if not os.access(path, os.X_OK):
+        raise RasaNotInstalled(
+            f"Rasa is not installed: {path} is missing. Run `make run` (it installs Rasa on "
+            f"first use) or `{INSTALL_SCRIPT.relative_to(PROJECT_ROOT)} {settings.rasa_venv}`, "
+            "or point SWITCHBOARD_RASA_VENV at an existing Rasa 3.6 virtualenv."
+        )
+    return path
+
+
+def child_environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment of a Rasa child: this one minus the app's Python paths, plus Rasa's."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["VIRTUAL_ENV"] = str(settings.rasa_venv)
+    env["PATH"] = f"{settings.rasa_venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["RASA_CACHE_DIRECTORY"] = str(settings.data_dir / "rasa" / "cache")
+    env.update(CHILD_ENV)
+    env.update(extra)
+    return env
+
+
+def ensure_trained(
+    settings: Settings, *, force: bool = False, bot_dir: Path = BOT_DIR, echo: IO[str] | None = None
+) -> Path:
+    """The model for the bot as it is now, trained first if it is not cached yet.
+
+    Rasa's progress is streamed to ``echo`` (default: stderr) and kept in
+    ``data_dir/logs/rasa-train.log``. Concurrent callers wait for one training.
+    """
+    model = models_dir(settings) / f"{bot_hash(bot_dir)}.tar.gz"
+    if model.exists() and not force:
+        return model
+    rasa = rasa_executable(settings)
+    model.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(model.parent / ".train.lock"):
+        if model.exists() and not force:
+            return model  # trained by another process while we waited
+        with tempfile.TemporaryDirectory(dir=model.parent, prefix=".training-") as out:
+            _run_training(settings, rasa, bot_dir, Path(out), model, echo or sys.stderr)
+            os.replace(Path(out) / model.name, model)
+    return model
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_training(
+    settings: Settings, rasa: Path, bot_dir: Path, out: Path, model: Path, echo: IO[str]
+) -> None:
+    log_path = logs_dir(settings) / "rasa-train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(rasa), "train",
+        "--config", str(bot_dir / "config.yml"),
+        "--domain", str(bot_dir / "domain.yml"),
+        "--data", str(bot_dir / "data"),
+        "--out", str(out),
+        "--fixed-model-name", model.name.removesuffix(".tar.gz"),
+    ]  # fmt: skip
+    echo.write(f"Training the Rasa model {model.name} (log: {log_path}) ...\n")
+    echo.flush()
+    started = time.monotonic()
+    tail = bytearray()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with (
+        log_path.open("wb") as log,
+        subprocess.Popen(
+            command,
+            cwd=bot_dir,
+            env=child_environment(settings),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        ) as process,
+    ):
+        assert process.stdout is not None
+        while chunk := os.read(process.stdout.fileno(), CHUNK_BYTES):
+            log.write(chunk)
+            echo.write(decoder.decode(chunk))  # keeps the \r of progress bars
+            echo.flush()
+            tail = (tail + chunk)[-TAIL_BYTES:]
+        returncode = process.wait()
+    if returncode != 0 or not (out / model.name).exists():
+        raise RasaTrainingError(
+            f"`rasa train` failed (exit code {returncode}); full log: {log_path}. "
+            "Check dialog/bot/ (run `rasa data validate` there). Last lines:\n"
+            + _last_lines(tail.decode(errors="replace"))
+        )
+    echo.write(f"Trained {model.name} in {time.monotonic() - started:.0f} s.\n")
+    echo.flush()
+
+
+def _last_lines(text: str) -> str:
+    """The last lines of a log, each progress-bar line reduced to its final state."""
+    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    return "\n".join([line for line in lines if line.strip()][-LOG_TAIL_LINES:])
+
+
+def endpoints_yaml(settings: Settings, action_port: int) -> str:
+    """endpoints.yml: our action server, and Redis trackers when ``redis_url`` is set."""
+    lines = ["action_endpoint:", f'  url: "http://{LOOPBACK}:{action_port}/webhook"']
+    if settings.redis_url:
+        url = urlsplit(settings.redis_url)
+        lines += [
+            "tracker_store:",
+            "  type: redis",
+            f'  url: "{url.hostname or "localhost"}"',
+            f"  port: {url.port or 6379}",
+            f"  db: {int(url.path.lstrip('/') or 0)}",
+            f"  use_ssl: {'true' if url.scheme == 'rediss' else 'false'}",
+            '  key_prefix: "switchboard"',
+            f"  record_exp: {TRACKER_RECORD_EXPIRY_S}",
+        ]
+        if url.password:
+            lines.append(f'  password: "{unquote(url.password)}"')
+    return "\n".join(lines) + "\n"
+
+
+class RasaServers:
+    """The Rasa server and the action server as child processes bound to 127.0.0.1.
+
+    ``with RasaServers(settings, model) as servers:`` starts both, waits until they are
+    healthy and stops them on exit. Only this object's own children are ever signalled.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: Path,
+        *,
+        rasa_port: int | None = None,
+        action_port: int | None = None,
+        database_url: str | None = None,
+        bot_dir: Path = BOT_DIR,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.rasa_port = rasa_port or settings.rasa_port
+        self.action_port = action_port or settings.action_port
+        self.database_url = database_url or settings.effective_database_url
+        self.bot_dir = bot_dir
+        self.rasa_log = logs_dir(settings) / "rasa.log"
+        self.action_log = logs_dir(settings) / "rasa-actions.log"
+        self._children: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+
+    @property
+    def url(self) -> str:
+        """Base URL of the Rasa server."""
+        return f"http://{LOOPBACK}:{self.rasa_port}"
+
+    @property
+    def action_url(self) -> str:
+        """Base URL of the action server."""
+        return f"http://{LOOPBACK}:{self.action_port}"
+
+    def start(self) -> None:
+        """Start both children (returns at once; see :meth:`wait_healthy`)."""
+        if self._children:
+            raise RasaStartError("Rasa servers already started; call stop() first.")
+        rasa = rasa_executable(self.settings)
+        python = rasa_executable(self.settings, "python")
+        if not self.model.exists():
+            raise RasaStartError(f"Rasa model {self.model} does not exist; train it first.")
+        endpoints = self.settings.data_dir / "rasa" / f"endpoints-{self.rasa_port}.yml"
+        endpoints.parent.mkdir(parents=True, exist_ok=True)
+        endpoints.write_text(endpoints_yaml(self.settings, self.action_port))
+        self._spawn(
+            "action server",
+            [str(python), "-m", "rasa_sdk", "--actions", "actions", "-p", str(self.action_port)],
+            self.action_log,
+            SANIC_HOST=LOOPBACK,
+            SWITCHBOARD_DATABASE_URL=self.database_url,
+        )
+        self._spawn(
+            "Rasa server",
+            [
+                str(rasa),
+                "run",
+                "--model",
+                str(self.model),
+                "--interface",
+                LOOPBACK,
+                "--port",
+                str(self.rasa_port),
+                "--endpoints",
+                str(endpoints),
+                "--credentials",
+                str(self.bot_dir / "credentials.yml"),
+            ],
+            self.rasa_log,
+        )
+
+    def _spawn(self, name: str, command: list[str], log_path: Path, **env: str) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                command,
+                cwd=self.bot_dir,
+                env=child_environment(self.settings, **env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._children[name] = (process, log_path)
+
+    def poll(self) -> dict[str, int]:
+        """Children that have exited, with their exit codes; empty while all run."""
+        exited = {}
+        for name, (process, _) in self._children.items():
+            code = process.poll()
+            if code is not None:
+                exited[name] = code
+        return exited
+
+    def wait_healthy(self, timeout: float | None = None) -> float:
+        """Block until Rasa (GET /) and the action server (GET /health) answer.
+
+        Returns the seconds waited. Raises :class:`RasaStartError` with the log tail when
+        a child exits or ``timeout`` (default ``settings.rasa_start_timeout_s``) passes.
+        """
+        if not self._children:
+            raise RasaStartError("Rasa servers are not started; call start() first.")
+        limit = self.settings.rasa_start_timeout_s if timeout is None else timeout
+        started = time.monotonic()
+        probes = {"Rasa server": f"{self.url}/", "action server": f"{self.action_url}/health"}
+        healthy: set[str] = set()
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while True:
+                for name, code in self.poll().items():
+                    raise RasaStartError(
+                        f"The {name} exited with code {code} while starting. "
+                        + self._log_tail(name)
+                    )
+                for name, probe in probes.items():
+                    if name not in healthy and _answers(client, probe):
+                        healthy.add(name)
+                if len(healthy) == len(probes):
+                    return time.monotonic() - started
+                if time.monotonic() - started > limit:
+                    waiting = ", ".join(sorted(set(probes) - healthy))
+                    raise RasaStartError(
+                        f"Timed out after {limit:.0f} s waiting for the {waiting} "
+                        "(raise SWITCHBOARD_RASA_START_TIMEOUT_S on a slow machine). "
+                        + " ".join(self._log_tail(name) for name in probes if name not in healthy)
+                    )
+                time.sleep(HEALTH_POLL_S)
+
+    def _log_tail(self, name: str) -> str:
+        _, log_path = self._children[name]
+        try:
+            lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            lines = []
+        return f"Last lines of {log_path}:\n" + "\n".join(lines)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM both children, SIGKILL whichever still runs after ``grace_s``."""
+        for process, _ in self._children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process, _ in self._children.values():
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._children.clear()
+
+    def __enter__(self) -> RasaServers:
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _answers(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,78 @@
+"""Pytest plugin: the real Rasa bot and action server, shared by one test session.
+
+Load it with ``pytest_plugins = ["tests.dialog_fixtures"]``. It needs a session fixture
+``database_url`` (a migrated database holding the demo orders). The model is cached in
+the project's ``var/rasa/models`` by bot hash, so only the first run trains (~1 min).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dialog.runtime import RasaNotInstalled, RasaServers, ensure_trained
+from switchboard.settings import PROJECT_ROOT, Settings
+
+RASA_START_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def rasa_test_settings(data_dir: Path) -> Settings:
+    """Settings for the test bot: no Redis; the Rasa venv and the rest from the environment."""
+    return Settings(_env_file=None, data_dir=data_dir, redis_url="")  # type: ignore[call-arg]
+
+
+def say(
+    url: str, sender: str, message: str, metadata: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """One caller turn over Rasa's REST channel; the bot's messages in order."""
+    response = httpx.post(
+        f"{url}/webhooks/rest/webhook",
+        json={"sender": sender, "message": message, "metadata": metadata or {}},
+        timeout=30.0,
+        trust_env=False,
+    )
+    response.raise_for_status()
+    messages: list[dict[str, Any]] = response.json()
+    return messages
+
+
+@pytest.fixture(scope="session")
+def rasa_server(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RasaServers]:
+    """The trained bot behind Rasa's REST channel (``.url``), with its action server.
+
+    The model is cached in the project's ``var/``; logs and endpoints.yml go to a pytest
+    temporary directory (``servers.rasa_log``, ``servers.action_log``).
+    """
+    try:
+        model = ensure_trained(rasa_test_settings(PROJECT_ROOT / "var"), echo=sys.stderr)
+    except RasaNotInstalled as error:
+        pytest.fail(f"{error} (`make test` installs it)")
+    servers = RasaServers(
+        rasa_test_settings(tmp_path_factory.mktemp("rasa")),
+        model,
+        rasa_port=free_port(),
+        action_port=free_port(),
+        database_url=database_url,
+    )
+    servers.start()
+    try:
+        servers.wait_healthy(RASA_START_TIMEOUT_S)
+        yield servers
+    finally:
+        servers.stop()
