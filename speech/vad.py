@@ -118,6 +118,11 @@ class Endpointer:
         self._paused = False
 
     @property
+    def speech_ms(self) -> int:
+        """Speech heard so far in the current utterance (0 when idle)."""
+        return self._ms(self._speech) if self._utterance is not None else 0
+
+    @property
     def in_speech(self) -> bool:
         """True from ``speech_start`` until the turn ends or the utterance is dropped."""
         return self._utterance is not None

@@ -165,3 +165,62 @@ async def test_keypad_digits_reach_the_dialog(database_url: str) -> None:
     assert "/inform:48213" in dialog.received
     assert any(t.text == "[keypad] 48213" for t in sim.result.turns)
     assert sim.result.turns[-1].text == "Got it, order 48213."
+
+
+async def test_a_cough_pauses_the_bot_which_then_carries_on(database_url: str, calls) -> None:
+    long_greeting = "Hello. " + "This greeting goes on and on. " * 4
+    dialog = FakeDialog(
+        lambda m: [BotMessage(text=long_greeting)] if m == "/call_start" else scripted(m)
+    )
+    node = make_node(database_url, FakeSTT([]), dialog, min_utterance_ms=400)
+    cough = espeak("hey")[: RATE * 150 // 1000]
+    caller = np.concatenate([silence(1500), cough, silence(9000)])
+    sim = await run(node, caller)
+
+    greeting = sim.result.turns[0]
+    assert not greeting.barge_in
+    assert [t.speaker for t in sim.result.turns] == ["bot"]
+    expected_ms = len(long_greeting.split()) * 150
+    assert len(np.flatnonzero(np.abs(sim.bot_audio) > 100)) * 1000 // RATE >= expected_ms * 0.95
+    stored = calls.get_call(sim.result.call_id)
+    assert "barge_in_ignored" in [e.kind for e in stored.events]
+
+
+async def test_goodbye_is_not_interrupted_and_the_call_ends(database_url: str) -> None:
+    def script(message: str) -> list[BotMessage]:
+        if message == "/call_start":
+            return [BotMessage(text="Hi.")]
+        return [BotMessage(text="Thanks for calling. " * 5),
+                BotMessage(custom={"hangup": True})]
+
+    stt = FakeSTT(["bye", "wait"])
+    dialog = FakeDialog(script)
+    caller = np.concatenate([silence(1500), espeak("goodbye then"), silence(1500),
+                             espeak("wait, one more thing"), silence(6000)])
+    sim = await run(make_node(database_url, stt, dialog), caller)
+
+    assert sim.result.reason == "bot_hangup"
+    goodbye = sim.result.turns[-1]
+    assert goodbye.speaker == "bot" and not goodbye.barge_in
+    assert dialog.received == ["/call_start", "bye"]
+
+
+async def test_the_bot_does_not_talk_over_a_caller_who_is_still_speaking(
+    database_url: str,
+) -> None:
+    class SlowDialog(FakeDialog):
+        async def send(self, conversation_id: str, text: str,
+                       metadata: dict[str, object] | None = None) -> object:
+            await asyncio.sleep(0.3)
+            return await super().send(conversation_id, text, metadata)
+
+    dialog = SlowDialog(scripted)
+    stt = FakeSTT(["I'd like to check", "my order status please"])
+    caller = np.concatenate([silence(4000), espeak("I'd like to check"), silence(650),
+                             espeak("my order status please, it is late"), silence(1500)])
+    sim = await asyncio.wait_for(
+        simulate_call(make_node(database_url, stt, dialog), caller, RATE, realtime=True), 60
+    )
+    replies = [t for t in sim.result.turns if t.speaker == "bot"][1:]
+    assert replies[0].barge_in, "the first answer started while the caller spoke again"
+    assert not replies[-1].barge_in

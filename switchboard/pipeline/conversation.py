@@ -5,13 +5,21 @@
 Two tasks run per call. The media loop moves one frame in and one frame out every 20 ms,
 feeds the endpointer, and owns barge-in and the no-input timer. The responder takes caller
 turns (and keypad entries, reprompts) one at a time and speaks the dialog's reply sentence
-by sentence. Barge-in cancels the speaking step and clears the playout at once.
+by sentence.
+
+Barge-in: as soon as the caller speaks while the bot talks, playback is held (silence goes
+out at once); once the caller has spoken ``min_utterance_ms`` the reply is cancelled and
+its queued audio dropped, and if the sound dies out before that (a cough, a click) playback
+resumes where it stopped. Goodbyes, handoff announcements and apologies are not
+interruptible: the call ends after them.
+
+Sources must be clocked: a transport returns a frame of silence when no packet arrived in
+time, so that playback and timers never stall on a quiet or lossy network.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,6 +39,9 @@ from switchboard.settings import Settings
 from switchboard.storage.repository import TurnRecord
 
 log = logging.getLogger(__name__)
+
+END_OF_CALL_DRAIN_MS = 300
+"""Silence sent after the last words of a call, so transports' buffers play them out."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class _CallerTurn:
     endpoint_ms: int
     endpoint_wall: float
     early: asyncio.Task[Transcript] | None
+    barge_in: bool
 
 
 @dataclass(frozen=True)
@@ -138,14 +150,18 @@ class ConversationPipeline:
         self._started = datetime.now(UTC)
         self._busy = False
         self._speaking: asyncio.Task[None] | None = None
+        self._interruptible = True
+        self._hold_since_ms: int | None = None
+        self._barged_in = False
         self._first_frame: asyncio.Future[float] | None = None
         self._drained = asyncio.Event()
         self._settled = asyncio.Event()
+        self._media_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._early: asyncio.Task[Transcript] | None = None
+        self._early_inflight: asyncio.Task[Transcript] | None = None
         self._speech_start_ms = 0
         self._silence_ms = 0
         self._reprompts = 0
-        self._barged_in = False
         self._dtmf = ""
         self._dtmf_last_ms = 0
         self._end: _CallEnded | None = None
@@ -156,27 +172,36 @@ class ConversationPipeline:
     # ------------------------------------------------------------------ public API
 
     async def run(self) -> CallResult:
-        """Run the call to its end and return how it ended."""
+        """Run the call to its end and return how it ended. Always stores the end of the
+        call, also when the call is cancelled from outside (then re-raised) or a task fails."""
         self.recorder.event("answered", {"sample_rate": self.rate, **self.metadata})
         self._queue.put_nowait(_DialogInput("call_start", started_wall=time.perf_counter()))
         media = asyncio.create_task(self._media_loop(), name=f"media-{self.call_id[:8]}")
         responder = asyncio.create_task(self._responder(), name=f"respond-{self.call_id[:8]}")
+        ended = asyncio.create_task(self._ended.wait())
+        cancelled = False
         try:
-            await self._ended.wait()
+            await asyncio.wait({media, responder, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not self._ended.is_set():
+                for task in (media, responder):
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        log.error("call %s: %s failed", self.call_id, task.get_name(),
+                                  exc_info=task.exception())
+                self._finish(_CallEnded("internal_error", "failed"))
+        except asyncio.CancelledError:
+            cancelled = True
+            self._finish(_CallEnded("cancelled", "failed"))
         finally:
-            for task in (media, responder, self._speaking, self._early):
-                if task is not None and not task.done():
-                    task.cancel()
-            for task in (media, responder):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        end = self._end or _CallEnded("cancelled", "failed")
+            await self._stop_tasks(media, responder, ended)
+        end = self._end or _CallEnded("internal_error", "failed")
         self.recorder.end(
             reason=end.reason,
             status=end.status,
             handoff_target=(self._handoff or {}).get("queue"),
         )
-        await self.recorder.flush()
+        await asyncio.shield(self.recorder.flush())
+        if cancelled:
+            raise asyncio.CancelledError
         return CallResult(
             call_id=self.call_id,
             reason=end.reason,
@@ -187,7 +212,10 @@ class ConversationPipeline:
         )
 
     def keypad(self, digit: str) -> None:
-        """A keypad digit (DTMF) from the transport; '#' ends the entry."""
+        """A keypad digit (DTMF) from the transport; '#' ends the entry. Call it on the
+        event loop's thread (transports on other threads use ``call_soon_threadsafe``)."""
+        if self._ended.is_set():
+            return
         if digit not in "0123456789*#" or len(digit) != 1:
             log.warning("call %s: ignoring keypad input %r", self.call_id, digit)
             return
@@ -236,7 +264,8 @@ class ConversationPipeline:
                 self._media_ms += FRAME_MS
                 for vad_event in self.endpointer.process(frame):
                     self._on_vad(vad_event)
-                out = self.playout.pop()
+                self._check_barge_in()
+                out = None if self._hold_since_ms is not None else self.playout.pop()
                 if out is not None:
                     if self._first_frame is not None and not self._first_frame.done():
                         self._first_frame.set_result(time.perf_counter())
@@ -254,21 +283,21 @@ class ConversationPipeline:
 
     def _on_vad(self, event: VadEvent) -> None:
         if event.kind == "speech_start":
-            self._speech_start_ms = event.at_ms - self.opts.speech_start_ms
+            self._speech_start_ms = event.at_ms - self.endpointer.speech_ms
             self._silence_ms = 0
-            if self.opts.barge_in and self._speaking is not None and not self._speaking.done():
-                dropped = self.playout.clear()
-                self._speaking.cancel()
-                self._barged_in = True
-                self.recorder.event("barge_in", {"at_ms": event.at_ms, "dropped_ms": dropped})
         elif event.kind == "speech_pause" and event.audio is not None:
-            self._cancel_early()
-            self._early = asyncio.create_task(self.stt.transcribe(event.audio, self.rate))
+            # One speculative transcription at a time: a stale one still occupies the
+            # STT worker, and turn_end transcribes anyway if there is no fresh result.
+            if self._early_inflight is None or self._early_inflight.done():
+                self._early = asyncio.create_task(self.stt.transcribe(event.audio, self.rate))
+                self._early.add_done_callback(_retrieve)
+                self._early_inflight = self._early
         elif event.kind == "speech_resume":
-            self._cancel_early()
+            self._early = None
         elif event.kind == "turn_end" and event.audio is not None:
             speech_end = event.speech_end_ms if event.speech_end_ms is not None else event.at_ms
             early, self._early = self._early, None
+            barge_in, self._barged_in = self._barged_in, False
             self._queue.put_nowait(
                 _CallerTurn(
                     audio=event.audio,
@@ -277,15 +306,40 @@ class ConversationPipeline:
                     endpoint_ms=event.at_ms - speech_end,
                     endpoint_wall=time.perf_counter(),
                     early=early,
+                    barge_in=barge_in,
                 )
             )
 
-    def _cancel_early(self) -> None:
-        if self._early is not None:
-            self._early.cancel()
-            self._early = None
+    def _check_barge_in(self) -> None:
+        """Hold playback while the caller talks over the bot; cancel the reply once it is
+        clearly speech, resume it if the sound was too short to be an utterance."""
+        speaking = self._speaking is not None and not self._speaking.done()
+        if not (self.opts.barge_in and speaking and self._interruptible
+                and self.endpointer.in_speech):
+            if self._hold_since_ms is not None:
+                self.recorder.event("barge_in_ignored", {"at_ms": self._media_ms})
+                self._hold_since_ms = None
+            return
+        if self._hold_since_ms is None:
+            self._hold_since_ms = self._media_ms
+            clear = getattr(self.sink, "clear", None)
+            if clear is not None:
+                clear()
+        if self.endpointer.speech_ms >= self.opts.min_utterance_ms:
+            assert self._speaking is not None
+            dropped = self.playout.clear()
+            self._speaking.cancel()
+            self._barged_in = True
+            self.recorder.event("barge_in", {"at_ms": self._speech_start_ms,
+                                             "held_at_ms": self._hold_since_ms,
+                                             "dropped_ms": dropped})
+            self._hold_since_ms = None
 
     def _tick_timers(self) -> None:
+        while self._media_waiters and self._media_waiters[0][0] <= self._media_ms:
+            _, waiter = self._media_waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
         if self._media_ms >= self.opts.max_call_s * 1000:
             self._finish(_CallEnded("max_duration"))
             return
@@ -309,9 +363,17 @@ class ConversationPipeline:
                 _DialogInput("inform", keypad=digits, started_wall=time.perf_counter())
             )
 
+    async def _wait_media(self, ms: int) -> None:
+        """Wait until ``ms`` more of media time has passed (frames went out)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._media_waiters.append((self._media_ms + ms, waiter))
+        self._settle_update()
+        await waiter
+
     def _settle_update(self) -> None:
         computing = self._busy or not self._queue.empty()
-        if not computing or self.playout.pending_ms or self._ended.is_set():
+        if (not computing or self.playout.pending_ms or self._media_waiters
+                or self._ended.is_set()):
             self._settled.set()
         else:
             self._settled.clear()
@@ -321,6 +383,19 @@ class ConversationPipeline:
             self._end = end
         self._ended.set()
         self._settled.set()
+
+    async def _stop_tasks(self, *tasks: asyncio.Task[Any]) -> None:
+        """Cancel everything this call started and note caller turns left unanswered."""
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _CallerTurn):
+                if item.early is not None:
+                    item.early.cancel()
+                self.recorder.event("unanswered_turn", {"speech_end_ms": item.speech_end_ms})
+        for task in (*tasks, self._speaking, self._early_inflight):
+            if task is not None and not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ responder
 
@@ -338,12 +413,11 @@ class ConversationPipeline:
                 self._finish(end)
                 return
             except DialogUnavailable as exc:
-                await self._apologise(exc)
+                await self._fail("dialog_unavailable", "dialog", exc)
                 return
             except Exception as exc:
                 log.exception("call %s: turn failed", self.call_id)
-                self.recorder.event("error", {"stage": "turn", "error": repr(exc)})
-                await self._apologise(exc)
+                await self._fail("turn_error", "turn", exc)
                 return
             finally:
                 self._busy = False
@@ -354,9 +428,13 @@ class ConversationPipeline:
         transcript = await self._transcribe(turn)
         stt_ms = (time.perf_counter() - turn.endpoint_wall) * 1000
         text = transcript.text.strip()
-        barged_in, self._barged_in = self._barged_in, False
         if not text:
-            self.recorder.event("unintelligible", {"audio_ms": transcript.audio_ms})
+            self.recorder.event("unintelligible", {"audio_ms": transcript.audio_ms,
+                                                   "barge_in": turn.barge_in})
+            if turn.barge_in:  # the caller stopped the bot; say we did not catch it
+                await self._handle_dialog_input(
+                    _DialogInput("nlu_fallback", started_wall=turn.endpoint_wall)
+                )
             return
         self._reprompts = 0
         self._store(
@@ -366,7 +444,7 @@ class ConversationPipeline:
                 started_at=self._wall(turn.speech_start_ms),
                 ended_at=self._wall(turn.speech_end_ms),
                 confidence=transcript.confidence,
-                barge_in=barged_in,
+                barge_in=turn.barge_in,
                 endpoint_ms=float(turn.endpoint_ms),
                 stt_ms=round(stt_ms, 1),
             )
@@ -383,8 +461,8 @@ class ConversationPipeline:
         )
 
     async def _transcribe(self, turn: _CallerTurn) -> Transcript:
-        """Use the speculative transcript when there is one: the endpointer cancels it
-        if the caller resumed speaking, so a surviving one covers the whole utterance."""
+        """Use the speculative transcript when there is one: it is dropped if the caller
+        resumed speaking, so a surviving one covers the whole utterance."""
         if turn.early is not None:
             try:
                 return await turn.early
@@ -420,8 +498,9 @@ class ConversationPipeline:
     ) -> None:
         dialog_ms = (time.perf_counter() - dialog_started) * 1000
         text = " ".join(reply.texts)
+        final = reply.hangup or reply.handoff is not None
         if text:
-            record = await self._say(text)
+            record = await self._say(text, interruptible=not final)
             record.endpoint_ms = endpoint_ms
             record.stt_ms = round(stt_ms, 1) if stt_ms is not None else None
             record.dialog_ms = round(dialog_ms, 1)
@@ -431,6 +510,8 @@ class ConversationPipeline:
             self._store(record)
             log.info("call %s: bot said %r (response %s ms)%s", self.call_id, text,
                      record.response_ms, " [interrupted]" if record.barge_in else "")
+        if final:
+            await self._wait_media(END_OF_CALL_DRAIN_MS)
         if reply.handoff is not None:
             self._handoff = reply.handoff
             self.recorder.event("handoff", reply.handoff)
@@ -438,20 +519,27 @@ class ConversationPipeline:
         if reply.hangup:
             raise _CallEnded("bot_hangup")
 
-    async def _say(self, text: str) -> TurnRecord:
-        """Speak ``text`` until it has been heard or the caller barges in."""
+    async def _say(self, text: str, *, interruptible: bool = True) -> TurnRecord:
+        """Speak ``text`` until it has been heard or the caller barges in. If the call ends
+        meanwhile, what was being said is still stored."""
         self._first_frame = asyncio.get_running_loop().create_future()
         self._drained.clear()
         start_ms = self._media_ms
         tts_started = time.perf_counter()
-        self._speaking = asyncio.create_task(self._speak(text))
-        await asyncio.wait({self._speaking})
-        record = TurnRecord(
-            speaker="bot", text=text, started_at=self._wall(start_ms),
-            ended_at=self._wall(self._media_ms), barge_in=self._speaking.cancelled(),
-        )
-        if not self._speaking.cancelled() and self._speaking.exception() is not None:
-            raise self._speaking.exception()  # type: ignore[misc]
+        self._interruptible = interruptible
+        speaking = self._speaking = asyncio.create_task(self._speak(text))
+        record = TurnRecord(speaker="bot", text=text, started_at=self._wall(start_ms))
+        try:
+            await asyncio.wait({speaking})
+        except asyncio.CancelledError:
+            speaking.cancel()
+            record.ended_at = self._wall(self._media_ms)
+            self._store(record)
+            raise
+        record.ended_at = self._wall(self._media_ms)
+        record.barge_in = speaking.cancelled()
+        if not speaking.cancelled() and (error := speaking.exception()) is not None:
+            raise error
         if self._first_frame.done():
             first = self._first_frame.result()
             record.tts_ms = round((first - tts_started) * 1000, 1)
@@ -475,17 +563,20 @@ class ConversationPipeline:
             self._drained.clear()
             await self._drained.wait()
 
-    async def _apologise(self, exc: BaseException) -> None:
-        """The dialog failed: say sorry, keep what was said, end the call as failed."""
-        log.error("call %s: dialog engine unavailable, apologising and ending: %s",
-                  self.call_id, exc)
-        self.recorder.event("error", {"stage": "dialog", "error": str(exc)})
+    async def _fail(self, reason: str, stage: str, exc: BaseException) -> None:
+        """Something broke: say sorry, keep what was said, end the call as failed."""
+        log.error("call %s: %s failed, apologising and ending the call: %s",
+                  self.call_id, stage, exc)
+        self.recorder.event("error", {"stage": stage, "error": str(exc)})
         try:
-            record = await self._say(self.opts.apology_text)
+            record = await self._say(self.opts.apology_text, interruptible=False)
             record.extra.clear()
             self._store(record)
+            await self._wait_media(END_OF_CALL_DRAIN_MS)
+        except Exception:
+            log.exception("call %s: could not play the apology", self.call_id)
         finally:
-            self._finish(_CallEnded("dialog_unavailable", "failed"))
+            self._finish(_CallEnded(reason, "failed"))
 
     # ------------------------------------------------------------------ helpers
 
@@ -495,3 +586,9 @@ class ConversationPipeline:
 
     def _wall(self, media_ms: int) -> datetime:
         return self._started + timedelta(milliseconds=media_ms)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's exception as seen (it is handled where it is awaited)."""
+    if not task.cancelled():
+        task.exception()
