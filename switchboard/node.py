@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,24 +66,31 @@ class Node:
         caller: str | None = None,
         callee: str | None = None,
         metadata: dict[str, Any] | None = None,
-        pipeline_ready: Any = None,
+        pipeline_ready: Callable[[ConversationPipeline], None] | None = None,
     ) -> CallResult:
         """Store a new call and run the conversation pipeline on the given media."""
         info = {"transport": transport, "caller": caller, "callee": callee, **(metadata or {})}
-        call_id = self.calls.create_call(
-            transport=transport, caller=caller, callee=callee, metadata=metadata
+        call_id = await asyncio.to_thread(
+            self.calls.create_call,
+            transport=transport, caller=caller, callee=callee, metadata=metadata,
         )
-        pipeline = ConversationPipeline(
-            call_id=call_id,
-            source=source,
-            sink=sink,
-            stt=self.stt,
-            tts=self.tts,
-            dialog=self.dialog,
-            recorder=CallRecorder(self.calls, call_id),
-            turn_taking=TurnTaking.from_settings(self.settings),
-            metadata=info,
-        )
+        try:
+            pipeline = ConversationPipeline(
+                call_id=call_id,
+                source=source,
+                sink=sink,
+                stt=self.stt,
+                tts=self.tts,
+                dialog=self.dialog,
+                recorder=CallRecorder(self.calls, call_id),
+                turn_taking=TurnTaking.from_settings(self.settings),
+                metadata=info,
+            )
+        except Exception as exc:
+            await asyncio.to_thread(
+                self.calls.end_call, call_id, reason=f"setup_failed: {exc}"[:64], status="failed"
+            )
+            raise
         if pipeline_ready is not None:
             pipeline_ready(pipeline)
         log.info("call %s started (%s from %s)", call_id, transport, caller or "unknown")
