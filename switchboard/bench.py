@@ -25,6 +25,8 @@ CALLER_LINES = (
 )
 STAGES = ("endpoint_ms", "stt_ms", "dialog_ms", "tts_ms", "response_ms")
 GAP_MS = 400
+AUDIBLE = 200
+"""Mean absolute sample value above which a 20 ms frame counts as speech."""
 
 
 class ScriptedCaller:
@@ -40,6 +42,8 @@ class ScriptedCaller:
         self._idle_ms = 0
         self._deadline = time.perf_counter() + timeout_s
         self._next: float | None = None
+        self._media_ms = 0
+        self.speech_ends_ms: list[int] = []
         self.pipeline: ConversationPipeline | None = None
 
     async def read(self) -> np.ndarray | None:
@@ -48,11 +52,13 @@ class ScriptedCaller:
         await asyncio.sleep(max(0.0, self._next - now))
         if now > self._deadline:
             return None
+        self._media_ms += FRAME_MS
         if self._current is not None:
             frame = self._current[self._pos : self._pos + self._frame]
             self._pos += self._frame
             if self._pos >= len(self._current):
                 self._current = None
+                self.speech_ends_ms.append(self._media_ms)
             return np.pad(frame, (0, self._frame - len(frame)))
         idle = self.pipeline is not None and self.pipeline.idle
         self._idle_ms = self._idle_ms + FRAME_MS if idle else 0
@@ -73,6 +79,24 @@ class StageStats:
     mean: float
 
 
+def voice_to_voice_ms(speech_ends_ms: list[int], bot_audio: np.ndarray, rate: int) -> list[int]:
+    """As the caller hears it: end of the caller's speech → first audible bot frame."""
+    frame = frame_samples(rate)
+    usable = len(bot_audio) // frame * frame
+    loud = np.abs(bot_audio[:usable].astype(np.int32)).reshape(-1, frame).mean(axis=1) > AUDIBLE
+    gaps = []
+    for end_ms in speech_ends_ms:
+        after = np.flatnonzero(loud[end_ms // FRAME_MS :])
+        if len(after):
+            gaps.append(int(after[0]) * FRAME_MS)
+    return gaps
+
+
+def _stats(stage: str, values: np.ndarray) -> StageStats:
+    p50, p90, p95 = (float(v) for v in np.percentile(values, [50, 90, 95]))
+    return StageStats(stage, len(values), p50, p90, p95, float(values.mean()))
+
+
 def stage_stats(results: list[CallResult]) -> list[StageStats]:
     """Percentiles of each stage over the bot turns that answered a caller turn."""
     rows = []
@@ -82,15 +106,14 @@ def stage_stats(results: list[CallResult]) -> list[StageStats]:
         values = np.array([getattr(t, stage) for t in answered if getattr(t, stage) is not None])
         if len(values) == 0:
             continue
-        p50, p90, p95 = (float(v) for v in np.percentile(values, [50, 90, 95]))
-        rows.append(StageStats(stage, len(values), p50, p90, p95, float(values.mean())))
+        rows.append(_stats(stage, values))
     return rows
 
 
 async def bench_pipeline(node: Node, utterances: int, rate: int) -> list[StageStats]:
     """One real-time call with ``utterances`` caller turns through the whole pipeline."""
     lines = [CALLER_LINES[i % len(CALLER_LINES)] for i in range(utterances)]
-    audio = [np.concatenate([chunk async for chunk in node.tts.stream(line, rate)])
+    audio = [_trim(np.concatenate([chunk async for chunk in node.tts.stream(line, rate)]))
              for line in lines]
     caller = ScriptedCaller(audio, rate, timeout_s=60 + 20 * utterances)
     sink = CaptureSink(rate)
@@ -100,4 +123,14 @@ async def bench_pipeline(node: Node, utterances: int, rate: int) -> list[StageSt
 
     result = await node.run_call(source=caller, sink=sink, transport="bench",
                                  caller="bench", pipeline_ready=attach)
-    return stage_stats([result])
+    heard = voice_to_voice_ms(caller.speech_ends_ms, sink.audio(), rate)
+    rows = stage_stats([result])
+    if heard:
+        rows.append(_stats("caller_heard", np.array(heard, dtype=float)))
+    return rows
+
+
+def _trim(pcm: np.ndarray) -> np.ndarray:
+    """Cut the synthesizer's trailing silence so the caller's speech end is exact."""
+    loud = np.flatnonzero(np.abs(pcm) > AUDIBLE // 4)
+    return pcm[: loud[-1] + 1] if len(loud) else pcm

@@ -144,6 +144,9 @@ async def _bench(settings: Settings, utterances: int, rate: int) -> None:
             rows = await run_bench(node, utterances, rate)
         finally:
             await node.aclose()
+    typer.echo("endpoint: end of speech as the VAD saw it → end-of-turn decision; stt: → "
+               "transcript; dialog: Rasa; tts: → first bot frame; response: sum;\n"
+               "caller_heard: end of the caller's audio → first audible bot audio.")
     typer.echo(f"{'stage':<14}{'n':>4}{'p50':>9}{'p90':>9}{'p95':>9}{'mean':>9}  (ms)")
     for row in rows:
         typer.echo(f"{row.stage:<14}{row.count:>4}{row.p50:>9.0f}{row.p90:>9.0f}"
