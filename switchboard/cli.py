@@ -31,6 +31,7 @@ def _setup_logging(settings: Settings, quiet: bool = False) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
