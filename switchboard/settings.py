@@ -105,6 +105,47 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / ".venv-rasa", description="Virtualenv holding Rasa 3.6."
     )
 
+    # --- telephony: SIP -----------------------------------------------------------------
+    sip_host: str = Field(default="127.0.0.1", description="Address SIP listens on.")
+    sip_port: int = Field(
+        default=5060, description="SIP port callers use (Kamailio's when sip_workers > 1)."
+    )
+    sip_transports: str = Field(
+        default="udp,tcp", description="Comma list of udp, tcp, tls (tls needs a certificate)."
+    )
+    sip_tls_port: int = Field(default=5061, description="SIP over TLS port.")
+    sip_tls_cert: Path | None = Field(default=None, description="PEM certificate for SIP TLS.")
+    sip_tls_key: Path | None = Field(default=None, description="PEM private key for SIP TLS.")
+    sip_codecs: str = Field(
+        default="PCMU,PCMA,G722",
+        description="Codecs offered, highest priority first (PCMU, PCMA, G722).",
+    )
+    sip_max_calls: int = Field(
+        default=4, ge=1, le=4, description="Calls per SIP worker (PJSUA2 allows 4)."
+    )
+    sip_workers: int = Field(default=1, ge=1, description="SIP media worker processes.")
+    sip_worker_base_port: int = Field(
+        default=5070, description="First SIP port of the workers behind Kamailio (step 2)."
+    )
+    sip_rtp_port: int = Field(default=40000, description="First RTP port of the first worker.")
+    sip_rtp_timeout_s: float = Field(
+        default=10.0, gt=0, description="A call whose RTP stops this long is ended."
+    )
+    sip_allowed_networks: str = Field(
+        default="",
+        description="Comma list of CIDRs allowed to call in; empty allows any source.",
+    )
+    sip_registrar: str = Field(
+        default="", description="Registrar URI to register with (e.g. sip:pbx.example.com)."
+    )
+    sip_username: str = Field(default="", description="Digest user for registration/outbound.")
+    sip_password: str = Field(default="", description="Digest password.")
+    sip_realm: str = Field(default="*", description="Digest realm.")
+    sip_transfer_uri: str = Field(
+        default="", description="Where a handoff is transferred (REFER), e.g. sip:agents@pbx."
+    )
+    sip_record: bool = Field(default=True, description="Record every SIP call (both legs).")
+
     @field_validator("data_dir", "rasa_venv")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -99,6 +99,15 @@ class CallRepository:
                 call.recording_path = recording_path
             session.commit()
 
+    def set_recording(self, call_id: str, path: str) -> None:
+        """Attach a recording file to the call."""
+        with self._sessions() as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise KeyError(f"no call with id {call_id}")
+            call.recording_path = path
+            session.commit()
+
     def get_call(self, call_id: str) -> Call | None:
         """The call with its turns and events loaded (detached, safe to read anywhere)."""
         with self._sessions() as session:
