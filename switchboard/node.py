@@ -73,6 +73,7 @@ class Node:
         call_id = await asyncio.to_thread(
             self.calls.create_call,
             transport=transport, caller=caller, callee=callee, metadata=metadata,
+            worker=self.settings.worker_name or None,
         )
         try:
             pipeline = ConversationPipeline(

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
         description="Where the SQLite database, Rasa models, recordings and logs live.",
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+    worker_name: str = Field(
+        default="", description="Name of this process's calls in the database (set by `run`)."
+    )
 
     # --- storage -----------------------------------------------------------------------
     database_url: str = Field(

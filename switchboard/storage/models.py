@@ -32,6 +32,7 @@ class Call(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     transport: Mapped[str] = mapped_column(String(16))  # simulate | sip | webrtc
+    worker: Mapped[str | None] = mapped_column(String(64), index=True)  # process that ran it
     caller: Mapped[str | None] = mapped_column(String(255))
     callee: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)

@@ -45,10 +45,11 @@ class CallRepository:
         callee: str | None = None,
         metadata: dict[str, Any] | None = None,
         call_id: str | None = None,
+        worker: str | None = None,
     ) -> str:
         with self._sessions() as session:
             call = Call(transport=transport, caller=caller, callee=callee,
-                        call_metadata=metadata or {})
+                        call_metadata=metadata or {}, worker=worker)
             if call_id:
                 call.id = call_id
             session.add(call)
@@ -125,10 +126,13 @@ class CallRepository:
                 )
             )
 
-    def end_active_calls(self, *, reason: str) -> int:
-        """Mark every call still active as ended (after a crash or restart)."""
+    def end_active_calls(self, *, reason: str, worker: str | None = None) -> int:
+        """Mark the calls still active (of one worker, or all) as ended after a crash."""
         with self._sessions() as session:
-            calls = list(session.scalars(select(Call).where(Call.status == "active")))
+            query = select(Call).where(Call.status == "active")
+            if worker is not None:
+                query = query.where(Call.worker == worker)
+            calls = list(session.scalars(query))
             for call in calls:
                 call.status = "ended"
                 call.end_reason = reason
