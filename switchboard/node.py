@@ -18,7 +18,7 @@ from switchboard.pipeline.media import AudioSink, AudioSource
 from switchboard.pipeline.recorder import CallRecorder
 from switchboard.settings import Settings
 from switchboard.storage.database import prepare_database
-from switchboard.storage.repository import CallRepository
+from switchboard.storage.repository import CallRepository, TurnRecord
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,14 @@ class Node:
         callee: str | None = None,
         metadata: dict[str, Any] | None = None,
         pipeline_ready: Callable[[ConversationPipeline], None] | None = None,
+        conversation_id: str | None = None,
+        greet: bool = True,
+        on_turn: Callable[[TurnRecord], None] | None = None,
     ) -> CallResult:
-        """Store a new call and run the conversation pipeline on the given media."""
+        """Store a new call and run the conversation pipeline on the given media.
+
+        ``pipeline_ready`` gets the pipeline before it starts (to deliver keypad digits);
+        ``conversation_id``/``greet``/``on_turn`` as in :class:`ConversationPipeline`."""
         info = {"transport": transport, "caller": caller, "callee": callee, **(metadata or {})}
         call_id = await asyncio.to_thread(
             self.calls.create_call,
@@ -86,6 +92,9 @@ class Node:
                 recorder=CallRecorder(self.calls, call_id),
                 turn_taking=TurnTaking.from_settings(self.settings),
                 metadata=info,
+                conversation_id=conversation_id,
+                greet=greet,
+                on_turn=on_turn,
             )
         except Exception as exc:
             await asyncio.to_thread(

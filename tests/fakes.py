@@ -56,23 +56,25 @@ class FakeDialog:
     def __init__(self, script: Script, *, fail_after: int | None = None) -> None:
         self.script = script
         self.received: list[str] = []
+        self.senders: list[str] = []
         self.fail_after = fail_after
 
-    async def _reply(self, message: str) -> DialogReply:
+    async def _reply(self, message: str, sender: str = "") -> DialogReply:
         self.received.append(message)
+        self.senders.append(sender)
         if self.fail_after is not None and len(self.received) > self.fail_after:
             raise DialogUnavailable("Rasa at http://127.0.0.1:1 is not reachable: refused")
         return DialogReply(messages=self.script(message), elapsed_ms=1.0, sent_text=message)
 
     async def send(self, conversation_id: str, text: str,
                    metadata: dict[str, Any] | None = None) -> DialogReply:
-        return await self._reply(text)
+        return await self._reply(text, conversation_id)
 
     async def send_event(self, conversation_id: str, intent: str,
                          metadata: dict[str, Any] | None = None,
                          entities: dict[str, str] | None = None) -> DialogReply:
-        return await self._reply(f"/{intent}")
+        return await self._reply(f"/{intent}", conversation_id)
 
     async def send_keypad(self, conversation_id: str, digits: str,
                           metadata: dict[str, Any] | None = None) -> DialogReply:
-        return await self._reply(f"/inform:{digits}")
+        return await self._reply(f"/inform:{digits}", conversation_id)

@@ -13,7 +13,7 @@ from speech.audio import FRAME_MS
 from switchboard.node import Node
 from switchboard.pipeline.conversation import ConversationPipeline
 from switchboard.settings import Settings
-from switchboard.simulate import Simulation, simulate_call
+from switchboard.simulate import CaptureSink, FileSource, Simulation, simulate_call
 from tests.audio_tools import espeak, silence
 from tests.fakes import FakeDialog, FakeSTT, FakeTTS
 
@@ -224,3 +224,22 @@ async def test_the_bot_does_not_talk_over_a_caller_who_is_still_speaking(
     replies = [t for t in sim.result.turns if t.speaker == "bot"][1:]
     assert replies[0].barge_in, "the first answer started while the caller spoke again"
     assert not replies[-1].barge_in
+
+
+async def test_a_reconnecting_caller_continues_the_same_conversation(database_url: str) -> None:
+    dialog = FakeDialog(scripted)
+    node = make_node(database_url, FakeSTT(["four eight two one three"]), dialog)
+    heard: list[str] = []
+    caller = np.concatenate([silence(500), espeak("four eight two one three"), silence(500)])
+    source = FileSource(caller, RATE, realtime=False, tail_s=1.0)
+    sim = await asyncio.wait_for(
+        node.run_call(source=source, sink=CaptureSink(RATE), transport="webrtc",
+                      conversation_id="conv-42", greet=False,
+                      pipeline_ready=lambda p: setattr(source, "pipeline", p),
+                      on_turn=lambda t: heard.append(f"{t.speaker}: {t.text}")), 60)
+
+    assert dialog.received == ["four eight two one three"]
+    assert dialog.senders == ["conv-42"]
+    assert heard == ["caller: four eight two one three", "bot: Sure. What's your order number?"]
+    assert sim.reason == "caller_hangup"
+

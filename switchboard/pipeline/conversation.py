@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -119,12 +120,21 @@ class ConversationPipeline:
         recorder: CallRecorder,
         turn_taking: TurnTaking,
         metadata: dict[str, Any] | None = None,
+        conversation_id: str | None = None,
+        greet: bool = True,
+        on_turn: Callable[[TurnRecord], None] | None = None,
     ) -> None:
+        """``conversation_id`` is the dialog's sender id (default: the call id); a caller
+        who reconnects passes the earlier one with ``greet=False`` to carry on where the
+        conversation was. ``on_turn`` sees every turn as it is stored (live transcripts)."""
         if source.sample_rate != sink.sample_rate:
             raise ValueError(
                 f"source rate {source.sample_rate} Hz differs from sink rate {sink.sample_rate} Hz"
             )
         self.call_id = call_id
+        self.conversation_id = conversation_id or call_id
+        self.greet = greet
+        self.on_turn = on_turn
         self.rate = source.sample_rate
         self.source = source
         self.sink = sink
@@ -175,7 +185,8 @@ class ConversationPipeline:
         """Run the call to its end and return how it ended. Always stores the end of the
         call, also when the call is cancelled from outside (then re-raised) or a task fails."""
         self.recorder.event("answered", {"sample_rate": self.rate, **self.metadata})
-        self._queue.put_nowait(_DialogInput("call_start", started_wall=time.perf_counter()))
+        if self.greet:
+            self._queue.put_nowait(_DialogInput("call_start", started_wall=time.perf_counter()))
         media = asyncio.create_task(self._media_loop(), name=f"media-{self.call_id[:8]}")
         responder = asyncio.create_task(self._responder(), name=f"respond-{self.call_id[:8]}")
         ended = asyncio.create_task(self._ended.wait())
@@ -451,7 +462,7 @@ class ConversationPipeline:
         )
         log.info("call %s: caller said %r (stt %.0f ms)", self.call_id, text, stt_ms)
         dialog_started = time.perf_counter()
-        reply = await self.dialog.send(self.call_id, text, self.metadata)
+        reply = await self.dialog.send(self.conversation_id, text, self.metadata)
         await self._speak_reply(
             reply,
             origin_wall=turn.endpoint_wall,
@@ -479,9 +490,9 @@ class ConversationPipeline:
                            started_at=self._wall(self._dtmf_last_ms),
                            ended_at=self._wall(self._media_ms))
             )
-            reply = await self.dialog.send_keypad(self.call_id, item.keypad, self.metadata)
+            reply = await self.dialog.send_keypad(self.conversation_id, item.keypad, self.metadata)
         else:
-            reply = await self.dialog.send_event(self.call_id, item.intent, self.metadata)
+            reply = await self.dialog.send_event(self.conversation_id, item.intent, self.metadata)
         await self._speak_reply(
             reply, origin_wall=item.started_wall, endpoint_ms=None, stt_ms=None,
             dialog_started=dialog_started,
@@ -583,6 +594,11 @@ class ConversationPipeline:
     def _store(self, record: TurnRecord) -> None:
         self.turns.append(record)
         self.recorder.turn(record)
+        if self.on_turn is not None:
+            try:
+                self.on_turn(record)
+            except Exception:
+                log.exception("call %s: turn listener failed", self.call_id)
 
     def _wall(self, media_ms: int) -> datetime:
         return self._started + timedelta(milliseconds=media_ms)
