@@ -20,9 +20,13 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database migrations and demo data.", no_args_is_help=True)
 dialog_app = typer.Typer(help="The Rasa bot: install check, training.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)
+analytics_app = typer.Typer(
+    help="Post-call analytics: the Celery worker and aggregate figures.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(dialog_app, name="dialog")
 app.add_typer(bench_app, name="bench")
+app.add_typer(analytics_app, name="analytics")
 
 
 def _setup_logging(settings: Settings, quiet: bool = False) -> None:
@@ -51,6 +55,22 @@ def run() -> None:
     try:
         Supervisor(settings).run()
     except SupervisorError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def web() -> None:
+    """Run the web app alone: softphone page and WebRTC gateway on web_host:web_port.
+
+    Loads the speech models first; GET /healthz answers once calls can be taken.
+    SIGTERM or Ctrl-C hangs up the browser calls and exits."""
+    from admin.server import WebServerError, serve
+
+    settings = get_settings()
+    _setup_logging(settings)
+    try:
+        serve(settings)
+    except WebServerError as exc:
         raise _fail(str(exc)) from None
 
 
@@ -123,6 +143,87 @@ async def _simulate(
     write_outputs(sim, reply_wav, json_path)
 
 
+@app.command("sip-worker")
+def sip_worker(
+    port: Annotated[
+        int | None, typer.Option(help="SIP port (default: SWITCHBOARD_SIP_PORT).")
+    ] = None,
+    rtp_port: Annotated[
+        int | None, typer.Option(help="First RTP port (default: SWITCHBOARD_SIP_RTP_PORT).")
+    ] = None,
+) -> None:
+    """Run one SIP media worker: answer calls with the bot until SIGTERM/Ctrl-C.
+
+    Uses the Rasa server at SWITCHBOARD_RASA_URL (`switchboard run` starts one)."""
+    from telephony.sip.endpoint import SipSetupError
+
+    settings = get_settings()
+    overrides = {k: v for k, v in (("sip_port", port), ("sip_rtp_port", rtp_port)) if v}
+    settings = settings.model_copy(update=overrides)
+    _setup_logging(settings)
+    try:
+        asyncio.run(_sip_worker(settings))
+    except SipSetupError as exc:
+        raise _fail(str(exc)) from None
+
+
+async def _sip_worker(settings: Settings) -> None:
+    from switchboard.node import Node
+    from telephony.sip.worker import run_worker
+
+    node = Node.create(settings)
+    try:
+        await run_worker(node)
+    finally:
+        await node.aclose()
+
+
+@app.command("call")
+def call(
+    uri: Annotated[str, typer.Argument(help="Who to call, e.g. sip:alice@127.0.0.1:5062.")],
+    port: Annotated[
+        int, typer.Option(help="Local SIP port for this call (0 = any free port).")
+    ] = 0,
+    rasa_url: Annotated[
+        str | None, typer.Option(help="Rasa server; started for the call if unreachable.")
+    ] = None,
+) -> None:
+    """Call URI over SIP and let the bot talk to whoever answers; exits when the call ends."""
+    from telephony.sip.endpoint import SipSetupError
+    from telephony.sip.worker import SipCallFailed
+
+    if not uri.startswith(("sip:", "sips:")):
+        raise _fail(f"{uri!r} is not a SIP URI; expected e.g. sip:alice@127.0.0.1:5062", 2)
+    settings = get_settings()
+    settings = settings.model_copy(update={"sip_port": port, "sip_transports": "udp"})
+    if rasa_url:
+        settings = settings.model_copy(update={"rasa_url": rasa_url})
+    _setup_logging(settings, quiet=True)
+    try:
+        asyncio.run(_call(settings, uri))
+    except (SipSetupError, SipCallFailed) as exc:
+        raise _fail(str(exc)) from None
+
+
+async def _call(settings: Settings, uri: str) -> None:
+    from switchboard.dialog_service import dialog_available
+    from switchboard.node import Node
+    from telephony.sip.worker import SipWorker
+
+    async with dialog_available(settings) as rasa_url:
+        node = Node.create(settings.model_copy(update={"rasa_url": rasa_url}))
+        worker = SipWorker(node)
+        try:
+            await worker.start()
+            result = await worker.call(uri)
+        finally:
+            await worker.aclose()
+            await node.aclose()
+    for turn in result.turns:
+        typer.echo(f"{turn.speaker:>6}: {turn.text}")
+    typer.echo(f"call {result.call_id} ended: {result.reason}")
+
+
 @bench_app.command("pipeline")
 def bench_pipeline(
     utterances: Annotated[int, typer.Option(min=1, max=200, help="Caller turns to time.")] = 12,
@@ -154,6 +255,25 @@ async def _bench(settings: Settings, utterances: int, rate: int) -> None:
                    f"{row.p95:>9.0f}{row.mean:>9.0f}")
 
 
+@bench_app.command("webrtc")
+def bench_webrtc(
+    calls: Annotated[int, typer.Option(min=1, max=50, help="Concurrent browser-like calls.")] = 1,
+) -> None:
+    """Concurrent aiortc calls against the web app: connect time, voice-to-voice latency
+    at the caller, CPU per call. Starts a web app for the run if none answers."""
+    from telephony.webrtc.bench import BenchError, format_report
+    from telephony.webrtc.bench import bench_webrtc as run_bench
+
+    settings = get_settings()
+    _setup_logging(settings, quiet=True)
+    try:
+        report = asyncio.run(run_bench(settings, calls))
+    except BenchError as exc:
+        raise _fail(str(exc)) from None
+    for line in format_report(report):
+        typer.echo(line)
+
+
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the database migrations (and seed the demo orders if enabled)."""
@@ -165,6 +285,49 @@ def db_migrate() -> None:
     except DatabaseError as exc:
         raise _fail(str(exc)) from None
     typer.echo("database is up to date")
+
+
+@analytics_app.command("worker")
+def analytics_worker() -> None:
+    """Run the Celery worker that analyses ended calls (migrates the database first)."""
+    from switchboard.storage.database import DatabaseError, prepare_database
+
+    settings = get_settings()
+    try:
+        prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
+    except DatabaseError as exc:
+        raise _fail(str(exc)) from None
+    from analytics.celery_app import app as celery_app
+
+    celery_app.worker_main([
+        "worker", "--loglevel", settings.log_level.upper(),
+        "--pool", settings.celery_worker_pool,
+        "--concurrency", str(settings.celery_worker_concurrency),
+        "--hostname", f"analytics-{settings.worker_name or 'node'}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ])
+
+
+@analytics_app.command("aggregates")
+def analytics_aggregates(
+    days: Annotated[float, typer.Option(min=0.01, help="Look back this many days.")] = 7.0,
+) -> None:
+    """Print the aggregate figures of the calls started in the last DAYS days (JSON)."""
+    import json
+    from datetime import timedelta
+
+    from analytics.aggregates import compute_aggregates
+    from switchboard.storage.database import DatabaseError, prepare_database
+    from switchboard.storage.models import utcnow
+
+    settings = get_settings()
+    try:
+        sessions = prepare_database(settings.effective_database_url, demo_data=False)
+    except DatabaseError as exc:
+        raise _fail(str(exc)) from None
+    until = utcnow()
+    figures = compute_aggregates(sessions, since=until - timedelta(days=days), until=until)
+    typer.echo(json.dumps(figures.as_dict(), indent=2))
 
 
 @dialog_app.command("train")

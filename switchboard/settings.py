@@ -149,6 +149,93 @@ class Settings(BaseSettings):
     )
     sip_record: bool = Field(default=True, description="Record every SIP call (both legs).")
 
+    # --- web app and WebRTC softphone ---------------------------------------------------
+    web_host: str = Field(
+        default="127.0.0.1", description="Address the web app (softphone, API) listens on."
+    )
+    web_port: int = Field(default=8000, description="Port of the web app.")
+    web_tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate: serve HTTPS (browsers need it for the microphone "
+        "anywhere but localhost).",
+    )
+    web_tls_key: Path | None = Field(default=None, description="PEM private key for HTTPS.")
+    webrtc_ice_addresses: str = Field(
+        default="",
+        description="Comma list of local addresses offered as ICE host candidates; empty "
+        "offers every address of this machine except loopback ('127.0.0.1' offers only it).",
+    )
+    webrtc_stun_servers: str = Field(
+        default="",
+        description="Comma list of STUN URLs (stun:host:port); empty contacts no STUN server.",
+    )
+    webrtc_turn_servers: str = Field(
+        default="", description="Comma list of TURN URLs (turn:host:port?transport=udp)."
+    )
+    webrtc_turn_username: str = Field(default="", description="TURN user name.")
+    webrtc_turn_password: str = Field(default="", description="TURN password.")
+    webrtc_max_calls: int = Field(
+        default=20, ge=1, description="Browser calls at once; more offers get 503."
+    )
+    webrtc_media_timeout_s: float = Field(
+        default=5.0, gt=0, description="A browser call whose audio stops this long ends."
+    )
+    webrtc_reconnect_window_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A dropped browser call reconnecting within this time continues "
+        "its conversation (no new greeting).",
+    )
+
+    # --- post-call analytics (Celery) --------------------------------------------------
+    celery_broker_url: str = Field(
+        default="",
+        description="Celery broker; empty means a SQLite file in data_dir (kombu's SQLAlchemy "
+        "transport, no server). Production: redis://host:6379/1",
+    )
+    celery_result_backend: str = Field(
+        default="",
+        description="Celery result backend; empty keeps no task results (analyses are "
+        "stored in the database either way).",
+    )
+    celery_visibility_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Redis broker: a task taken by a worker that died is delivered again "
+        "after this long (keep it above the longest analysis).",
+    )
+    celery_enqueue_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long queueing a call's analysis waits for an unreachable or silent "
+        "broker before it logs and gives up (at least 2 s with Redis).",
+    )
+    celery_max_retries: int = Field(
+        default=5, ge=0, description="Retries of an analysis that failed on a database error."
+    )
+    celery_retry_backoff_max_s: int = Field(
+        default=300, ge=1, description="Cap of the exponential backoff between retries."
+    )
+    celery_worker_pool: Literal["prefork", "solo", "threads"] = Field(
+        default="prefork", description="Pool of the analytics worker (prefork survives a "
+        "crashing task: the task is delivered again)."
+    )
+    celery_worker_concurrency: int = Field(
+        default=1, ge=1, description="Analyses the worker runs at once."
+    )
+    analytics_sweep_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A call ended at least this long ago without an analysis is queued again "
+        "when a worker starts (covers tasks lost with a broker or a killed worker).",
+    )
+    analytics_test_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Test hook: every analysis sleeps this long before it is stored (to "
+        "kill a worker mid-task in tests). Keep 0.",
+    )
+
     @field_validator("data_dir", "rasa_venv")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -114,3 +114,33 @@ class Order(Base):
     carrier: Mapped[str | None] = mapped_column(String(64))
     eta: Mapped[date | None] = mapped_column(Date)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CallAnalysis(Base):
+    """The post-call analysis of one call (written by the analytics worker, one row a call)."""
+
+    __tablename__ = "call_analyses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), unique=True
+    )
+    analyzed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    runs: Mapped[int] = mapped_column(Integer, default=1)  # times computed and stored
+    outcome: Mapped[str] = mapped_column(String(16), index=True)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    caller_talk_s: Mapped[float] = mapped_column(Float, default=0.0)
+    bot_talk_s: Mapped[float] = mapped_column(Float, default=0.0)
+    silence_s: Mapped[float | None] = mapped_column(Float)
+    turns: Mapped[int] = mapped_column(Integer, default=0)
+    caller_turns: Mapped[int] = mapped_column(Integer, default=0)
+    bot_turns: Mapped[int] = mapped_column(Integer, default=0)
+    barge_ins: Mapped[int] = mapped_column(Integer, default=0)
+    fallbacks: Mapped[int] = mapped_column(Integer, default=0)
+    intents: Mapped[list[str]] = mapped_column(JSON, default=list)
+    sentiment: Mapped[float | None] = mapped_column(Float)  # VADER compound, -1..1
+    sentiment_label: Mapped[str | None] = mapped_column(String(8))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    transcript: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # redacted
+    latency: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    redactions: Mapped[int] = mapped_column(Integer, default=0)

@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from switchboard.storage.models import Call, CallEvent, Order, Turn, utcnow
+from switchboard.storage.models import Call, CallAnalysis, CallEvent, Order, Turn, utcnow
 
 
 @dataclass
@@ -148,3 +149,55 @@ class OrderRepository:
     def get(self, number: str) -> Order | None:
         with self._sessions() as session:
             return session.get(Order, number)
+
+
+class AnalysisRepository:
+    """Post-call analyses: one row per call, written idempotently by the analytics worker."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def save(self, values: dict[str, Any]) -> int:
+        """Insert or replace the analysis of ``values["call_id"]`` in one statement (safe when
+        two workers store the same call at once); returns how many times it has been stored."""
+        with self._sessions() as session:
+            dialect = session.get_bind().dialect.name
+            if dialect == "postgresql":
+                insert: Any = postgresql.insert
+            elif dialect == "sqlite":
+                insert = sqlite.insert
+            else:
+                raise NotImplementedError(f"analyses need SQLite or PostgreSQL, not {dialect}")
+            row = {**values, "analyzed_at": utcnow(), "runs": 1}
+            stmt = insert(CallAnalysis).values(**row)
+            updates = {k: stmt.excluded[k] for k in row if k not in ("call_id", "runs")}
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[CallAnalysis.call_id],
+                set_={**updates, "runs": CallAnalysis.runs + 1},
+            ).returning(CallAnalysis.runs)
+            runs: int = session.execute(stmt).scalar_one()
+            session.commit()
+            return runs
+
+    def get(self, call_id: str) -> CallAnalysis | None:
+        with self._sessions() as session:
+            return session.scalar(select(CallAnalysis).where(CallAnalysis.call_id == call_id))
+
+    def count(self, call_id: str) -> int:
+        with self._sessions() as session:
+            return session.scalar(
+                select(func.count()).select_from(CallAnalysis)
+                .where(CallAnalysis.call_id == call_id)
+            ) or 0
+
+    def unanalyzed_call_ids(self, *, ended_before: datetime, limit: int = 500) -> list[str]:
+        """Ended calls without an analysis that ended before ``ended_before``, oldest first."""
+        with self._sessions() as session:
+            return list(session.scalars(
+                select(Call.id)
+                .outerjoin(CallAnalysis, CallAnalysis.call_id == Call.id)
+                .where(CallAnalysis.id.is_(None), Call.status != "active",
+                       Call.ended_at.is_not(None), Call.ended_at < ended_before)
+                .order_by(Call.ended_at)
+                .limit(limit)
+            ))

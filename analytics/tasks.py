@@ -1,0 +1,125 @@
+"""Celery tasks of the post-call analytics, and the one call the real-time side makes.
+
+When a call has ended (its end is stored), the node calls :func:`enqueue_call_analysis`.
+A worker then runs :func:`analyze_call`, which reads the call, its turns and events, and
+stores one ``call_analyses`` row. Running it again for the same call replaces that row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_ready
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from analytics.analysis import analyze
+from analytics.celery_app import app
+from switchboard.settings import get_settings
+from switchboard.storage.database import make_engine
+from switchboard.storage.models import utcnow
+from switchboard.storage.repository import AnalysisRepository, CallRepository
+
+log = logging.getLogger(__name__)
+
+_settings = get_settings()
+
+
+class CallNotEnded(RuntimeError):
+    """The call is still active: analysing it now would store a half call."""
+
+
+@cache
+def _sessions(url: str) -> sessionmaker[Session]:
+    # Created lazily, in the process that runs tasks (after a prefork child is forked).
+    # The database is migrated by whoever starts the worker (`switchboard analytics worker`).
+    return sessionmaker(make_engine(url), expire_on_commit=False)
+
+
+def _repositories() -> tuple[CallRepository, AnalysisRepository]:
+    sessions = _sessions(get_settings().effective_database_url)
+    return CallRepository(sessions), AnalysisRepository(sessions)
+
+
+@app.task(
+    bind=True,
+    name="switchboard.analyze_call",
+    autoretry_for=(DBAPIError, CallNotEnded),
+    retry_backoff=True,
+    retry_backoff_max=_settings.celery_retry_backoff_max_s,
+    retry_jitter=True,
+    max_retries=_settings.celery_max_retries,
+)
+def analyze_call(self: Task, call_id: str) -> dict[str, Any] | None:
+    """Analyse one ended call and store the result (upsert on ``call_id``: idempotent).
+
+    Returns a small summary (outcome, runs), or None when the call does not exist.
+    Database errors and a call that has not ended yet are retried with exponential backoff.
+    """
+    delivery = self.request.delivery_info or {}
+    log.info("analysis of call %s started (pid %d, retry %d, redelivered %s)", call_id,
+             os.getpid(), self.request.retries, bool(delivery.get("redelivered")))
+    calls, analyses = _repositories()
+    call = calls.get_call(call_id)
+    if call is None:
+        log.warning("analysis of call %s skipped: no such call in the database", call_id)
+        return None
+    if call.status == "active":
+        raise CallNotEnded(f"call {call_id} is still active")
+    result = analyze(call)
+    delay = get_settings().analytics_test_delay_s
+    if delay:
+        time.sleep(delay)  # test hook (SWITCHBOARD_ANALYTICS_TEST_DELAY_S), 0 in production
+    runs = analyses.save(result.as_row())
+    log.info("analysis of call %s completed: %s, stored %d time(s)", call_id, result.outcome,
+             runs)
+    return {"call_id": call_id, "outcome": result.outcome, "runs": runs}
+
+
+@app.task(name="switchboard.analyze_pending_calls")
+def analyze_pending_calls() -> int:
+    """Queue an analysis for every call that ended ``analytics_sweep_after_s`` ago or more
+    without one (tasks lost with the embedded broker, or calls ended while the broker was
+    down). Runs when a worker starts; returns how many were queued."""
+    settings = get_settings()
+    _, analyses = _repositories()
+    ended_before = utcnow() - timedelta(seconds=settings.analytics_sweep_after_s)
+    call_ids = analyses.unanalyzed_call_ids(ended_before=ended_before)
+    for call_id in call_ids:
+        analyze_call.delay(call_id)
+    if call_ids:
+        log.info("queued %d calls that ended without an analysis", len(call_ids))
+    return len(call_ids)
+
+
+@worker_ready.connect
+def _sweep_on_start(**_: Any) -> None:
+    try:
+        analyze_pending_calls.delay()
+    except Exception as exc:
+        log.warning("could not queue the sweep of unanalysed calls: %s", exc)
+
+
+def enqueue_call_analysis(call_id: str, *, celery: Celery | None = None) -> None:
+    """Hand the analysis of an ended call to the broker. Never raises.
+
+    Call it after the call's end is stored. ``celery`` is the app to send with (one made
+    by ``analytics.celery_app.create_app(settings)`` for the node's settings; default: the
+    app configured from the environment). When the broker is unreachable or silent it gives
+    up after a few seconds (``celery_enqueue_timeout_s``, at least 2 s, per attempt), logs
+    and returns; a worker's start-up sweep analyses the call later. It does network I/O, so
+    from async code run it in a thread:
+    ``await asyncio.to_thread(enqueue_call_analysis, call_id, celery=app)``.
+    """
+    sender = celery or app
+    try:
+        sender.send_task(analyze_call.name, (call_id,), retry=False)
+    except Exception as exc:
+        broker = str(sender.conf.broker_url).rsplit("@", 1)[-1]
+        log.error("call %s: could not queue its analysis (broker %s): %s", call_id, broker, exc)

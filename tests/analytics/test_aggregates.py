@@ -1,0 +1,105 @@
+"""Aggregate figures over a time range, on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from analytics.aggregates import compute_aggregates
+from analytics.analysis import analyze
+from switchboard.storage.database import prepare_database
+from switchboard.storage.repository import AnalysisRepository, CallRepository
+from tests.analytics.calls import CallSpec, Said, order_call, store_call
+
+DAY1 = datetime(2026, 3, 2, tzinfo=UTC)
+DAY2 = DAY1 + timedelta(days=1)
+
+
+def _analysed(sessions: sessionmaker[Session], spec: CallSpec) -> float | None:
+    call_id = store_call(sessions, spec)
+    call = CallRepository(sessions).get_call(call_id)
+    assert call is not None
+    result = analyze(call)
+    AnalysisRepository(sessions).save(result.as_row())
+    return result.sentiment
+
+
+@pytest.fixture
+def sessions(url: str) -> sessionmaker[Session]:
+    return prepare_database(url, demo_data=False)
+
+
+def test_aggregates_over_a_range(sessions: sessionmaker[Session]) -> None:
+    day1 = [
+        _analysed(sessions, order_call(DAY1 + timedelta(hours=9, minutes=15))),
+        _analysed(sessions, order_call(
+            DAY1 + timedelta(hours=9, minutes=40), reason="handoff",
+            caller_opening="This is ridiculous, I'm really angry. Get me a person.")),
+        _analysed(sessions, order_call(DAY1 + timedelta(hours=10, minutes=5),
+                                       reason="caller_hangup")),
+    ]
+    broken = CallSpec(
+        start=DAY2 + timedelta(hours=14), length_s=12, reason="dialog_unavailable",
+        status="failed", turns=[
+            Said("bot", "Hello, how can I help?", 0, 2),
+            Said("caller", "blorp", 3, 1, intent="nlu_fallback"),
+            Said("bot", "Sorry, I'm having technical trouble.", 5, 3, response_ms=1500.0),
+        ])
+    day2 = [_analysed(sessions, broken)]
+    store_call(sessions, order_call(DAY2 + timedelta(hours=15)))  # not analysed (yet)
+    _analysed(sessions, order_call(DAY2 + timedelta(days=3)))  # outside the range
+
+    figures = compute_aggregates(sessions, since=DAY1, until=DAY1 + timedelta(days=2))
+
+    assert figures.calls == 5 and figures.analysed == 4
+    assert figures.calls_per_hour == [
+        {"bucket": "2026-03-02 09:00", "calls": 2},
+        {"bucket": "2026-03-02 10:00", "calls": 1},
+        {"bucket": "2026-03-03 14:00", "calls": 1},
+        {"bucket": "2026-03-03 15:00", "calls": 1},
+    ]
+    assert figures.calls_per_day == [
+        {"bucket": "2026-03-02", "calls": 3}, {"bucket": "2026-03-03", "calls": 2}]
+    assert figures.outcomes == {"resolved": 1, "handed_off": 1, "abandoned": 1, "failed": 1}
+    assert figures.containment_rate == figures.handoff_rate == 0.25
+    assert figures.abandon_rate == figures.failure_rate == figures.fallback_rate == 0.25
+    assert figures.average_handle_time_s == 25.5  # (3 × 30 s + 12 s) / 4
+    assert figures.top_intents == [
+        {"intent": "check_order", "turns": 4}, {"intent": "inform_order_number", "turns": 4},
+        {"intent": "thank", "turns": 4}, {"intent": "nlu_fallback", "turns": 1}]
+    # bot turns of the 5 calls in range: 4 × (500, 700, 900) ms and one 1500 ms apology
+    assert figures.bot_turns_timed == 13
+    assert figures.response_ms_p50 == 700.0
+    assert figures.response_ms_p95 == 1140.0  # 900 + 0.4 × (1500 - 900): rank 11.4 of 0..12
+    assert [row["day"] for row in figures.sentiment_trend] == ["2026-03-02", "2026-03-03"]
+    assert figures.sentiment_trend[0]["calls"] == 3
+    assert figures.sentiment_trend[0]["sentiment"] == pytest.approx(
+        sum(s for s in day1 if s is not None) / 3, abs=1e-4)
+    assert figures.sentiment_trend[1]["sentiment"] == pytest.approx(day2[0] or 0.0, abs=1e-4)
+
+
+def test_an_empty_range_has_no_rates(sessions: sessionmaker[Session]) -> None:
+    figures = compute_aggregates(sessions, since=DAY1, until=DAY2)
+    assert figures.calls == 0 and figures.containment_rate is None
+    assert figures.response_ms_p50 is None and figures.average_handle_time_s is None
+    assert figures.as_dict()["since"] == DAY1.isoformat()
+
+
+def test_the_cli_prints_the_aggregates_as_json(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    sessions = prepare_database(url, demo_data=False)
+    _analysed(sessions, order_call(datetime.now(UTC) - timedelta(hours=1)))
+    env = {**os.environ, "SWITCHBOARD_DATABASE_URL": url, "SWITCHBOARD_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "switchboard", "analytics", "aggregates", "--days", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True)
+    figures = json.loads(done.stdout)
+    assert figures["calls"] == 1 and figures["containment_rate"] == 1.0
+    assert figures["response_ms_p95"] == 880.0
