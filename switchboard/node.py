@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from analytics.celery_app import create_app as create_celery_app
+from analytics.tasks import enqueue_call_analysis
 from dialog.rasa_client import DialogEngine, RasaClient
 from speech.stt import SpeechToText, WhisperSTT
 from speech.tts import PiperTTS, TextToSpeech
@@ -33,6 +36,8 @@ class Node:
     stt: SpeechToText
     tts: TextToSpeech
     dialog: DialogEngine
+    analytics: Celery | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def create(
@@ -42,8 +47,11 @@ class Node:
         stt: SpeechToText | None = None,
         tts: TextToSpeech | None = None,
         dialog: DialogEngine | None = None,
+        analytics: bool = True,
     ) -> Node:
-        """Migrate the database and load the speech models (once per process)."""
+        """Migrate the database and load the speech models (once per process).
+
+        With ``analytics``, every ended call is queued for post-call analysis (Celery)."""
         sessions = prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
         if stt is None:
             whisper = WhisperSTT.from_settings(settings)
@@ -55,7 +63,8 @@ class Node:
             tts = piper
         if dialog is None:
             dialog = RasaClient(settings.rasa_url, timeout_s=settings.rasa_timeout_s)
-        return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog)
+        celery = create_celery_app(settings) if analytics else None
+        return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery)
 
     async def run_call(
         self,
@@ -106,9 +115,21 @@ class Node:
         log.info("call %s started (%s from %s)", call_id, transport, caller or "unknown")
         result = await pipeline.run()
         log.info("call %s ended: %s", call_id, result.reason)
+        if self.analytics is not None:
+            self._queue_analysis(call_id)
         return result
 
+    def _queue_analysis(self, call_id: str) -> None:
+        """Off the call's path: the transport hangs up without waiting for the broker."""
+        task = asyncio.create_task(
+            asyncio.to_thread(enqueue_call_analysis, call_id, celery=self.analytics)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def aclose(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         for engine in (self.stt, self.tts, self.dialog):
             close = getattr(engine, "aclose", None) or getattr(engine, "close", None)
             if close is None:

@@ -38,7 +38,7 @@ def scripted(message: str) -> list[BotMessage]:
 
 def make_node(database_url: str, stt: FakeSTT, dialog: FakeDialog, **overrides: object) -> Node:
     settings = Settings(database_url=database_url, **overrides)  # type: ignore[arg-type]
-    return Node.create(settings, stt=stt, tts=FakeTTS(), dialog=dialog)
+    return Node.create(settings, stt=stt, tts=FakeTTS(), dialog=dialog, analytics=False)
 
 
 def onset_ms(pcm: np.ndarray, rate: int = RATE) -> int:

@@ -20,5 +20,5 @@ async def node(
     url = rasa_server.url  # type: ignore[attr-defined]
     settings = Settings(database_url=database_url, rasa_url=url)
     dialog = RasaClient(url, timeout_s=settings.rasa_timeout_s)
-    yield Node.create(settings, stt=stt, tts=tts, dialog=dialog)
+    yield Node.create(settings, stt=stt, tts=tts, dialog=dialog, analytics=False)
     await dialog.aclose()
