@@ -1,0 +1,424 @@
+"""Kamailio as the node's one SIP entry point, in front of its SIP media workers.
+
+Callers reach Kamailio at ``sip_host:sip_port``; Kamailio's dispatcher hashes each INVITE
+on the From URI to one of the workers (``127.0.0.1:sip_worker_base_port + 2*i``, UDP),
+fails over to the next on 408/486/500/503 or silence, pings every worker with OPTIONS and
+stays in the dialog (Record-Route). The routing logic is ``deploy/kamailio/kamailio.cfg``;
+this module renders it into ``data_dir/kamailio/`` and runs Kamailio as a child process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from switchboard.settings import PROJECT_ROOT, Settings
+
+CONFIG_TEMPLATE = PROJECT_ROOT / "deploy" / "kamailio" / "kamailio.cfg"
+KAMAILIO_PACKAGE = "kamailio"
+WORKER_HOST = "127.0.0.1"
+WORKER_PORT_STEP = 2
+DISPATCHER_SET = 1
+PING_INTERVAL_S = 5
+FAILOVER_TIMEOUT_S = 2.0
+ANSWER_TIMEOUT_S = 30.0
+PROXY_CHILDREN = 4
+UNPRIVILEGED_USER = "nobody"
+START_TIMEOUT_S = 10.0
+STOP_GRACE_S = 5.0
+HEALTH_POLL_S = 0.1
+PROBE_TIMEOUT_S = 0.5
+RPC_TIMEOUT_S = 2.0
+RPC_BUFFER_BYTES = 65_536
+LOG_TAIL_LINES = 40
+TRANSPORTS = ("udp", "tcp")
+WILDCARD_PROBES = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+WORKER_STATES = {"A": "active", "T": "trying", "I": "inactive", "D": "disabled"}
+KAMAILIO_LOG_LEVELS = {"DEBUG": 3, "INFO": 2, "WARNING": 1, "ERROR": -1, "CRITICAL": -2}
+
+
+class KamailioError(RuntimeError):
+    """Kamailio is missing, cannot be configured, did not come up or does not answer."""
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One worker as Kamailio's dispatcher sees it."""
+
+    uri: str
+    state: str  # active, trying (one failure, still used), inactive or disabled
+    probing: bool
+
+    @property
+    def port(self) -> int:
+        return int(self.uri.rsplit(":", 1)[1].split(";", 1)[0])
+
+    @property
+    def usable(self) -> bool:
+        """Whether new calls may be dispatched to it."""
+        return self.state in ("active", "trying")
+
+
+def worker_ports(settings: Settings) -> list[int]:
+    """SIP ports of the node's workers: ``sip_worker_base_port + 2*i`` for each worker."""
+    return [
+        settings.sip_worker_base_port + WORKER_PORT_STEP * index
+        for index in range(settings.sip_workers)
+    ]
+
+
+def kamailio_executable() -> Path:
+    """Path of the ``kamailio`` binary, or :class:`KamailioError` saying how to install it."""
+    found = shutil.which("kamailio") or shutil.which("kamailio", path="/usr/sbin:/sbin")
+    if not found:
+        raise KamailioError(
+            "kamailio is not installed: with more than one SIP worker "
+            "(SWITCHBOARD_SIP_WORKERS > 1) Kamailio is the node's SIP entry point. Install "
+            f"the Debian package `{KAMAILIO_PACKAGE}` (apt-get install {KAMAILIO_PACKAGE}, "
+            "version 5.6 or later), or set SWITCHBOARD_SIP_WORKERS=1."
+        )
+    return Path(found)
+
+
+def render_config(
+    settings: Settings,
+    *,
+    port: int,
+    dispatcher_list: Path,
+    rpc_socket: Path,
+    ping_interval_s: int = PING_INTERVAL_S,
+    failover_timeout_s: float = FAILOVER_TIMEOUT_S,
+) -> str:
+    """The Kamailio configuration: the template with this node's values defined in front."""
+    transports = [t.strip() for t in settings.sip_transports.split(",") if t.strip()]
+    served = [t for t in transports if t in TRANSPORTS]
+    if not served:
+        raise KamailioError(
+            f"SWITCHBOARD_SIP_TRANSPORTS={settings.sip_transports!r} names neither udp nor "
+            "tcp; the Kamailio front end serves udp and tcp (TLS is not supported there yet)."
+        )
+    defines = [
+        f'#!substdef "!SB_SIP_HOST!{_uri_host(settings.sip_host)}!g"',
+        f'#!substdef "!SB_SIP_PORT!{port}!g"',
+        *(f"#!define SB_WITH_{transport.upper()}" for transport in served),
+        f"#!define SB_DISPATCHER_LIST {_cfg_string(str(dispatcher_list))}",
+        f"#!define SB_RPC_SOCKET {_cfg_string(str(rpc_socket))}",
+        f"#!define SB_PING_INTERVAL_S {max(1, int(ping_interval_s))}",
+        f"#!define SB_FR_TIMER_MS {round(failover_timeout_s * 1000)}",
+        f"#!define SB_FR_INV_TIMER_MS {round(ANSWER_TIMEOUT_S * 1000)}",
+        f"#!define SB_CHILDREN {PROXY_CHILDREN}",
+        f"#!define SB_LOG_LEVEL {_kamailio_log_level(settings.log_level)}",
+    ]
+    networks = [n.strip() for n in settings.sip_allowed_networks.split(",") if n.strip()]
+    if networks:
+        defines.append(f"#!define SB_ALLOWED_NETWORKS {_cfg_string(','.join(networks))}")
+    template = CONFIG_TEMPLATE.read_text()
+    header, _, body = template.partition("\n")  # keep the #!KAMAILIO marker first
+    generated = "\n".join(["# --- rendered by telephony/kamailio.py ---", *defines])
+    return f"{header}\n{generated}\n{body}"
+
+
+def dispatcher_list(ports: list[int]) -> str:
+    """The dispatcher list file: every worker in one set, all active at start."""
+    lines = ["# set destination flags priority (rendered by telephony/kamailio.py)"]
+    lines += [f"{DISPATCHER_SET} sip:{WORKER_HOST}:{port} 0 0" for port in ports]
+    return "\n".join(lines) + "\n"
+
+
+class KamailioProxy:
+    """Kamailio as a child process listening at ``sip_host:port`` (default ``sip_port``).
+
+    ``with KamailioProxy(settings, worker_ports(settings)) as proxy:`` starts it, waits until
+    it answers OPTIONS and its dispatcher holds every worker, and stops it on exit. Only this
+    object's own child (and the processes it forked) are ever signalled.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        worker_ports: list[int],
+        *,
+        port: int | None = None,
+        ping_interval_s: int = PING_INTERVAL_S,
+        failover_timeout_s: float = FAILOVER_TIMEOUT_S,
+    ) -> None:
+        if not worker_ports:
+            raise KamailioError("KamailioProxy needs at least one worker port.")
+        self.settings = settings
+        self.worker_ports = list(worker_ports)
+        self.port = port or settings.sip_port
+        self.ping_interval_s = ping_interval_s
+        self.failover_timeout_s = failover_timeout_s
+        self.config_dir = settings.data_dir / "kamailio"
+        self.config_path = self.config_dir / "kamailio.cfg"
+        self.dispatcher_path = self.config_dir / "dispatcher.list"
+        self.log_path = settings.data_dir / "logs" / "kamailio.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._run_dir: Path | None = None
+
+    @property
+    def host(self) -> str:
+        """Address that reaches the proxy from this machine (loopback for a wildcard)."""
+        return WILDCARD_PROBES.get(self.settings.sip_host, self.settings.sip_host)
+
+    @property
+    def uri(self) -> str:
+        """SIP URI of the proxy itself, e.g. ``sip:127.0.0.1:5060``."""
+        return f"sip:{_uri_host(self.host)}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def rpc_socket(self) -> Path:
+        if self._run_dir is None:
+            raise KamailioError("Kamailio is not started; call start() first.")
+        return self._run_dir / "rpc.sock"
+
+    def start(self) -> None:
+        """Render the configuration and start Kamailio (returns at once; see wait_healthy)."""
+        if self._process is not None:
+            raise KamailioError("Kamailio already started; call stop() first.")
+        kamailio = kamailio_executable()
+        user = _unprivileged_user()
+        # Unix sockets need a short path that the unprivileged user can reach.
+        self._run_dir = Path(tempfile.mkdtemp(prefix="switchboard-kamailio-"))
+        self._run_dir.chmod(0o755)
+        if user:
+            os.chown(self._run_dir, user[0].pw_uid, user[1].gr_gid)
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self.dispatcher_path.write_text(dispatcher_list(self.worker_ports))
+        self.config_path.write_text(
+            render_config(
+                self.settings,
+                port=self.port,
+                dispatcher_list=self.dispatcher_path,
+                rpc_socket=self.rpc_socket,
+                ping_interval_s=self.ping_interval_s,
+                failover_timeout_s=self.failover_timeout_s,
+            )
+        )
+        command = [
+            str(kamailio),
+            "-DD",  # stay in the foreground: this object supervises it
+            "-E",  # log to stderr, i.e. to data_dir/logs/kamailio.log
+            "-f", str(self.config_path),
+            "-Y", str(self._run_dir),
+            "-P", str(self._run_dir / "kamailio.pid"),
+            "-w", str(self._run_dir),
+        ]  # fmt: skip
+        if user:
+            command += ["-u", user[0].pw_name, "-g", user[1].gr_name]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+            log.flush()
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: see stop()
+            )
+
+    def poll(self) -> int | None:
+        """Kamailio's exit code once it has exited, ``None`` while it runs."""
+        if self._process is None:
+            raise KamailioError("Kamailio is not started; call start() first.")
+        return self._process.poll()
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> float:
+        """Block until Kamailio answers OPTIONS and its dispatcher lists every worker.
+
+        Returns the seconds waited; raises :class:`KamailioError` with the log tail when
+        Kamailio exits or ``timeout`` passes. Workers need not be up yet: the dispatcher
+        finds out by its own OPTIONS pings (see :meth:`wait_workers`).
+        """
+        started = time.monotonic()
+        last_problem = "no answer to OPTIONS yet"
+        while True:
+            code = self.poll()
+            if code is not None:
+                raise KamailioError(
+                    f"Kamailio exited with code {code} while starting. {self._log_tail()}"
+                )
+            status = options_status(self.host, self.port, timeout=PROBE_TIMEOUT_S)
+            if status == 200:
+                try:
+                    listed = {worker.port for worker in self.workers()}
+                except KamailioError as exc:
+                    last_problem = str(exc)
+                else:
+                    if listed == set(self.worker_ports):
+                        return time.monotonic() - started
+                    last_problem = f"dispatcher lists ports {sorted(listed)}"
+            elif status is not None:
+                last_problem = f"OPTIONS answered {status}"
+            if time.monotonic() - started > timeout:
+                raise KamailioError(
+                    f"Kamailio at {self.uri} not healthy after {timeout:.0f} s "
+                    f"({last_problem}; expected workers on ports {self.worker_ports}). "
+                    + self._log_tail()
+                )
+            time.sleep(HEALTH_POLL_S)
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        """Call a Kamailio JSON-RPC command (e.g. ``dispatcher.list``); returns its result."""
+        request = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+        client_path = self.rpc_socket.with_name(f"rpc-client-{os.getpid()}-{secrets.token_hex(4)}")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.bind(str(client_path))
+            try:
+                client_path.chmod(0o666)  # Kamailio answers as its unprivileged user
+                client.settimeout(RPC_TIMEOUT_S)
+                client.sendto(json.dumps(request).encode(), str(self.rpc_socket))
+                reply = json.loads(client.recv(RPC_BUFFER_BYTES))
+            except (OSError, ValueError) as exc:
+                raise KamailioError(
+                    f"Kamailio's control socket {self.rpc_socket} did not answer {method}: {exc}"
+                ) from exc
+            finally:
+                client_path.unlink(missing_ok=True)
+        if "error" in reply:
+            raise KamailioError(f"Kamailio RPC {method} failed: {reply['error']}")
+        return reply.get("result")
+
+    def workers(self) -> list[WorkerState]:
+        """The workers as the dispatcher sees them (``dispatcher.list``)."""
+        result = self.rpc("dispatcher.list")
+        states = []
+        for record in (result or {}).get("RECORDS", []):
+            for target in record["SET"].get("TARGETS", []):
+                dest = target["DEST"]
+                flags = dest.get("FLAGS", "")
+                states.append(
+                    WorkerState(
+                        uri=dest["URI"],
+                        state=WORKER_STATES.get(flags[:1], flags),
+                        probing=flags[1:2] == "P",
+                    )
+                )
+        return states
+
+    def wait_workers(self, usable: int, timeout: float) -> list[WorkerState]:
+        """Block until exactly ``usable`` workers may take calls; returns their states."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.workers()
+            if sum(worker.usable for worker in states) == usable:
+                return states
+            if time.monotonic() > deadline:
+                raise KamailioError(
+                    f"Expected {usable} usable SIP workers after {timeout:.0f} s, the "
+                    f"dispatcher has: {', '.join(f'{w.uri} {w.state}' for w in states)}."
+                )
+            time.sleep(HEALTH_POLL_S)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM Kamailio; SIGKILL its process group if it still runs after ``grace_s``."""
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                # The group was created for this child by start(): only its processes.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            lines = []
+        return f"Last lines of {self.log_path}:\n" + "\n".join(lines)
+
+    def __enter__(self) -> KamailioProxy:
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def options_status(host: str, port: int, *, timeout: float = PROBE_TIMEOUT_S) -> int | None:
+    """Status code of the answer to one SIP OPTIONS over UDP, ``None`` if none came."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        local_port = probe.getsockname()[1]
+        local = f"{_uri_host(host)}:{local_port}"
+        target = f"sip:{_uri_host(host)}:{port}"
+        request = (
+            f"OPTIONS {target} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {local};branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:health@{local}>;tag={secrets.token_hex(4)}\r\n"
+            f"To: <{target}>\r\n"
+            f"Call-ID: {secrets.token_hex(8)}@switchboard\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        probe.settimeout(timeout)
+        try:
+            probe.sendto(request.encode(), (host, port))
+            reply = probe.recv(RPC_BUFFER_BYTES)
+        except OSError:
+            return None
+    status_line = reply.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        return None
+    return int(status_line[1])
+
+
+def _unprivileged_user() -> tuple[pwd.struct_passwd, grp.struct_group] | None:
+    """The user and group Kamailio drops to when started as root (``None`` otherwise)."""
+    if os.geteuid() != 0:
+        return None
+    user = pwd.getpwnam(UNPRIVILEGED_USER)
+    return user, grp.getgrgid(user.pw_gid)
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _cfg_string(value: str) -> str:
+    if '"' in value or "\n" in value:
+        raise KamailioError(f"Cannot put {value!r} into the Kamailio configuration.")
+    return f'"{value}"'
+
+
+def _kamailio_log_level(level: str) -> int:
+    """Kamailio's ``debug`` level for a Python logging level name."""
+    return KAMAILIO_LOG_LEVELS.get(level.upper(), KAMAILIO_LOG_LEVELS["INFO"])

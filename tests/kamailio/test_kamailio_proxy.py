@@ -1,0 +1,305 @@
+"""Kamailio in front of SIP workers, with SIPp peers on both sides (real SIP over UDP).
+
+Stand-in workers are SIPp UAS instances (tests/kamailio/scenarios/*worker.xml) that log
+which calls reached them; callers are SIPp UAC runs through the proxy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from switchboard.settings import Settings
+from telephony import kamailio
+from telephony.kamailio import KamailioError, KamailioProxy, options_status, worker_ports
+from tests.kamailio.sipp import (
+    CallsResult,
+    SippWorker,
+    WorkerLog,
+    free_port,
+    place_calls,
+    require_sipp,
+)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("kamailio", path="/usr/sbin:/usr/bin:/sbin:/bin") is None,
+    reason="kamailio is not installed (Debian package kamailio)",
+)
+
+PING_INTERVAL_S = 1
+FAILOVER_TIMEOUT_S = 1.0
+CALLERS = [f"caller{n:02d}" for n in range(12)]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data", sip_host="127.0.0.1", sip_port=free_port(), log_level="INFO"
+    )
+
+
+@pytest.fixture
+def ports() -> list[int]:
+    return [free_port(), free_port()]
+
+
+def start_proxy(
+    settings: Settings, ports: list[int], *, ping_interval_s: int = PING_INTERVAL_S
+) -> KamailioProxy:
+    proxy = KamailioProxy(
+        settings,
+        ports,
+        ping_interval_s=ping_interval_s,
+        failover_timeout_s=FAILOVER_TIMEOUT_S,
+    )
+    proxy.start()
+    try:
+        proxy.wait_healthy(timeout=10)
+    except BaseException:
+        proxy.stop()
+        raise
+    return proxy
+
+
+@pytest.fixture
+def proxy(settings: Settings, ports: list[int]) -> Iterator[KamailioProxy]:
+    require_sipp()
+    proxy = start_proxy(settings, ports)
+    yield proxy
+    proxy.stop()
+
+
+def call(proxy: KamailioProxy, callers: list[str], work_dir: Path, **options: Any) -> CallsResult:
+    return place_calls(proxy.host, proxy.port, callers, work_dir, **options)
+
+
+def worker_of(logs: dict[int, WorkerLog]) -> dict[str, set[int]]:
+    """Caller -> the workers (ports) whose logs show an INVITE from it."""
+    landed: dict[str, set[int]] = {}
+    for port, log in logs.items():
+        for invite in log.invites:
+            landed.setdefault(invite.caller, set()).add(port)
+    return landed
+
+
+def test_worker_ports_follow_the_base_port_in_steps_of_two() -> None:
+    settings = Settings(sip_workers=3, sip_worker_base_port=6000)
+    assert worker_ports(settings) == [6000, 6002, 6004]
+
+
+def test_rendered_config_passes_kamailio_check(settings: Settings, ports: list[int]) -> None:
+    settings = settings.model_copy(update={"sip_allowed_networks": "10.0.0.0/8, 192.168.0.0/16"})
+    config = kamailio.render_config(
+        settings,
+        port=settings.sip_port,
+        dispatcher_list=Path("/nonexistent/dispatcher.list"),
+        rpc_socket=Path("/tmp/unused.sock"),
+    )
+    assert f'#!substdef "!SB_SIP_PORT!{settings.sip_port}!g"' in config
+    assert '#!define SB_ALLOWED_NETWORKS "10.0.0.0/8,192.168.0.0/16"' in config
+    path = settings.data_dir / "check.cfg"
+    path.parent.mkdir(parents=True)
+    path.write_text(config)
+    check = subprocess.run(
+        ["kamailio", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
+    )
+    output = check.stdout + check.stderr
+    assert check.returncode == 0, output[-3000:]
+    assert f"udp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
+    assert f"tcp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
+
+
+def test_proxy_answers_options_and_lists_every_worker(proxy: KamailioProxy) -> None:
+    assert options_status(proxy.host, proxy.port) == 200
+    assert sorted(worker.port for worker in proxy.workers()) == sorted(proxy.worker_ports)
+    assert proxy.poll() is None
+    assert proxy.log_path.exists()
+
+
+def test_a_caller_sticks_to_one_worker_and_callers_spread(
+    proxy: KamailioProxy, ports: list[int], tmp_path: Path
+) -> None:
+    workers = [SippWorker(port, tmp_path).start() for port in ports]
+    try:
+        first = call(proxy, CALLERS * 2, tmp_path, name="first")
+        second = call(proxy, CALLERS, tmp_path, name="second")  # another UAC port
+    finally:
+        logs = {worker.port: worker.stop() for worker in workers}
+    assert (first.exit_code, first.successful) == (0, 24), first.describe()
+    assert (second.exit_code, second.successful) == (0, 12), second.describe()
+    landed = worker_of(logs)
+    assert set(landed) == set(CALLERS)
+    assert all(len(workers) == 1 for workers in landed.values()), landed
+    assert all(logs[port].callers for port in ports), "every worker should get some callers"
+    assert sum(len(log.invites) for log in logs.values()) == 36
+    assert sum(len(log.byes) for log in logs.values()) == 36
+
+
+@pytest.mark.parametrize("reject_code", [486, 503])
+def test_a_rejecting_worker_fails_over_to_the_next(
+    proxy: KamailioProxy, ports: list[int], tmp_path: Path, reject_code: int
+) -> None:
+    rejecting = SippWorker(
+        ports[0], tmp_path, scenario="rejecting_worker.xml", reject_code=reject_code
+    ).start()
+    answering = SippWorker(ports[1], tmp_path).start()
+    try:
+        result = call(proxy, CALLERS, tmp_path)
+    finally:
+        rejected, answered = rejecting.stop(), answering.stop()
+    assert (result.exit_code, result.successful) == (0, len(CALLERS)), result.describe()
+    assert rejected.invites, "some callers should hash to the rejecting worker first"
+    assert rejected.call_ids <= answered.call_ids
+    assert answered.callers == set(CALLERS)
+    assert len(answered.byes) == len(CALLERS)
+
+
+def test_a_dead_worker_is_marked_down_by_pings_skipped_and_comes_back(
+    proxy: KamailioProxy, ports: list[int], tmp_path: Path
+) -> None:
+    dead, alive = ports
+    with SippWorker(alive, tmp_path) as worker:
+        states = {w.port: w.state for w in proxy.wait_workers(usable=1, timeout=6)}
+        assert states == {dead: "inactive", alive: "active"}
+        result = call(proxy, CALLERS, tmp_path, name="while-down")
+        logs = {alive: worker.read_log()}
+    assert (result.exit_code, result.successful) == (0, len(CALLERS)), result.describe()
+    assert result.seconds < FAILOVER_TIMEOUT_S * 2, "no call should wait for the dead worker"
+    assert logs[alive].callers == set(CALLERS)
+
+    revived, other = SippWorker(dead, tmp_path).start(), SippWorker(alive, tmp_path).start()
+    try:
+        proxy.wait_workers(usable=2, timeout=6)
+        result = call(proxy, CALLERS, tmp_path, name="after-revival")
+    finally:
+        back, _ = revived.stop(), other.stop()
+    assert (result.exit_code, result.successful) == (0, len(CALLERS)), result.describe()
+    assert back.invites, "the revived worker should take its callers again"
+
+
+def test_a_silent_worker_times_out_to_the_next_and_is_marked_down(
+    settings: Settings, ports: list[int], tmp_path: Path
+) -> None:
+    require_sipp()
+    silent, alive = ports
+    proxy = start_proxy(settings, ports, ping_interval_s=3600)  # only calls find it dead
+    try:
+        with SippWorker(alive, tmp_path) as worker:
+            result = call(proxy, CALLERS, tmp_path, concurrent=1)
+            log = worker.read_log()
+        states = {w.port: w.state for w in proxy.workers()}
+    finally:
+        proxy.stop()
+    assert (result.exit_code, result.successful) == (0, len(CALLERS)), result.describe()
+    assert log.callers == set(CALLERS)
+    assert states[silent] == "inactive"
+    # Only the first call for the silent worker waited for fr_timer; later ones skipped it.
+    assert FAILOVER_TIMEOUT_S <= result.seconds < FAILOVER_TIMEOUT_S * 3, result.describe()
+
+
+def test_no_usable_worker_gets_503(proxy: KamailioProxy, tmp_path: Path) -> None:
+    proxy.wait_workers(usable=0, timeout=6)
+    result = call(proxy, ["caller00"], tmp_path)
+    assert result.successful == 0 and result.failed == 1, result.describe()
+    assert "SIP/2.0 503 No Worker Available" in result.messages
+
+
+def test_caller_hangup_reaches_the_worker_through_the_proxy(
+    proxy: KamailioProxy, ports: list[int], tmp_path: Path
+) -> None:
+    with SippWorker(ports[0], tmp_path) as first, SippWorker(ports[1], tmp_path) as second:
+        result = call(proxy, CALLERS[:4], tmp_path, hold_ms=200)
+        logs = [first.read_log(), second.read_log()]
+    assert (result.exit_code, result.successful) == (0, 4), result.describe()
+    invites = [invite for log in logs for invite in log.invites]
+    assert all(f"127.0.0.1:{proxy.port};lr" in i.record_route for i in invites), invites
+    assert {i.call_id for i in invites} == set().union(*(log.byes for log in logs))
+
+
+def test_worker_hangup_reaches_the_caller_through_the_proxy(
+    proxy: KamailioProxy, ports: list[int], tmp_path: Path
+) -> None:
+    workers = [
+        SippWorker(port, tmp_path, scenario="hangup_worker.xml", hold_ms=200).start()
+        for port in ports
+    ]
+    try:
+        result = call(proxy, CALLERS[:4], tmp_path, scenario="caller_hung_up.xml")
+    finally:
+        logs = [worker.stop() for worker in workers]
+    assert (result.exit_code, result.successful) == (0, 4), result.describe()
+    call_ids = {invite.call_id for log in logs for invite in log.invites}
+    assert len(call_ids) == 4
+    assert set().union(*(log.hung_up for log in logs)) == call_ids
+
+
+def test_eight_concurrent_calls_through_the_proxy_all_complete(
+    proxy: KamailioProxy, ports: list[int], tmp_path: Path
+) -> None:
+    hold_ms = 1500
+    workers = [SippWorker(port, tmp_path).start() for port in ports]
+    try:
+        result = call(proxy, CALLERS[:8], tmp_path, concurrent=8, hold_ms=hold_ms)
+    finally:
+        logs = [worker.stop() for worker in workers]
+    assert (result.exit_code, result.successful, result.failed) == (0, 8, 0), result.describe()
+    assert result.seconds < 2 * hold_ms / 1000, "the calls should overlap"
+    assert all(log.invites for log in logs), "both workers should take calls"
+    assert sum(len(log.byes) for log in logs) == 8
+
+
+def test_callers_outside_the_allowed_networks_are_refused(
+    settings: Settings, ports: list[int], tmp_path: Path
+) -> None:
+    require_sipp()
+    settings = settings.model_copy(update={"sip_allowed_networks": "10.0.0.0/8"})
+    proxy = start_proxy(settings, ports)  # its own health probe still passes
+    try:
+        with SippWorker(ports[0], tmp_path), SippWorker(ports[1], tmp_path):
+            result = call(proxy, ["caller00"], tmp_path, local_ip="127.0.0.2")
+    finally:
+        proxy.stop()
+    assert result.successful == 0, result.describe()
+    assert "SIP/2.0 403 Forbidden" in result.messages
+
+
+def test_stop_ends_kamailio_and_all_its_processes(settings: Settings, ports: list[int]) -> None:
+    proxy = start_proxy(settings, ports)
+    pid = proxy.pid
+    assert pid is not None
+    children = subprocess.run(
+        ["pgrep", "-g", str(pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert len(children) > 1
+    proxy.stop()
+    time.sleep(0.2)
+    still = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, check=False)
+    assert still.returncode == 1, "no process of Kamailio's group should remain"
+    with pytest.raises(KamailioError):
+        proxy.poll()
+
+
+def test_port_in_use_fails_with_the_log_tail(settings: Settings, ports: list[int]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", settings.sip_port))
+        proxy = KamailioProxy(settings, ports)
+        with pytest.raises(KamailioError, match="exited with code") as failure:
+            with proxy:
+                pass
+    assert str(proxy.log_path) in str(failure.value)
+    assert "bind" in str(failure.value).lower()
+
+
+def test_missing_kamailio_says_which_package_to_install(
+    settings: Settings, ports: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kamailio.shutil, "which", lambda *_args, **_kwargs: None)
+    with pytest.raises(KamailioError, match="apt-get install kamailio"):
+        KamailioProxy(settings, ports).start()
