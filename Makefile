@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 RASA_VENV := .venv-rasa
-SYSTEM_PACKAGES := python3-venv espeak-ng libsndfile1 sip-tester baresip-core kamailio
+SYSTEM_PACKAGES := python3-venv espeak-ng libsndfile1 sip-tester baresip-core kamailio chromium
 BIN := $(VENV)/bin
 
 .PHONY: run test install install-test system-packages rasa train lint clean

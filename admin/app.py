@@ -1,0 +1,97 @@
+"""The web app of a node: the softphone page, its WebRTC signalling, and a health probe.
+
+``create_app(node)`` builds it around a node that every call of the process shares; the
+lifespan closes the WebRTC gateway (hanging up its calls) when the server stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+
+from switchboard.node import Node
+from telephony.webrtc.gateway import OfferError, WebRTCGateway
+from telephony.webrtc.ice import rtc_configuration
+
+HERE = Path(__file__).resolve().parent
+
+
+class Offer(BaseModel):
+    """The page's offer, with every ICE candidate, and its conversation token if any."""
+
+    sdp: str = Field(max_length=100_000)
+    type: str
+    token: str | None = Field(default=None, max_length=200)
+
+
+def _browser_ice_servers(node: Node) -> list[dict[str, Any]]:
+    servers = []
+    for server in rtc_configuration(node.settings).iceServers or []:
+        entry: dict[str, Any] = {"urls": server.urls}
+        if server.username:
+            entry["username"] = server.username
+            entry["credential"] = server.credential
+        servers.append(entry)
+    return servers
+
+
+def create_app(node: Node) -> FastAPI:
+    """The FastAPI app serving ``node``'s browser calls."""
+    gateway = WebRTCGateway(node)
+    templates = Jinja2Templates(directory=HERE / "templates")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await gateway.close()
+
+    app = FastAPI(title="Switchboard", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'][1:]) or 'body'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        return JSONResponse(
+            {"error": f"expected JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {problems}"},
+            status_code=422,
+        )
+
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "webrtc_calls": gateway.active_calls, "pid": os.getpid()}
+
+    @app.get("/softphone", response_class=HTMLResponse)
+    async def softphone(request: Request) -> HTMLResponse:
+        config = {
+            "iceServers": _browser_ice_servers(node),
+            "reconnectWindowS": node.settings.webrtc_reconnect_window_s,
+        }
+        return templates.TemplateResponse(
+            request, "softphone.html", {"config": json.dumps(config)}
+        )
+
+    @app.post("/api/webrtc/offer")
+    async def offer(body: Offer, request: Request) -> JSONResponse:
+        caller = request.client.host if request.client else None
+        try:
+            answer = await gateway.answer(body.sdp, body.type, token=body.token, caller=caller)
+        except OfferError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse(answer)
+
+    return app

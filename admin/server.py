@@ -1,0 +1,74 @@
+"""``switchboard web``: the web app alone, served by uvicorn until SIGTERM or Ctrl-C.
+
+The node (database, speech models, dialog client) is created first, so the port only
+opens once calls can be answered: ``GET /healthz`` answering means ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from admin.app import create_app
+from switchboard.node import Node
+from switchboard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class WebServerError(RuntimeError):
+    """The web app cannot start; the message says what to fix."""
+
+
+def _tls_options(settings: Settings) -> dict[str, str]:
+    cert, key = settings.web_tls_cert, settings.web_tls_key
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        raise WebServerError(
+            "HTTPS needs both SWITCHBOARD_WEB_TLS_CERT and SWITCHBOARD_WEB_TLS_KEY (PEM files)"
+        )
+    for path in (cert, key):
+        if not path.is_file():
+            raise WebServerError(f"{path}: no such file; expected a PEM certificate or key")
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+
+
+def _ignore_repeated_signal(signum: int, frame: FrameType | None) -> None:
+    """After uvicorn's graceful stop it re-raises the signal it caught; by then the
+    server is down and the node is closing, so there is nothing left to interrupt."""
+
+
+async def _serve(settings: Settings) -> None:
+    for noisy in ("aioice", "aiortc"):  # one line per ICE check otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    tls = _tls_options(settings)
+    node = await asyncio.to_thread(Node.create, settings)
+    try:
+        config = uvicorn.Config(
+            create_app(node),
+            host=settings.web_host,
+            port=settings.web_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            lifespan="on",
+            **tls,  # type: ignore[arg-type]
+        )
+        server = uvicorn.Server(config)
+        scheme = "https" if tls else "http"
+        log.info("softphone at %s://%s:%d/softphone", scheme, settings.web_host,
+                 settings.web_port)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _ignore_repeated_signal)
+        await server.serve()
+    finally:
+        await node.aclose()
+
+
+def serve(settings: Settings) -> None:
+    """Run the web app in this process until SIGTERM/SIGINT; calls are hung up cleanly."""
+    asyncio.run(_serve(settings))

@@ -1,0 +1,307 @@
+"""``switchboard bench webrtc``: K concurrent calls placed by aiortc clients, each in its
+own process, against the web app; connect time and voice-to-voice latency as the caller
+measures it (end of its speech → first audible bot audio), and CPU per call.
+
+The web app at web_host:web_port is used when it answers ``/healthz``; otherwise one is
+started for the run (``python -m switchboard web``, loopback ICE, Rasa started if needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+
+from speech.audio import FRAME_MS, frame_samples
+from speech.tts import PiperTTS
+from switchboard.settings import PROJECT_ROOT, Settings
+from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
+from telephony.webrtc.media import CALL_RATE, FrameClock, to_mono_int16
+
+CALLER_LINES = ("Hi, I'd like to check my order status.", "four eight two one three")
+"""What each benchmark caller says, one line per turn, after the greeting."""
+
+AUDIBLE = 200
+"""Mean absolute sample value above which a received frame counts as bot speech."""
+
+PAUSE_BEFORE_SPEAKING_S = 0.4
+TURN_TIMEOUT_S = 40.0
+CONNECT_TIMEOUT_S = 20.0
+WEB_START_TIMEOUT_S = 120.0
+SILENCE_FLOOR = 10
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run; the message says why."""
+
+
+@dataclass
+class CallFigures:
+    """One client's measurements."""
+
+    connect_ms: float | None = None
+    voice_to_voice_ms: list[float] = field(default_factory=list)
+    client_cpu_s: float = 0.0
+    wall_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class BenchReport:
+    calls: list[CallFigures]
+    server_cpu_s: float | None
+    wall_s: float
+
+
+class CallerTrack(AudioStreamTrack):
+    """The benchmark caller's microphone: silence, or the line it is saying."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frame = frame_samples(CALL_RATE)
+        self._silence = np.zeros(self._frame, dtype=np.int16)
+        self._line: list[np.ndarray] = []
+        self._said: asyncio.Future[float] | None = None
+        self._clock = FrameClock()
+        self._pts = 0
+
+    def say(self, pcm: np.ndarray) -> asyncio.Future[float]:
+        """Start saying ``pcm``; the future gets the time its last frame went out."""
+        padded = np.pad(pcm, (0, -len(pcm) % self._frame))
+        self._line = list(padded.reshape(-1, self._frame))
+        self._said = asyncio.get_running_loop().create_future()
+        return self._said
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._clock.tick()
+        pcm = self._line.pop(0) if self._line else self._silence
+        if not self._line and self._said is not None and not self._said.done():
+            self._said.set_result(time.perf_counter())
+        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = CALL_RATE
+        frame.time_base = fractions.Fraction(1, CALL_RATE)
+        frame.pts = self._pts
+        self._pts += self._frame
+        return frame
+
+
+class Listener:
+    """Reads the bot's audio and notes when it first becomes audible after a moment."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self._track = track
+        self._waiting: tuple[float, asyncio.Future[float]] | None = None
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await self._track.recv()
+                assert isinstance(frame, AudioFrame)
+                now = time.perf_counter()
+                if self._waiting is None:
+                    continue
+                after, found = self._waiting
+                loud = np.abs(to_mono_int16(frame).astype(np.int32)).mean() > AUDIBLE
+                if now > after and loud and not found.done():
+                    found.set_result(now)
+
+    def audible_after(self, moment: float) -> asyncio.Future[float]:
+        found: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting = (moment, found)
+        return found
+
+
+async def _bot_turn(events: asyncio.Queue[dict[str, Any]]) -> dict[str, Any]:
+    while True:
+        message = await events.get()
+        if message.get("type") == "turn" and message.get("speaker") == "bot":
+            return message
+        if message.get("type") == "ended":
+            raise BenchError(f"the call ended early: {message.get('reason')}")
+
+
+async def place_call(base_url: str, settings: Settings, lines: list[np.ndarray]) -> CallFigures:
+    """One call: wait for the greeting, say each line, time each reply."""
+    figures = CallFigures()
+    restrict_host_candidates(parse_addresses(settings.webrtc_ice_addresses))
+    pc = RTCPeerConnection(rtc_configuration(settings))
+    caller = CallerTrack()
+    pc.addTrack(caller)
+    channel = pc.createDataChannel("events")
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    channel.on("message", lambda message: events.put_nowait(json.loads(message)))
+    connected = asyncio.Event()
+    listeners: list[Listener] = []
+    pc.on("track", lambda track: listeners.append(Listener(track)))
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
+
+    started = time.perf_counter()
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient(trust_env=False, verify=False, timeout=20) as http:
+            response = await http.post(f"{base_url}/api/webrtc/offer", json={
+                "sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+        if response.status_code != 200:
+            raise BenchError(f"offer refused ({response.status_code}): {response.text}")
+        answer = response.json()
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        await asyncio.wait_for(connected.wait(), CONNECT_TIMEOUT_S)
+        figures.connect_ms = (time.perf_counter() - started) * 1000
+        await asyncio.wait_for(_bot_turn(events), TURN_TIMEOUT_S)
+        for line in lines:
+            await asyncio.sleep(PAUSE_BEFORE_SPEAKING_S)
+            said = await asyncio.wait_for(caller.say(line), TURN_TIMEOUT_S)
+            heard = await asyncio.wait_for(listeners[0].audible_after(said), TURN_TIMEOUT_S)
+            figures.voice_to_voice_ms.append((heard - said) * 1000)
+            await asyncio.wait_for(_bot_turn(events), TURN_TIMEOUT_S)
+        channel.send(json.dumps({"type": "hangup"}))
+        await asyncio.sleep(0.2)
+    except (BenchError, TimeoutError, httpx.HTTPError) as exc:
+        figures.error = str(exc) or type(exc).__name__
+    finally:
+        await pc.close()
+        for listener in listeners:
+            listener.task.cancel()
+    figures.wall_s = time.perf_counter() - started
+    return figures
+
+
+def _client_process(base_url: str, settings: Settings, lines: list[np.ndarray]) -> CallFigures:
+    cpu = time.process_time()
+    figures = asyncio.run(place_call(base_url, settings, lines))
+    figures.client_cpu_s = time.process_time() - cpu
+    return figures
+
+
+def _trimmed(pcm: np.ndarray) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(pcm) > SILENCE_FLOOR)
+    return pcm[loud[0] : loud[-1] + 1] if loud.size else pcm
+
+
+def caller_lines(settings: Settings) -> list[np.ndarray]:
+    """The caller's lines spoken by Piper at the call rate."""
+    tts = PiperTTS.from_settings(settings)
+    try:
+        return [_trimmed(np.concatenate(list(tts.synthesize_sync(text, CALL_RATE))))
+                for text in CALLER_LINES]
+    finally:
+        tts.close()
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _health(base_url: str) -> dict[str, Any] | None:
+    try:
+        response = httpx.get(f"{base_url}/healthz", timeout=2, trust_env=False, verify=False)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.is_success else None
+
+
+@contextlib.asynccontextmanager
+async def web_app(settings: Settings) -> AsyncIterator[tuple[str, Settings, int]]:
+    """The running web app, or one started for the run: (base URL, settings, its pid)."""
+    scheme = "https" if settings.web_tls_cert else "http"
+    base_url = f"{scheme}://{settings.web_host}:{settings.web_port}"
+    health = _health(base_url)
+    if health is not None:
+        yield base_url, settings, int(health["pid"])
+        return
+    from switchboard.dialog_service import dialog_available
+
+    print(f"no web app at {base_url}; starting one for the run...", flush=True)
+    settings = settings.model_copy(update={"webrtc_ice_addresses": "127.0.0.1"})
+    async with dialog_available(settings) as rasa_url:
+        env = {**os.environ, "SWITCHBOARD_RASA_URL": rasa_url,
+               "SWITCHBOARD_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
+               "SWITCHBOARD_LOG_LEVEL": "WARNING"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "switchboard", "web", cwd=PROJECT_ROOT, env=env
+        )
+        try:
+            deadline = time.monotonic() + WEB_START_TIMEOUT_S
+            while await asyncio.to_thread(_health, base_url) is None:
+                if process.returncode is not None or time.monotonic() > deadline:
+                    raise BenchError(f"the web app did not start at {base_url}")
+                await asyncio.sleep(0.5)
+            yield base_url, settings, process.pid
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 20)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def bench_webrtc(settings: Settings, calls: int) -> BenchReport:
+    """Place ``calls`` concurrent calls, one client process each."""
+    lines = await asyncio.to_thread(caller_lines, settings)
+    async with web_app(settings) as (base_url, settings, server_pid):
+        server_cpu = _process_cpu_s(server_pid)
+        started = time.perf_counter()
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(calls) as pool:
+            results = await asyncio.to_thread(
+                pool.starmap, _client_process, [(base_url, settings, lines)] * calls
+            )
+        wall_s = time.perf_counter() - started
+        server_after = _process_cpu_s(server_pid)
+    used = None if server_cpu is None or server_after is None else server_after - server_cpu
+    return BenchReport(results, used, wall_s)
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    p50, p90, p95 = np.percentile(values, [50, 90, 95])
+    return f"n={len(values)} p50 {p50:.0f} p90 {p90:.0f} p95 {p95:.0f} max {max(values):.0f} ms"
+
+
+def format_report(report: BenchReport) -> list[str]:
+    ok = [c for c in report.calls if c.error is None]
+    lines = [f"calls: {len(report.calls)} placed, {len(ok)} completed "
+             f"in {report.wall_s:.1f} s"]
+    lines += [f"  failed: {c.error}" for c in report.calls if c.error is not None]
+    connect = [c.connect_ms for c in report.calls if c.connect_ms is not None]
+    lines.append(f"connect (offer → connected): {percentiles(connect)}")
+    v2v = [ms for c in report.calls for ms in c.voice_to_voice_ms]
+    lines.append(f"voice-to-voice (end of caller speech → first bot audio): {percentiles(v2v)}")
+    call_s = sum(c.wall_s for c in report.calls) or 1.0
+    if report.server_cpu_s is not None:
+        share = 100 * report.server_cpu_s / call_s
+        lines.append(f"server CPU: {report.server_cpu_s:.1f} s = {share:.1f} % of a core per "
+                     "call (models, dialog and media)")
+    client = sum(c.client_cpu_s for c in report.calls)
+    lines.append(f"client CPU: {100 * client / call_s:.1f} % of a core per call (aiortc caller)")
+    lines.append(f"frame: {FRAME_MS} ms; AUDIBLE mean |sample| > {AUDIBLE}")
+    return lines

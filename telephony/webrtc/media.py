@@ -1,0 +1,150 @@
+"""Media adapters between aiortc tracks and the conversation pipeline's 20 ms frames.
+
+Inbound: the browser's decoded audio (Opus at 48 kHz, often stereo, or G.711 at 8 kHz)
+becomes mono int16 at the call rate, read on a 20 ms clock that yields silence when no
+packet arrived in time. Outbound: the pipeline's frames queue in a track whose ``recv``
+paces one frame per 20 ms; aiortc's encoders resample them to the codec's rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from collections import deque
+
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from av import AudioFrame
+
+from speech.audio import FRAME_MS, StreamResampler, frame_samples
+
+CALL_RATE = 16000
+"""Sample rate of a browser call inside the pipeline (wideband)."""
+
+INBOUND_BUFFER_MS = 120
+"""Most caller audio held between the network and the pipeline; older audio is dropped."""
+
+OUTBOUND_BUFFER_MS = 1000
+"""Most bot audio queued for the outbound track (only reached while it is not read)."""
+
+CLOCK_RESYNC_MS = 100
+"""A clock that falls this far behind (a stalled loop) restarts instead of bursting."""
+
+
+def to_mono_int16(frame: AudioFrame) -> np.ndarray:
+    """One decoded aiortc frame as 1-D int16 mono (channels averaged)."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if data.dtype != np.int16:
+        raise ValueError(f"expected s16 audio from the decoder, got {frame.format.name}")
+    if channels > 1:
+        samples = data.reshape(channels, -1).T if frame.format.is_planar else data.reshape(
+            -1, channels)
+        return samples.mean(axis=1).astype(np.int16)
+    return data.reshape(-1)
+
+
+class FrameClock:
+    """Ticks every ``FRAME_MS``; after a stall it restarts rather than catching up."""
+
+    def __init__(self) -> None:
+        self._next: float | None = None
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        if self._next is None or now - self._next > CLOCK_RESYNC_MS / 1000:
+            self._next = now
+        self._next += FRAME_MS / 1000
+        await asyncio.sleep(max(0.0, self._next - now))
+
+
+class TrackSource:
+    """The caller's audio track as the pipeline's source: clocked 20 ms int16 frames.
+
+    ``read`` returns None once the track ended, :meth:`close` was called, or no packet
+    arrived for ``media_timeout_s`` (the browser went away without saying so)."""
+
+    def __init__(
+        self, track: MediaStreamTrack, *, media_timeout_s: float, rate: int = CALL_RATE
+    ) -> None:
+        self.sample_rate = rate
+        self.timed_out = False
+        self._track = track
+        self._frame = frame_samples(rate)
+        self._silence = np.zeros(self._frame, dtype=np.int16)
+        self._max_samples = rate * INBOUND_BUFFER_MS // 1000
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._resampler: StreamResampler | None = None
+        self._media_timeout_s = media_timeout_s
+        self._last_packet = time.monotonic()
+        self._clock = FrameClock()
+        self._closed = False
+        self._pump = asyncio.create_task(self._receive(), name="webrtc-inbound")
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                frame = await self._track.recv()
+                assert isinstance(frame, AudioFrame)
+                pcm = to_mono_int16(frame)
+                if self._resampler is None or self._resampler.src_rate != frame.sample_rate:
+                    self._resampler = StreamResampler(frame.sample_rate, self.sample_rate)
+                pcm = self._resampler.process(pcm)
+                self._pending = np.concatenate([self._pending, pcm])[-self._max_samples :]
+                self._last_packet = time.monotonic()
+        except MediaStreamError:
+            self._closed = True
+
+    async def read(self) -> np.ndarray | None:
+        await self._clock.tick()
+        if self._closed:
+            return None
+        if time.monotonic() - self._last_packet > self._media_timeout_s:
+            self.timed_out = True
+            return None
+        if len(self._pending) < self._frame:
+            return self._silence
+        frame, self._pending = self._pending[: self._frame], self._pending[self._frame :]
+        return frame
+
+    def close(self) -> None:
+        """End the call's input: the next ``read`` returns None."""
+        self._closed = True
+        self._pump.cancel()
+
+
+class PacedOutboundTrack(AudioStreamTrack):
+    """The pipeline's sink and the browser's inbound track: bot frames out every 20 ms.
+
+    ``write`` queues a frame, ``clear`` drops the queue (barge-in), ``recv`` is called by
+    aiortc's sender and returns the next frame, or silence when none is queued."""
+
+    def __init__(self, rate: int = CALL_RATE) -> None:
+        super().__init__()
+        self.sample_rate = rate
+        self._frame = frame_samples(rate)
+        self._silence = np.zeros(self._frame, dtype=np.int16)
+        self._queue: deque[np.ndarray] = deque(maxlen=OUTBOUND_BUFFER_MS // FRAME_MS)
+        self._time_base = fractions.Fraction(1, rate)
+        self._pts = 0
+        self._clock = FrameClock()
+
+    async def write(self, frame: np.ndarray) -> None:
+        self._queue.append(frame)
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._clock.tick()
+        pcm = self._queue.popleft() if self._queue else self._silence
+        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.time_base = self._time_base
+        frame.pts = self._pts
+        self._pts += self._frame
+        return frame
