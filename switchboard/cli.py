@@ -44,13 +44,21 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @app.command()
-def run() -> None:
-    """Start a node: database, Rasa server and action server, supervised until Ctrl-C.
-
-    Trains the bot first if its files changed."""
+def run(
+    sip_workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="SIP worker processes (4 calls each); >1 puts Kamailio "
+                     "in front on the SIP port. Default: SWITCHBOARD_SIP_WORKERS."),
+    ] = None,
+) -> None:
+    """Start a node and supervise it until Ctrl-C: Rasa and its action server, the
+    analytics worker, the web app (softphone), the SIP workers and, with several workers,
+    Kamailio. A child that dies is restarted. Trains the bot first if its files changed."""
     from switchboard.supervisor import Supervisor, SupervisorError
 
     settings = get_settings()
+    if sip_workers is not None:
+        settings = settings.model_copy(update={"sip_workers": sip_workers})
     _setup_logging(settings)
     try:
         Supervisor(settings).run()

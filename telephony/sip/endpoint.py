@@ -1,0 +1,369 @@
+"""The one thread that owns PJSIP: it creates the endpoint, polls SIP events, runs the
+commands the asyncio side posts (answer, hang up, transfer, dial), watches RTP, and
+tears everything down in the order PJSUA2 needs (calls, ports, account, library)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pjsua2 as pj
+
+from switchboard.settings import Settings
+from telephony.sip.call import (
+    CallEvents,
+    CallLeg,
+    SipCall,
+    parse_networks,
+    source_allowed,
+)
+from telephony.sip.media_port import SipAudioSink, SipAudioSource
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+POLL_MS = 10
+"""How long one ``libHandleEvents`` waits for SIP traffic before commands run again."""
+RTP_CHECK_S = 1.0
+"""How often the RTP inactivity watchdog looks at the calls' packet counters."""
+SHUTDOWN_HANGUP_S = 3.0
+"""How long shutdown waits for hung-up calls to be disconnected."""
+RTP_PORT_RANGE = 100
+"""RTP (and RTCP) ports one worker may use, from ``sip_rtp_port`` on."""
+CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
+"""Codec names of ``sip_codecs`` and the PJSIP codec id prefixes they select."""
+
+
+class SipSetupError(RuntimeError):
+    """The endpoint could not start; the message says what to change."""
+
+
+@dataclass
+class _Command:
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future[Any]
+
+
+class _PjLog(pj.LogWriter):
+    def write(self, entry: pj.LogEntry) -> None:
+        level = logging.WARNING if entry.level <= 2 else logging.DEBUG
+        log.log(level, "pjsip: %s", str(entry.msg).rstrip())
+
+
+class _Account(pj.Account):
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        try:
+            self.endpoint.on_incoming(self, prm)
+        except Exception:
+            log.exception("incoming call handling failed")
+
+    def onRegState(self, prm: pj.OnRegStateParam) -> None:
+        log.info("registration: %s %s", prm.code, prm.reason)
+
+
+class SipEndpoint:
+    """PJSUA2 driven from one dedicated thread; ``submit`` runs a function on it."""
+
+    def __init__(self, settings: Settings, events: CallEvents,
+                 new_media: Callable[[], tuple[SipAudioSource, SipAudioSink]], *,
+                 sample_rate: int) -> None:
+        self.settings = settings
+        self.events = events
+        self.sample_rate = sample_rate
+        self._new_media = new_media
+        self._networks = parse_networks(settings.sip_allowed_networks)
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._calls: dict[int, SipCall] = {}
+        self._keys = itertools.count(1)
+        self._stop = threading.Event()
+        self._ready: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, name="pjsip", daemon=True)
+        self.listening: list[str] = []
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self) -> concurrent.futures.Future[list[str]]:
+        """Start the thread; the future resolves to the addresses listened on."""
+        self._thread.start()
+        return self._ready
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._stop.is_set() or not self._thread.is_alive():
+            future.set_exception(RuntimeError("the SIP endpoint is not running"))
+        else:
+            self._commands.put(_Command(fn, future))
+        return future
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    # ------------------------------------------------------------------ PJSIP thread
+
+    def _run(self) -> None:
+        self.ep = pj.Endpoint()
+        try:
+            self.ep.libCreate()
+            self._init()
+        except Exception as exc:
+            log.error("SIP endpoint failed to start: %s", exc)
+            self._ready.set_exception(_setup_error(exc))
+            self._destroy()
+            return
+        self._ready.set_result(self.listening)
+        next_check = time.monotonic() + RTP_CHECK_S
+        while not self._stop.is_set():
+            try:
+                self.ep.libHandleEvents(POLL_MS)
+            except pj.Error as exc:
+                log.warning("pjsip event handling: %s", exc.info())
+            self._run_commands()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + RTP_CHECK_S
+                self._check_rtp()
+        self._shutdown()
+
+    def _init(self) -> None:
+        settings = self.settings
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = False
+        cfg.uaConfig.maxCalls = settings.sip_max_calls
+        cfg.uaConfig.userAgent = "Switchboard"
+        self._log_writer = _PjLog()
+        cfg.logConfig.writer = self._log_writer
+        cfg.logConfig.level = 4 if log.isEnabledFor(logging.DEBUG) else 2
+        cfg.logConfig.consoleLevel = cfg.logConfig.level
+        cfg.logConfig.decor = 0
+        cfg.medConfig.clockRate = self.sample_rate
+        cfg.medConfig.sndClockRate = self.sample_rate
+        cfg.medConfig.channelCount = 1
+        cfg.medConfig.audioFramePtime = 20
+        cfg.medConfig.ptime = 20
+        cfg.medConfig.noVad = True
+        cfg.medConfig.ecTailLen = 0
+        self.ep.libInit(cfg)
+        self._transports()
+        self.ep.audDevManager().setNullDev()
+        self._codecs()
+        self.ep.libStart()
+        self.account = _Account(self)
+        self.account.create(self._account_config(), True)
+
+    def _transports(self) -> None:
+        settings = self.settings
+        kinds = {k.strip().lower() for k in settings.sip_transports.split(",") if k.strip()}
+        unknown = kinds - {"udp", "tcp", "tls"}
+        if unknown or not kinds:
+            raise SipSetupError(
+                f"SWITCHBOARD_SIP_TRANSPORTS={settings.sip_transports!r}: expected a comma "
+                "list of udp, tcp, tls"
+            )
+        for kind, pj_type, port in (("udp", pj.PJSIP_TRANSPORT_UDP, settings.sip_port),
+                                    ("tcp", pj.PJSIP_TRANSPORT_TCP, settings.sip_port),
+                                    ("tls", pj.PJSIP_TRANSPORT_TLS, settings.sip_tls_port)):
+            if kind not in kinds:
+                continue
+            tcfg = pj.TransportConfig()
+            tcfg.port = port
+            tcfg.boundAddress = settings.sip_host
+            if kind == "tls":
+                if not (settings.sip_tls_cert and settings.sip_tls_key):
+                    raise SipSetupError(
+                        "SIP over TLS needs SWITCHBOARD_SIP_TLS_CERT and SWITCHBOARD_SIP_TLS_KEY "
+                        "(PEM files); set them or drop tls from SWITCHBOARD_SIP_TRANSPORTS"
+                    )
+                tcfg.tlsConfig.certFile = str(settings.sip_tls_cert)
+                tcfg.tlsConfig.privKeyFile = str(settings.sip_tls_key)
+            tid = self.ep.transportCreate(pj_type, tcfg)
+            info = self.ep.transportGetInfo(tid)
+            self.listening.append(f"{kind}:{info.localName}")
+            if port == 0 and kind == "udp":
+                self.settings = settings = settings.model_copy(
+                    update={"sip_port": int(str(info.localName).rsplit(":", 1)[1])})
+
+    def _codecs(self) -> None:
+        wanted = [c.strip().upper() for c in self.settings.sip_codecs.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in CODEC_IDS]
+        if unknown or not wanted:
+            raise SipSetupError(
+                f"SWITCHBOARD_SIP_CODECS={self.settings.sip_codecs!r}: expected a comma list "
+                f"of {', '.join(CODEC_IDS)}"
+            )
+        prefixes = [CODEC_IDS[c] for c in wanted]
+        for codec in self.ep.codecEnum2():
+            codec_id = str(codec.codecId)
+            rank = next((i for i, p in enumerate(prefixes) if codec_id.startswith(p + "/")), None)
+            self.ep.codecSetPriority(codec_id, 0 if rank is None else 255 - rank)
+
+    def _account_config(self) -> pj.AccountConfig:
+        settings = self.settings
+        acfg = pj.AccountConfig()
+        user = settings.sip_username or "switchboard"
+        acfg.idUri = f"sip:{user}@{settings.sip_host}:{settings.sip_port}"
+        if settings.sip_registrar:
+            acfg.regConfig.registrarUri = settings.sip_registrar
+        if settings.sip_username:
+            acfg.sipConfig.authCreds.append(pj.AuthCredInfo(
+                "digest", settings.sip_realm, settings.sip_username, 0, settings.sip_password))
+        tcfg = acfg.mediaConfig.transportConfig
+        tcfg.port = settings.sip_rtp_port
+        tcfg.portRange = RTP_PORT_RANGE
+        tcfg.boundAddress = settings.sip_host
+        return acfg
+
+    def _new_leg(self, direction: str) -> CallLeg:
+        source, sink = self._new_media()
+        return CallLeg(key=next(self._keys), direction=direction, source=source, sink=sink)
+
+    def _forget(self, call: SipCall) -> None:
+        self._calls.pop(call.leg.key, None)
+
+    def on_incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
+        leg = self._new_leg("inbound")
+        leg.source_address = str(prm.rdata.srcAddress)
+        call = SipCall(account, leg, self.events, self.sample_rate, self._forget, prm.callId)
+        info = call.getInfo()
+        leg.remote_uri, leg.local_uri = str(info.remoteUri), str(info.localUri)
+        leg.sip_call_id = str(info.callIdString)
+        op = pj.CallOpParam()
+        if not source_allowed(leg.source_address, self._networks):
+            log.warning("rejecting call from %s (not in SWITCHBOARD_SIP_ALLOWED_NETWORKS)",
+                        leg.source_address)
+            op.statusCode = 403
+            call.answer(op)
+            return
+        if len(self._calls) >= self.settings.sip_max_calls:
+            log.warning("rejecting call from %s: busy (%d calls)", leg.source_address,
+                        len(self._calls))
+            op.statusCode = 486
+            call.answer(op)
+            return
+        self._calls[leg.key] = call
+        op.statusCode = 200
+        call.answer(op)
+        if not call.gone:
+            self.events.incoming(leg)
+
+    def dial(self, uri: str) -> CallLeg:
+        """Place an outbound call (runs on this thread via ``submit``)."""
+        leg = self._new_leg("outbound")
+        call = SipCall(self.account, leg, self.events, self.sample_rate, self._forget)
+        leg.remote_uri = uri
+        self._calls[leg.key] = call
+        try:
+            call.makeCall(uri, pj.CallOpParam(True))
+        except pj.Error:
+            self._calls.pop(leg.key, None)
+            raise
+        return leg
+
+    def hangup(self, key: int, status: int = 200) -> None:
+        call = self._calls.get(key)
+        if call is not None and not call.gone:
+            op = pj.CallOpParam()
+            op.statusCode = status
+            call.hangup(op)
+
+    def transfer(self, key: int, uri: str) -> bool:
+        call = self._calls.get(key)
+        if call is None or call.gone:
+            return False
+        call.xfer(uri, pj.CallOpParam(True))
+        return True
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not command.future.set_running_or_notify_cancel():
+                continue
+            try:
+                command.future.set_result(command.fn())
+            except BaseException as exc:
+                command.future.set_exception(_describe(exc))
+
+    def _check_rtp(self) -> None:
+        for call in list(self._calls.values()):
+            if call.check_rtp(self.settings.sip_rtp_timeout_s):
+                log.warning("call %s: no RTP for %.0f s, hanging up", call.leg.key,
+                            self.settings.sip_rtp_timeout_s)
+                call.media_index = None
+                self.events.rtp_timeout(call.leg)
+                try:
+                    self.hangup(call.leg.key)
+                except pj.Error as exc:
+                    log.warning("call %s: hangup failed: %s", call.leg.key, exc.info())
+
+    def _shutdown(self) -> None:
+        """Hang up, wait (bounded) for the calls to end, then destroy in PJSUA2's order."""
+        if self._calls:
+            try:
+                self.ep.hangupAllCalls()
+            except pj.Error as exc:
+                log.warning("hangup on shutdown: %s", exc.info())
+            deadline = time.monotonic() + SHUTDOWN_HANGUP_S
+            while self._calls and time.monotonic() < deadline:
+                self.ep.libHandleEvents(POLL_MS)
+        for call in list(self._calls.values()):
+            call.release_media()
+        self._calls.clear()
+        self._run_commands()
+        self._destroy()
+
+    def _destroy(self) -> None:
+        account = getattr(self, "account", None)
+        if account is not None:
+            try:
+                account.shutdown()
+            except pj.Error as exc:
+                log.warning("account shutdown: %s", exc.info())
+            del self.account
+        try:
+            self.ep.libDestroy()
+        except pj.Error as exc:
+            log.warning("library shutdown: %s", exc.info())
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            command.future.set_exception(RuntimeError("the SIP endpoint stopped"))
+        del self.ep
+
+
+def _describe(exc: BaseException) -> BaseException:
+    if isinstance(exc, pj.Error):
+        return RuntimeError(str(exc.info()))
+    return exc
+
+
+def _setup_error(exc: BaseException) -> SipSetupError:
+    if isinstance(exc, SipSetupError):
+        return exc
+    detail = str(exc.info()) if isinstance(exc, pj.Error) else str(exc)
+    return SipSetupError(
+        f"could not start SIP: {detail}. Check that SWITCHBOARD_SIP_HOST/SIP_PORT (and "
+        "SIP_TLS_PORT, SIP_RTP_PORT) name a local address and free ports"
+    )

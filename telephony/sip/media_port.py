@@ -1,0 +1,147 @@
+"""Caller audio in and bot audio out, between PJSIP's media clock thread and asyncio.
+
+The conference bridge calls ``CallAudioPort`` every 20 ms from its clock thread, also when
+no RTP arrives, so ``SipAudioSource`` is clocked as the pipeline requires. PJSIP resamples
+G.711/G.722 to the bridge's clock rate; the port speaks mono 16-bit PCM at that rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import pjsua2 as pj
+
+from speech.audio import FRAME_MS, frame_samples
+
+log = logging.getLogger(__name__)
+
+MAX_PLAYOUT_BACKLOG = 6
+"""Bot frames queued beyond this many (120 ms) are dropped oldest first, so a stalled
+event loop cannot add lasting delay to what the caller hears."""
+
+
+class SipAudioSource:
+    """The caller's audio as the pipeline reads it; ``None`` once the call is gone."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._loop = loop
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._closed = False
+        self.frames = 0
+        self.tap: Callable[[np.ndarray], None] | None = None
+
+    def feed_threadsafe(self, frame: bytes) -> None:
+        """Called by the media clock thread with one frame of caller PCM."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, frame)
+
+    def close_threadsafe(self) -> None:
+        self._loop.call_soon_threadsafe(self.close)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put_nowait(None)
+
+    async def read(self) -> np.ndarray | None:
+        if self._closed and self._queue.empty():
+            return None
+        data = await self._queue.get()
+        if data is None:
+            self._queue.put_nowait(None)
+            return None
+        self.frames += 1
+        frame = np.frombuffer(data, dtype=np.int16).copy()
+        if self.tap is not None:
+            self.tap(frame)
+        return frame
+
+
+class SipAudioSink:
+    """The bot's audio: frames wait in a thread-safe deque for the media clock."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._frames: deque[bytes] = deque()
+        self.tap: Callable[[np.ndarray], None] | None = None
+
+    async def write(self, frame: np.ndarray) -> None:
+        if self.tap is not None:
+            self.tap(frame)
+        self._frames.append(frame.astype(np.int16, copy=False).tobytes())
+        while len(self._frames) > MAX_PLAYOUT_BACKLOG:
+            self._frames.popleft()
+
+    def clear(self) -> None:
+        """Barge-in: drop what has not been played yet."""
+        self._frames.clear()
+
+    def pop(self) -> bytes | None:
+        """Called by the media clock thread; ``None`` when nothing is queued."""
+        try:
+            return self._frames.popleft()
+        except IndexError:
+            return None
+
+
+def port_format(sample_rate: int) -> pj.MediaFormatAudio:
+    """Mono 16-bit PCM, 20 ms frames, at ``sample_rate``."""
+    fmt = pj.MediaFormatAudio()
+    fmt.init(pj.PJMEDIA_FORMAT_PCM, sample_rate, 1, FRAME_MS * 1000, 16)
+    return fmt
+
+
+class CallAudioPort(pj.AudioMediaPort):
+    """One call's port on the conference bridge. Its callbacks run on the clock thread;
+    after ``close`` they do nothing, and ``destroy`` (on a PJSIP-registered thread) removes
+    the port from the bridge before Python lets go of it."""
+
+    def __init__(self, name: str, sample_rate: int, source: SipAudioSource,
+                 sink: SipAudioSink) -> None:
+        super().__init__()
+        self.source = source
+        self.sink = sink
+        self._silence = bytes(2 * frame_samples(sample_rate))
+        self._lock = threading.Lock()
+        self._closed = False
+        self._destroyed = False
+        self.createPort(name, port_format(sample_rate))
+
+    def onFrameReceived(self, frame: pj.MediaFrame) -> None:
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size == len(self._silence):
+                    data = bytes(frame.buf)
+                else:
+                    data = self._silence
+                self.source.feed_threadsafe(data)
+        except Exception:
+            log.exception("caller frame dropped")
+
+    def onFrameRequested(self, frame: pj.MediaFrame) -> None:
+        try:
+            with self._lock:
+                data = None if self._closed else self.sink.pop()
+            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+            frame.buf = pj.ByteVector(data or self._silence)
+            frame.size = len(self._silence)
+        except Exception:
+            log.exception("bot frame dropped")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def destroy(self) -> None:
+        """Remove the port from the bridge; call from a PJSIP-registered thread."""
+        self.close()
+        if not self._destroyed:
+            self._destroyed = True
+            type(self).__swig_destroy__(self)

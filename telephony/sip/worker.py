@@ -1,0 +1,313 @@
+"""One SIP media worker: a PJSUA2 endpoint, an asyncio loop and a node, ≤ 4 calls.
+
+Each call runs the node's conversation pipeline on the call's audio. When the pipeline
+ends, the worker transfers the caller (REFER to ``sip_transfer_uri``) after a handoff,
+or hangs up (BYE). DTMF digits go to the pipeline's keypad; every call is recorded as a
+stereo WAV when ``sip_record`` is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from switchboard.node import Node
+from switchboard.pipeline.conversation import CallResult, ConversationPipeline
+from telephony.sip.call import CallLeg
+from telephony.sip.endpoint import SipEndpoint
+from telephony.sip.media_port import SipAudioSink, SipAudioSource
+from telephony.sip.recording import CallRecording
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+"""Clock rate of the conference bridge and of the pipeline; PJSIP resamples each codec."""
+TRANSFER_WAIT_S = 10.0
+"""How long a transfer may take (REFER accepted, final NOTIFY) before the call is hung up."""
+HANGUP_WAIT_S = 5.0
+"""How long to wait for a hung-up call to be disconnected."""
+ANSWER_WAIT_S = 60.0
+"""How long an outbound call may ring."""
+SHUTDOWN_WAIT_S = 5.0
+"""How long shutdown waits for the calls' pipelines to store their ends."""
+START_WAIT_S = 20.0
+"""How long the SIP endpoint may take to start."""
+
+
+class SipCallFailed(RuntimeError):
+    """An outbound call was not answered; the message has the SIP status."""
+
+
+@dataclass
+class _Session:
+    leg: CallLeg
+    task: asyncio.Task[CallResult | None] | None = None
+    pipeline: ConversationPipeline | None = None
+    recording: CallRecording | None = None
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    transfer_final: asyncio.Event = field(default_factory=asyncio.Event)
+    end_status: int = 0
+    end_reason: str = ""
+    transfer_status: int = 0
+    rtp_timed_out: bool = False
+    pending_digits: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+class SipWorker:
+    """Answers (or places) SIP calls and runs the conversation pipeline on each."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.settings = node.settings
+        self.sessions: dict[int, _Session] = {}
+        self.results: list[CallResult] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._endpoint: SipEndpoint | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> list[str]:
+        """Start PJSIP; returns what it listens on (e.g. ``udp:127.0.0.1:5060``)."""
+        self._loop = asyncio.get_running_loop()
+        loop = self._loop
+
+        def new_media() -> tuple[SipAudioSource, SipAudioSink]:
+            return SipAudioSource(loop, SAMPLE_RATE), SipAudioSink(SAMPLE_RATE)
+
+        self._endpoint = SipEndpoint(self.settings, self, new_media, sample_rate=SAMPLE_RATE)
+        listening = await asyncio.wait_for(
+            asyncio.wrap_future(self._endpoint.start()), START_WAIT_S)
+        log.info("SIP worker listening on %s (RTP from port %d, max %d calls)",
+                 ", ".join(listening), self.settings.sip_rtp_port, self.settings.sip_max_calls)
+        return listening
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Answer calls until ``stop`` is set, then shut down cleanly."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """End every call (cancelling its pipeline, which stores the end), hang up, stop PJSIP."""
+        tasks = [s.task for s in self.sessions.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_S)
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            endpoint.stop()
+            if not await asyncio.to_thread(endpoint.join, SHUTDOWN_WAIT_S + 5):
+                log.error("the SIP thread did not stop in time")
+
+    async def call(self, uri: str) -> CallResult:
+        """Place one outbound call and run the bot on it until it ends."""
+        endpoint = self._require_endpoint()
+        leg = await asyncio.wrap_future(endpoint.submit(lambda: endpoint.dial(uri)))
+        session = self._begin(leg)
+        assert session.task is not None
+        result = await session.task
+        if result is None:
+            raise SipCallFailed(
+                f"{uri} did not answer: SIP {session.end_status} {session.end_reason}".strip())
+        return result
+
+    def _require_endpoint(self) -> SipEndpoint:
+        if self._endpoint is None:
+            raise RuntimeError("the SIP worker is not started")
+        return self._endpoint
+
+    # ------------------------------------------------------------------ PJSIP thread → loop
+
+    def _post(self, fn: Any, *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def incoming(self, leg: CallLeg) -> None:
+        self._post(self._begin, leg)
+
+    def confirmed(self, leg: CallLeg) -> None:
+        self._post(self._on_confirmed, leg.key)
+
+    def disconnected(self, leg: CallLeg, status: int, reason: str) -> None:
+        self._post(self._on_disconnected, leg.key, status, reason)
+
+    def dtmf(self, leg: CallLeg, digit: str) -> None:
+        self._post(self._on_dtmf, leg.key, digit)
+
+    def transfer_status(self, leg: CallLeg, status: int, final: bool) -> None:
+        self._post(self._on_transfer_status, leg.key, status, final)
+
+    def rtp_timeout(self, leg: CallLeg) -> None:
+        self._post(self._on_rtp_timeout, leg.key)
+
+    # ------------------------------------------------------------------ loop side
+
+    def _begin(self, leg: CallLeg) -> _Session:
+        session = self.sessions.get(leg.key)
+        if session is None:
+            session = self.sessions[leg.key] = _Session(leg)
+            session.task = asyncio.create_task(self._run(session), name=f"sip-call-{leg.key}")
+        return session
+
+    def _on_confirmed(self, key: int) -> None:
+        session = self.sessions.get(key)
+        if session is not None:
+            session.confirmed.set()
+
+    def _on_disconnected(self, key: int, status: int, reason: str) -> None:
+        session = self.sessions.get(key)
+        if session is None:
+            return
+        session.end_status, session.end_reason = status, reason
+        session.disconnected.set()
+        session.leg.source.close()
+
+    def _on_dtmf(self, key: int, digit: str) -> None:
+        session = self.sessions.get(key)
+        if session is None:
+            return
+        if session.pipeline is None:
+            session.pending_digits.append(digit)
+        else:
+            session.pipeline.keypad(digit)
+
+    def _on_transfer_status(self, key: int, status: int, final: bool) -> None:
+        session = self.sessions.get(key)
+        if session is not None:
+            session.transfer_status = status
+            if final:
+                session.transfer_final.set()
+
+    def _on_rtp_timeout(self, key: int) -> None:
+        session = self.sessions.get(key)
+        if session is not None:
+            session.rtp_timed_out = True
+
+    async def _run(self, session: _Session) -> CallResult | None:
+        leg = session.leg
+        try:
+            if leg.direction == "outbound":
+                if not await self._wait_answered(session):
+                    return None
+            result = await self._converse(session)
+            self.results.append(result)
+            return result
+        except Exception:
+            log.exception("SIP call %s failed", leg.key)
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._end(session))
+            self.sessions.pop(leg.key, None)
+
+    async def _wait_answered(self, session: _Session) -> bool:
+        confirmed = asyncio.create_task(session.confirmed.wait())
+        gone = asyncio.create_task(session.disconnected.wait())
+        try:
+            await asyncio.wait({confirmed, gone}, timeout=ANSWER_WAIT_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            confirmed.cancel()
+            gone.cancel()
+        return session.confirmed.is_set() and not session.disconnected.is_set()
+
+    async def _converse(self, session: _Session) -> CallResult:
+        leg = session.leg
+        account_uri = f"sip:{self.settings.sip_username or 'switchboard'}@{self.settings.sip_host}"
+        inbound = leg.direction == "inbound"
+        metadata = {"sip_call_id": leg.sip_call_id, "direction": leg.direction,
+                    "source_address": leg.source_address}
+
+        def ready(pipeline: ConversationPipeline) -> None:
+            session.pipeline = pipeline
+            log.info("SIP call %s is call %s (setup %.0f ms)", leg.key, pipeline.call_id,
+                     (time.perf_counter() - session.started) * 1000)
+            if self.settings.sip_record:
+                self._start_recording(session, pipeline.call_id)
+            for digit in session.pending_digits:
+                pipeline.keypad(digit)
+            session.pending_digits.clear()
+
+        result = await self.node.run_call(
+            source=leg.source,
+            sink=leg.sink,
+            transport="sip",
+            caller=leg.remote_uri if inbound else account_uri,
+            callee=leg.local_uri if inbound else leg.remote_uri,
+            metadata=metadata,
+            pipeline_ready=ready,
+        )
+        if session.rtp_timed_out:
+            await asyncio.to_thread(self.node.calls.add_event, result.call_id, "rtp_timeout",
+                                    {"timeout_s": self.settings.sip_rtp_timeout_s})
+        if (result.reason == "handoff" and self.settings.sip_transfer_uri
+                and not session.disconnected.is_set()):
+            await self._transfer(session, result.call_id)
+        return result
+
+    def _start_recording(self, session: _Session, call_id: str) -> None:
+        path = self.settings.data_dir / "recordings" / f"{call_id}.wav"
+        try:
+            recording = CallRecording(path, SAMPLE_RATE)
+        except Exception:
+            log.exception("call %s: cannot record to %s", call_id, path)
+            return
+        session.recording = recording
+        session.leg.source.tap = recording.caller
+        session.leg.sink.tap = recording.bot
+
+    async def _transfer(self, session: _Session, call_id: str) -> None:
+        endpoint = self._require_endpoint()
+        uri = self.settings.sip_transfer_uri
+        key = session.leg.key
+        try:
+            await asyncio.wrap_future(endpoint.submit(lambda: endpoint.transfer(key, uri)))
+        except RuntimeError as exc:
+            log.warning("call %s: transfer to %s failed: %s", call_id, uri, exc)
+            return
+        transfer_done = asyncio.create_task(session.transfer_final.wait())
+        gone = asyncio.create_task(session.disconnected.wait())
+        await asyncio.wait({transfer_done, gone}, timeout=TRANSFER_WAIT_S,
+                           return_when=asyncio.FIRST_COMPLETED)
+        transfer_done.cancel()
+        gone.cancel()
+        log.info("call %s: transferred to %s (status %s)", call_id, uri,
+                 session.transfer_status or "none")
+        await asyncio.to_thread(self.node.calls.add_event, call_id, "transfer",
+                                {"uri": uri, "status": session.transfer_status})
+
+    async def _end(self, session: _Session) -> None:
+        """Hang up if the call is still up, then close and store the recording."""
+        leg = session.leg
+        leg.source.tap = leg.sink.tap = None
+        if not session.disconnected.is_set() and self._endpoint is not None:
+            endpoint = self._endpoint
+            with contextlib.suppress(RuntimeError):
+                await asyncio.wrap_future(endpoint.submit(lambda: endpoint.hangup(leg.key)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.disconnected.wait(), HANGUP_WAIT_S)
+        recording = session.recording
+        if recording is not None and session.pipeline is not None:
+            await asyncio.to_thread(recording.close)
+            await asyncio.to_thread(self.node.calls.set_recording, session.pipeline.call_id,
+                                    str(recording.path))
+
+
+async def run_worker(node: Node) -> None:
+    """Serve calls until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await SipWorker(node).serve(stop)
