@@ -1,36 +1,171 @@
 """``switchboard run``: starts the node's processes, restarts the ones that die, and stops
-them all on Ctrl-C / SIGTERM."""
+them all on Ctrl-C / SIGTERM.
+
+Children, in start order: the Rasa server and action server; the web app (console,
+softphone, WebRTC gateway); the SIP media workers; with more than one worker, Kamailio in
+front of them as the one SIP entry point."""
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import Protocol
+
+import httpx
 
 from dialog.runtime import RasaError, RasaServers, ensure_trained
+from switchboard.children import ChildError, ManagedChild
 from switchboard.settings import Settings
 from switchboard.storage.database import DatabaseError, prepare_database
 from switchboard.storage.repository import CallRepository
+from telephony.kamailio import KamailioError, KamailioProxy, worker_ports
+from telephony.sip_ping import options_ping
 
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
 RESTART_WINDOW_S = 300.0
 MAX_RESTARTS = 5
+START_TIMEOUT_S = 180.0
+WORKER_RTP_STRIDE = 100
 
 
 class SupervisorError(RuntimeError):
     """The node cannot start or keeps failing; the message says what to do."""
 
 
+class Component(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def wait_healthy(self, timeout: float) -> float: ...
+
+    def poll(self) -> int | None: ...
+
+    def stop(self) -> None: ...
+
+
+class KamailioComponent:
+    """Kamailio in front of the SIP workers."""
+
+    name = "Kamailio"
+
+    def __init__(self, proxy: KamailioProxy) -> None:
+        self.proxy = proxy
+
+    def start(self) -> None:
+        self.proxy.start()
+
+    def wait_healthy(self, timeout: float) -> float:
+        return self.proxy.wait_healthy(timeout)
+
+    def poll(self) -> int | None:
+        return self.proxy.poll()
+
+    def stop(self) -> None:
+        self.proxy.stop()
+
+
+class RasaComponent:
+    """The Rasa server and action server, restarted together."""
+
+    name = "dialog servers"
+
+    def __init__(self, servers: RasaServers) -> None:
+        self.servers = servers
+
+    def start(self) -> None:
+        self.servers.start()
+
+    def wait_healthy(self, timeout: float) -> float:
+        return self.servers.wait_healthy(timeout)
+
+    def poll(self) -> int | None:
+        exited = self.servers.poll()
+        return next(iter(exited.values())) if exited else None
+
+    def stop(self) -> None:
+        self.servers.stop()
+
+
+@dataclass
+class Supervised:
+    component: Component
+    restarts: deque[float] = field(default_factory=deque)
+    worker: str | None = None  # calls to end when it dies
+
+
+def python_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "switchboard", *args]
+
+
+def web_app(settings: Settings, rasa_url: str) -> ManagedChild:
+    scheme = "https" if settings.web_tls_cert else "http"
+    url = f"{scheme}://{settings.web_host}:{settings.web_port}/healthz"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0, verify=False).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return ManagedChild(
+        "web app", python_command("web"),
+        log_path=settings.data_dir / "logs" / "web.log", healthy=healthy,
+        env={"SWITCHBOARD_RASA_URL": rasa_url, "SWITCHBOARD_WORKER_NAME": "web"},
+    )
+
+
+def analytics_worker(settings: Settings) -> ManagedChild:
+    log_path = settings.data_dir / "logs" / "analytics.log"
+
+    def healthy() -> bool:
+        try:
+            return " ready." in log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return False
+
+    return ManagedChild(
+        "analytics worker", python_command("analytics", "worker"),
+        log_path=log_path, healthy=healthy, env={"SWITCHBOARD_WORKER_NAME": "analytics"},
+    )
+
+
+def sip_worker(
+    settings: Settings, index: int, port: int, rasa_url: str, *, behind_proxy: bool
+) -> ManagedChild:
+    name = f"sip-{index}"
+    env = {
+        "SWITCHBOARD_RASA_URL": rasa_url,
+        "SWITCHBOARD_WORKER_NAME": name,
+        "SWITCHBOARD_SIP_PORT": str(port),
+        "SWITCHBOARD_SIP_RTP_PORT": str(settings.sip_rtp_port + index * WORKER_RTP_STRIDE),
+        "SWITCHBOARD_SIP_WORKERS": "1",
+    }
+    if behind_proxy:  # Kamailio filters callers; workers only ever see the proxy
+        env["SWITCHBOARD_SIP_ALLOWED_NETWORKS"] = ""
+        env["SWITCHBOARD_SIP_TRANSPORTS"] = "udp"
+    return ManagedChild(
+        f"SIP worker {index}", python_command("sip-worker"),
+        log_path=settings.data_dir / "logs" / f"{name}.log",
+        healthy=lambda: options_ping(settings.sip_host, port),
+        env=env,
+    )
+
+
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._stop = threading.Event()
-        self._restarts: deque[float] = deque()
+        self._children: list[Supervised] = []
+        self._calls: CallRepository | None = None
 
     def run(self) -> None:
         """Start everything, supervise until a stop signal, then stop everything."""
@@ -42,54 +177,85 @@ class Supervisor:
             )
         except DatabaseError as exc:
             raise SupervisorError(str(exc)) from exc
-        ended = CallRepository(sessions).end_active_calls(reason="node_restarted")
+        self._calls = CallRepository(sessions)
+        ended = self._calls.end_active_calls(reason="node_restarted")
         if ended:
             log.warning("marked %d calls left active by a previous run as ended", ended)
         try:
-            model = ensure_trained(self.settings)
-            rasa = RasaServers(self.settings, model)
-            self._start(rasa)
-        except RasaError as exc:
-            raise SupervisorError(str(exc)) from exc
-        log.info("node ready: Rasa at %s; try `switchboard simulate caller.wav`", rasa.url)
-        try:
+            self._start_all()
+            log.info("node ready: %s", self._summary())
             while not self._stop.wait(POLL_S):
-                exited = rasa.poll()
-                if exited:
-                    self._restart(rasa, exited)
+                for child in self._children:
+                    code = child.component.poll()
+                    if code is not None:
+                        self._restart(child, code)
         finally:
             log.info("stopping the node's processes")
-            rasa.stop()
+            for child in reversed(self._children):
+                child.component.stop()
             log.info("stopped")
 
-    def _start(self, rasa: RasaServers) -> None:
-        rasa.start()
+    def _start_all(self) -> None:
+        settings = self.settings
         try:
-            waited = rasa.wait_healthy()
-        except BaseException:
-            rasa.stop()
-            raise
-        log.info("Rasa server and action server healthy after %.1f s", waited)
+            rasa = RasaServers(settings, ensure_trained(settings))
+        except RasaError as exc:
+            raise SupervisorError(str(exc)) from exc
+        self._launch(Supervised(RasaComponent(rasa)))
+        self._launch(Supervised(analytics_worker(settings)))
+        self._launch(Supervised(web_app(settings, rasa.url), worker="web"))
+        proxied = settings.sip_workers > 1
+        ports = worker_ports(settings) if proxied else [settings.sip_port]
+        for index, port in enumerate(ports):
+            worker = sip_worker(settings, index, port, rasa.url, behind_proxy=proxied)
+            self._launch(Supervised(worker, worker=f"sip-{index}"))
+        if proxied:
+            self._launch(Supervised(KamailioComponent(KamailioProxy(settings, ports))))
 
-    def _restart(self, rasa: RasaServers, exited: dict[str, int]) -> None:
+    def _launch(self, child: Supervised) -> None:
+        self._children.append(child)
+        self._start(child.component)
+
+    def _start(self, component: Component) -> None:
+        component.start()
+        try:
+            waited = component.wait_healthy(START_TIMEOUT_S)
+        except (ChildError, RasaError, KamailioError) as exc:
+            component.stop()
+            raise SupervisorError(str(exc)) from exc
+        except BaseException:
+            component.stop()
+            raise
+        log.info("%s healthy after %.1f s", component.name, waited)
+
+    def _restart(self, child: Supervised, code: int) -> None:
+        name = child.component.name
         now = time.monotonic()
-        self._restarts.append(now)
-        while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
-            self._restarts.popleft()
-        details = ", ".join(f"{name} (exit code {code})" for name, code in exited.items())
-        if len(self._restarts) > MAX_RESTARTS:
+        child.restarts.append(now)
+        while child.restarts and now - child.restarts[0] > RESTART_WINDOW_S:
+            child.restarts.popleft()
+        if child.worker is not None and self._calls is not None:
+            lost = self._calls.end_active_calls(reason="worker_died", worker=child.worker)
+            if lost:
+                log.error("%s held %d calls; marked ended (worker_died)", name, lost)
+        if len(child.restarts) > MAX_RESTARTS:
             raise SupervisorError(
-                f"{details} died {len(self._restarts)} times in {RESTART_WINDOW_S:.0f} s; "
+                f"{name} died {len(child.restarts)} times in {RESTART_WINDOW_S:.0f} s; "
                 f"giving up. See the logs in {self.settings.data_dir / 'logs'}."
             )
-        log.error("%s died; restarting the dialog servers", details)
-        rasa.stop()
+        log.error("%s died (exit code %s); restarting it", name, code)
+        child.component.stop()
         try:
-            self._start(rasa)
-        except RasaError as exc:
-            log.error("restart failed: %s", exc)
+            self._start(child.component)
+        except SupervisorError as exc:
+            log.error("restart of %s failed: %s", name, exc)
+
+    def _summary(self) -> str:
+        s = self.settings
+        scheme = "https" if s.web_tls_cert else "http"
+        return (f"SIP on {s.sip_host}:{s.sip_port} ({s.sip_workers} worker(s)), "
+                f"softphone at {scheme}://{s.web_host}:{s.web_port}/softphone")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
         self._stop.set()
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from telephony.sip_ping import options_ping
 from tests.dialog_fixtures import free_port
 
 pytestmark = pytest.mark.integration
@@ -79,10 +81,22 @@ class Output:
         raise AssertionError(f"no {text!r} within {timeout} s; output:\n{''.join(self.seen)}")
 
 
-def test_run_supervises_rasa_and_stops_everything_on_ctrl_c(database_url: str) -> None:
-    rasa_port, action_port = free_port(), free_port()
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_run_supervises_every_child_and_stops_them_all_on_ctrl_c(
+    database_url: str, tmp_path: Path
+) -> None:
+    rasa_port, action_port, web_port = free_port(), free_port(), free_port()
+    sip_port = free_udp_port()
     env = {**os.environ, "SWITCHBOARD_DATABASE_URL": database_url,
-           "SWITCHBOARD_RASA_PORT": str(rasa_port), "SWITCHBOARD_ACTION_PORT": str(action_port)}
+           "SWITCHBOARD_RASA_PORT": str(rasa_port), "SWITCHBOARD_ACTION_PORT": str(action_port),
+           "SWITCHBOARD_WEB_PORT": str(web_port), "SWITCHBOARD_SIP_PORT": str(sip_port),
+           "SWITCHBOARD_SIP_RTP_PORT": str(free_udp_port()),
+           "SWITCHBOARD_CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.db'}"}
     node = subprocess.Popen([sys.executable, "-m", "switchboard", "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     children: set[int] = set()
@@ -91,11 +105,14 @@ def test_run_supervises_rasa_and_stops_everything_on_ctrl_c(database_url: str) -
         output.wait_for("node ready", START_TIMEOUT_S)
         children = descendants(node.pid)
         assert httpx.get(f"http://127.0.0.1:{rasa_port}/", timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{web_port}/healthz", timeout=5).status_code == 200
+        assert options_ping("127.0.0.1", sip_port)
+        assert any("analytics worker" in command_line(p) for p in children)
 
         action_server = next(p for p in children if "rasa_sdk" in command_line(p))
         os.kill(action_server, signal.SIGKILL)
         output.wait_for("restarting", 30)
-        output.wait_for("healthy", START_TIMEOUT_S)
+        output.wait_for("dialog servers healthy", START_TIMEOUT_S)
         assert httpx.get(f"http://127.0.0.1:{action_port}/health", timeout=5).status_code == 200
         children |= descendants(node.pid)
 
