@@ -282,6 +282,33 @@ def bench_webrtc(
         typer.echo(line)
 
 
+@bench_app.command("sip")
+def bench_sip(
+    calls: Annotated[int, typer.Option(min=1, max=200, help="Calls to place in all.")] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, max=32, help="Calls at a time.")] = 1,
+    turns: Annotated[int, typer.Option(min=1, max=8, help="Caller lines per call.")] = 3,
+    target: Annotated[
+        str | None,
+        typer.Option(help="SIP URI of a running node; default: start one for the run "
+                     "with enough workers (4 calls each) and Kamailio when needed."),
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write figures here.")] = None,
+) -> None:
+    """Real SIP calls (PJSUA2 callers in other processes, G.711): voice-to-voice latency
+    at the caller, call setup time, failed calls, CPU per call."""
+    import json
+
+    from switchboard.sip_bench import bench_sip as run_bench
+
+    settings = get_settings()
+    _setup_logging(settings, quiet=True)
+    summary = run_bench(settings, calls=calls, concurrency=concurrency, turns=turns,
+                        target=target)
+    typer.echo(json.dumps(summary, indent=2))
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=2))
+
+
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the database migrations (and seed the demo orders if enabled)."""

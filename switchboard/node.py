@@ -37,6 +37,8 @@ class Node:
     tts: TextToSpeech
     dialog: DialogEngine
     analytics: Celery | None = None
+    owned: list[object] = field(default_factory=list)
+    """Engines this node created, and so closes; engines passed in belong to the caller."""
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
@@ -53,18 +55,22 @@ class Node:
 
         With ``analytics``, every ended call is queued for post-call analysis (Celery)."""
         sessions = prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
+        owned: list[object] = []
         if stt is None:
             whisper = WhisperSTT.from_settings(settings)
             whisper.warm_up()
             stt = whisper
+            owned.append(whisper)
         if tts is None:
             piper = PiperTTS.from_settings(settings)
             piper.warm_up()
             tts = piper
+            owned.append(piper)
         if dialog is None:
             dialog = RasaClient(settings.rasa_url, timeout_s=settings.rasa_timeout_s)
+            owned.append(dialog)
         celery = create_celery_app(settings) if analytics else None
-        return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery)
+        return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned)
 
     async def run_call(
         self,
@@ -130,7 +136,7 @@ class Node:
     async def aclose(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        for engine in (self.stt, self.tts, self.dialog):
+        for engine in self.owned:
             close = getattr(engine, "aclose", None) or getattr(engine, "close", None)
             if close is None:
                 continue

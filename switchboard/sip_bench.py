@@ -1,0 +1,82 @@
+"""Runs the SIP benchmark against a node it starts itself (or one given by URI)."""
+
+from __future__ import annotations
+
+import math
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speech.tts import PiperTTS
+from switchboard.children import ManagedChild
+from switchboard.settings import Settings
+from telephony.sip.bench import (
+    CALLER_LINES,
+    CALLS_PER_PROCESS,
+    RATE,
+    process_tree_cpu_s,
+    run_sip_bench,
+)
+
+NODE_START_TIMEOUT_S = 300.0
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _caller_lines(settings: Settings, turns: int) -> list[np.ndarray]:
+    tts = PiperTTS.from_settings(settings)
+    lines = []
+    for text in (CALLER_LINES[i % len(CALLER_LINES)] for i in range(turns)):
+        pcm = np.concatenate(list(tts.synthesize_sync(text, RATE)))
+        loud = np.flatnonzero(np.abs(pcm) > 50)
+        lines.append(pcm[: loud[-1] + 1] if len(loud) else pcm)
+    tts.close()
+    return lines
+
+
+def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
+              target: str | None) -> dict[str, Any]:
+    lines = _caller_lines(settings, turns)
+    if target is not None:
+        return run_sip_bench(target, calls, concurrency, lines).summary()
+    workers = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
+    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
+        sip_port = _free_port(socket.SOCK_DGRAM)
+        log_path = Path(tmp) / "node.log"
+        node = ManagedChild(
+            "node", [sys.executable, "-m", "switchboard", "run", "--sip-workers", str(workers)],
+            log_path=log_path,
+            healthy=lambda: "node ready" in log_path.read_text(errors="replace"),
+            env={
+                "SWITCHBOARD_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+                "SWITCHBOARD_CELERY_BROKER_URL": f"sqla+sqlite:///{tmp}/broker.db",
+                "SWITCHBOARD_SIP_PORT": str(sip_port),
+                "SWITCHBOARD_SIP_WORKER_BASE_PORT": str(_free_port(socket.SOCK_DGRAM)),
+                "SWITCHBOARD_SIP_RTP_PORT": "42000",
+                "SWITCHBOARD_SIP_RECORD": "false",
+                "SWITCHBOARD_WEB_PORT": str(_free_port(socket.SOCK_STREAM)),
+                "SWITCHBOARD_RASA_PORT": str(_free_port(socket.SOCK_STREAM)),
+                "SWITCHBOARD_ACTION_PORT": str(_free_port(socket.SOCK_STREAM)),
+            },
+        )
+        print(f"starting a node with {workers} SIP worker(s) (log: {log_path})...", flush=True)
+        node.start()
+        try:
+            node.wait_healthy(NODE_START_TIMEOUT_S)
+            assert node.process is not None
+            pid = node.process.pid
+            result = run_sip_bench(f"sip:bot@127.0.0.1:{sip_port}", calls, concurrency, lines,
+                                   node_cpu=lambda: process_tree_cpu_s(pid))
+        finally:
+            node.stop(grace_s=30)
+    summary = result.summary()
+    summary["sip_workers"] = workers
+    return summary

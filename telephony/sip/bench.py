@@ -1,0 +1,278 @@
+"""``switchboard bench sip``: real SIP calls from PJSUA2 callers in other processes against
+a node; voice-to-voice latency as the caller hears it.
+
+Each caller process runs up to four calls (PJSUA2's limit per process). A caller listens to
+the bot's RTP, waits until the bot has spoken and gone quiet, says its next line (G.711 on
+the wire), and times the gap from the end of its line to the first audible bot audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speech.audio import FRAME_MS
+from switchboard.settings import Settings
+from telephony.sip.call import CallLeg
+from telephony.sip.endpoint import SipEndpoint
+from telephony.sip.media_port import SipAudioSink, SipAudioSource
+
+RATE = 16000
+CALLS_PER_PROCESS = 4
+CALLER_LINES = (
+    "Hi, I'd like to check my order status.",
+    "four eight two one three",
+    "I have a question about my bill.",
+    "Can you repeat that?",
+)
+AUDIBLE = 300
+"""Mean absolute sample value above which a received 20 ms frame counts as bot speech."""
+GAP_MS = 700
+"""Silence after the bot spoke before the caller says its next line."""
+SETUP_TIMEOUT_S = 15.0
+REPLY_TIMEOUT_S = 20.0
+RTP_STRIDE = 100
+
+
+@dataclass
+class CallStats:
+    setup_ms: float | None = None
+    turns_ms: list[float] = field(default_factory=list)
+    unanswered: int = 0
+    failed: str | None = None
+
+
+class _Events:
+    """PJSUA2 call events of the bench caller, handed to its event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.answered: dict[int, asyncio.Event] = {}
+        self.gone: dict[int, asyncio.Event] = {}
+        self.status: dict[int, str] = {}
+
+    def _event(self, table: dict[int, asyncio.Event], key: int) -> asyncio.Event:
+        return table.setdefault(key, asyncio.Event())
+
+    def incoming(self, leg: CallLeg) -> None:
+        """The bench only places calls."""
+
+    def _answered(self, key: int) -> None:
+        self._event(self.answered, key).set()
+
+    def confirmed(self, leg: CallLeg) -> None:
+        self.loop.call_soon_threadsafe(self._answered, leg.key)
+
+    def _gone(self, leg: CallLeg, status: int, reason: str) -> None:
+        self.status[leg.key] = f"{status} {reason}".strip()
+        self._event(self.gone, leg.key).set()
+        leg.source.close()
+
+    def disconnected(self, leg: CallLeg, status: int, reason: str) -> None:
+        self.loop.call_soon_threadsafe(self._gone, leg, status, reason)
+
+    def dtmf(self, leg: CallLeg, digit: str) -> None:
+        """The bot sends no DTMF."""
+
+    def transfer_status(self, leg: CallLeg, status: int, final: bool) -> None:
+        """Not used by the bench."""
+
+    def rtp_timeout(self, leg: CallLeg) -> None:
+        """The call ends by itself when the node hangs up."""
+
+
+async def _converse(leg: CallLeg, lines: list[np.ndarray], stats: CallStats) -> None:
+    """Speak each line when the bot has finished, and time its answer."""
+    source, sink = leg.source, leg.sink
+    pending = list(lines)
+    speaking: np.ndarray | None = None
+    position = frames = silent = 0
+    heard_bot = False
+    said_at: int | None = None
+    silence = np.zeros(RATE * FRAME_MS // 1000, dtype=np.int16)
+    step = len(silence)
+    while (frame := await source.read()) is not None:
+        frames += 1
+        loud = float(np.abs(frame.astype(np.int32)).mean()) > AUDIBLE
+        if loud:
+            heard_bot, silent = True, 0
+            if said_at is not None:
+                stats.turns_ms.append((frames - said_at) * FRAME_MS)
+                said_at = None
+        else:
+            silent += 1
+        if said_at is not None and (frames - said_at) * FRAME_MS > REPLY_TIMEOUT_S * 1000:
+            stats.unanswered += 1
+            said_at = None
+        if speaking is not None:
+            chunk = speaking[position : position + step]
+            position += step
+            await sink.write(np.pad(chunk, (0, step - len(chunk))))
+            if position >= len(speaking):
+                speaking, said_at, heard_bot = None, frames, False
+            continue
+        await sink.write(silence)
+        if said_at is None and heard_bot and silent * FRAME_MS >= GAP_MS:
+            if not pending:
+                return
+            speaking, position = pending.pop(0), 0
+
+
+async def _one_call(endpoint: SipEndpoint, events: _Events, uri: str,
+                    lines: list[np.ndarray]) -> CallStats:
+    stats = CallStats()
+    started = time.perf_counter()
+    try:
+        leg = await asyncio.wrap_future(endpoint.submit(lambda: endpoint.dial(uri)))
+    except Exception as exc:  # a refused dial is a failed call, not a failed bench
+        stats.failed = f"dial: {exc}"
+        return stats
+    confirmed = events._event(events.answered, leg.key)
+    gone = events._event(events.gone, leg.key)
+    waiters = [asyncio.ensure_future(confirmed.wait()), asyncio.ensure_future(gone.wait())]
+    await asyncio.wait(waiters, timeout=SETUP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    if not confirmed.is_set():
+        stats.failed = f"setup: {events.status.get(leg.key, 'timeout')}"
+    else:
+        stats.setup_ms = (time.perf_counter() - started) * 1000
+        budget = 60 + len(lines) * (REPLY_TIMEOUT_S + 10)
+        try:
+            await asyncio.wait_for(_converse(leg, lines, stats), budget)
+        except TimeoutError:
+            stats.failed = "conversation timed out"
+    if not gone.is_set():
+        endpoint.submit(lambda: endpoint.hangup(leg.key))
+        try:
+            await asyncio.wait_for(gone.wait(), 10)
+        except TimeoutError:
+            stats.failed = stats.failed or "hangup timed out"
+    return stats
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _caller_process(index: int, uri: str, calls: int, concurrency: int,
+                          lines: list[np.ndarray], rtp_base: int) -> list[CallStats]:
+    loop = asyncio.get_running_loop()
+    events = _Events(loop)
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        sip_port=_free_udp_port(), sip_transports="udp", sip_rtp_port=rtp_base,
+        sip_record=False, sip_allowed_networks="", sip_max_calls=CALLS_PER_PROCESS,
+    )
+
+    def new_media() -> tuple[SipAudioSource, SipAudioSink]:
+        return SipAudioSource(loop, RATE), SipAudioSink(RATE)
+
+    endpoint = SipEndpoint(settings, events, new_media, sample_rate=RATE)
+    await asyncio.wrap_future(endpoint.start())
+    limit = asyncio.Semaphore(concurrency)
+
+    async def limited() -> CallStats:
+        async with limit:
+            return await _one_call(endpoint, events, uri, lines)
+
+    try:
+        return list(await asyncio.gather(*(limited() for _ in range(calls))))
+    finally:
+        endpoint.stop()
+        await asyncio.to_thread(endpoint.join, 20)
+
+
+def _run_process(job: tuple[int, str, int, int, list[np.ndarray], int]
+                 ) -> tuple[list[dict[str, Any]], float]:
+    started = time.process_time()
+    stats = asyncio.run(_caller_process(*job))
+    return [asdict(s) for s in stats], time.process_time() - started
+
+
+@dataclass
+class SipBenchResult:
+    calls: int
+    concurrency: int
+    failed: int
+    unanswered_turns: int
+    setup_ms: list[float]
+    turns_ms: list[float]
+    caller_cpu_s: float
+    node_cpu_s: float | None
+    wall_s: float
+
+    def summary(self) -> dict[str, Any]:
+        def pct(values: list[float], p: float) -> float | None:
+            return float(np.percentile(values, p)) if values else None
+
+        return {
+            "calls": self.calls, "concurrency": self.concurrency, "failed_calls": self.failed,
+            "turns": len(self.turns_ms), "unanswered_turns": self.unanswered_turns,
+            "voice_to_voice_ms": {f"p{p}": pct(self.turns_ms, p) for p in (50, 95, 99)},
+            "setup_ms": {f"p{p}": pct(self.setup_ms, p) for p in (50, 95)},
+            "node_cpu_s_per_call": (self.node_cpu_s / self.calls) if self.node_cpu_s else None,
+            "caller_cpu_s_per_call": self.caller_cpu_s / max(1, self.calls),
+            "wall_s": self.wall_s,
+        }
+
+
+def run_sip_bench(uri: str, calls: int, concurrency: int, lines: list[np.ndarray], *,
+                  node_cpu: Any = None, rtp_base: int = 30000) -> SipBenchResult:
+    """Place ``calls`` calls, ``concurrency`` at a time, from caller processes.
+
+    ``node_cpu`` (optional) returns the node's CPU seconds so far, sampled around the run."""
+    processes = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
+    shares = [calls // processes + (1 if i < calls % processes else 0) for i in range(processes)]
+    jobs = [(i, uri, share, min(CALLS_PER_PROCESS, math.ceil(concurrency / processes)),
+             lines, rtp_base + i * RTP_STRIDE) for i, share in enumerate(shares) if share]
+    cpu_before = node_cpu() if node_cpu else None
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
+        outputs = pool.map(_run_process, jobs)
+    wall = time.perf_counter() - started
+    node_cpu_s = node_cpu() - cpu_before if node_cpu and cpu_before is not None else None
+    stats = [CallStats(**s) for output, _ in outputs for s in output]
+    return SipBenchResult(
+        calls=calls, concurrency=concurrency,
+        failed=sum(1 for s in stats if s.failed),
+        unanswered_turns=sum(s.unanswered for s in stats),
+        setup_ms=[s.setup_ms for s in stats if s.setup_ms is not None],
+        turns_ms=[t for s in stats for t in s.turns_ms],
+        caller_cpu_s=sum(cpu for _, cpu in outputs), node_cpu_s=node_cpu_s, wall_s=wall,
+    )
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and all its descendants."""
+    ticks = float(os.sysconf("SC_CLK_TCK"))
+    total = 0.0
+    pending = [pid]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                continue
+    return total
