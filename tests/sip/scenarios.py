@@ -46,6 +46,7 @@ _ANSWERED = """
   <send><![CDATA[
 ACK [next_url] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[routes]
 """ + _DIALOG + """
 CSeq: 1 ACK
 Max-Forwards: 70
@@ -72,6 +73,7 @@ _BYE = """
   <send retrans="500"><![CDATA[
 BYE [next_url] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[routes]
 """ + _DIALOG + """
 CSeq: 3 BYE
 Max-Forwards: 70
@@ -104,6 +106,7 @@ Content-Length: 0
   <send retrans="500"><![CDATA[
 NOTIFY [next_url] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[routes]
 """ + _DIALOG + """
 CSeq: 2 NOTIFY
 Max-Forwards: 70
