@@ -131,8 +131,21 @@ def test_caller_bye_ends_the_call_as_caller_hangup(order_call: OrderCall) -> Non
     assert order_call.call.call_metadata.get("sip_call_id")
 
 
-def test_recording_holds_both_legs(order_call: OrderCall, stt: WhisperSTT) -> None:
-    path = order_call.call.recording_path
+def recording_of(calls: CallRepository, call_id: str, timeout: float = 15.0) -> str | None:
+    """The call's recording path, stored once the worker has closed the file."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        call = calls.get_call(call_id)
+        if call is not None and call.recording_path:
+            return call.recording_path
+        time.sleep(0.2)
+    return None
+
+
+def test_recording_holds_both_legs(
+    order_call: OrderCall, stt: WhisperSTT, calls: CallRepository
+) -> None:
+    path = recording_of(calls, order_call.call.id)
     assert path and Path(path).is_file()
     pcm, rate = soundfile.read(path, dtype="int16")
     assert pcm.ndim == 2 and pcm.shape[1] == 2
@@ -210,8 +223,9 @@ def test_four_concurrent_calls_are_greeted_and_a_fifth_is_busy(
     greeted = stored_call(calls, f"sipp{local_port}@", count=4)
     assert len(greeted) == 4
     for call in greeted:
-        assert call.recording_path
-        pcm, rate = soundfile.read(call.recording_path, dtype="int16")
+        path = recording_of(calls, call.id)
+        assert path
+        pcm, rate = soundfile.read(path, dtype="int16")
         assert "help" in transcribe(stt, pcm[:, 1], rate), call.id
 
 
