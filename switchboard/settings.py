@@ -64,10 +64,10 @@ class Settings(BaseSettings):
         default=64, ge=20, description="Speech needed before a caller turn (and barge-in) starts."
     )
     end_of_turn_ms: int = Field(
-        default=500, ge=100, description="Silence after speech that ends the caller's turn."
+        default=450, ge=100, description="Silence after speech that ends the caller's turn."
     )
     early_transcribe_ms: int = Field(
-        default=250,
+        default=120,
         ge=0,
         description="Silence after which transcription starts speculatively (0 = off); "
         "the result is used if the caller stays silent until end of turn.",

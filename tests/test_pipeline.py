@@ -78,7 +78,7 @@ async def test_greets_then_answers_a_caller_turn_and_stores_it(database_url: str
     assert [t.speaker for t in sim.result.turns] == ["bot", "caller", "bot"]
     answer = sim.result.turns[2]
     assert answer.text == "Sure. What's your order number?"
-    assert answer.endpoint_ms is not None and answer.endpoint_ms >= 500
+    assert answer.endpoint_ms is not None and answer.endpoint_ms >= 450
     assert answer.response_ms is not None and answer.response_ms >= answer.endpoint_ms
     assert answer.dialog_ms is not None and answer.tts_ms is not None
     assert sim.result.reason == "caller_hangup"

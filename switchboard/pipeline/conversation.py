@@ -45,22 +45,26 @@ END_OF_CALL_DRAIN_MS = 300
 """Silence sent after the last words of a call, so transports' buffers play them out."""
 
 
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class TurnTaking:
-    """Turn-taking knobs, with the defaults documented in the settings table."""
+    """Turn-taking knobs; defaults and meanings are the settings' (README table)."""
 
-    vad_threshold: float = 0.5
-    speech_start_ms: int = 64
-    end_of_turn_ms: int = 500
-    early_transcribe_ms: int = 250
-    min_utterance_ms: int = 200
-    max_utterance_s: float = 30.0
-    barge_in: bool = True
-    no_input_timeout_s: float = 8.0
-    max_reprompts: int = 1
-    dtmf_timeout_s: float = 3.0
-    max_call_s: float = 1800.0
-    apology_text: str = Settings.model_fields["apology_text"].default
+    vad_threshold: float = _default("vad_threshold")
+    speech_start_ms: int = _default("speech_start_ms")
+    end_of_turn_ms: int = _default("end_of_turn_ms")
+    early_transcribe_ms: int = _default("early_transcribe_ms")
+    min_utterance_ms: int = _default("min_utterance_ms")
+    max_utterance_s: float = _default("max_utterance_s")
+    barge_in: bool = _default("barge_in")
+    no_input_timeout_s: float = _default("no_input_timeout_s")
+    max_reprompts: int = _default("max_reprompts")
+    dtmf_timeout_s: float = _default("dtmf_timeout_s")
+    max_call_s: float = _default("max_call_s")
+    apology_text: str = _default("apology_text")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TurnTaking:
