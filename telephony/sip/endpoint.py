@@ -85,6 +85,10 @@ class SipEndpoint:
         self._networks = parse_networks(settings.sip_allowed_networks)
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._calls: dict[int, SipCall] = {}
+        # Calls answered 403/486, held until DISCONNECTED: PJSUA sends a final answer given
+        # in onIncomingCall after the callback, and a call object dropped before that hangs
+        # up with 603 Decline instead.
+        self._rejected: dict[int, SipCall] = {}
         self._keys = itertools.count(1)
         self._stop = threading.Event()
         self._ready: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
@@ -237,6 +241,7 @@ class SipEndpoint:
 
     def _forget(self, call: SipCall) -> None:
         self._calls.pop(call.leg.key, None)
+        self._rejected.pop(call.leg.key, None)
 
     def on_incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
         leg = self._new_leg("inbound")
@@ -250,12 +255,14 @@ class SipEndpoint:
             log.warning("rejecting call from %s (not in SWITCHBOARD_SIP_ALLOWED_NETWORKS)",
                         leg.source_address)
             op.statusCode = 403
+            self._rejected[leg.key] = call
             call.answer(op)
             return
         if len(self._calls) >= self.settings.sip_max_calls:
             log.warning("rejecting call from %s: busy (%d calls)", leg.source_address,
                         len(self._calls))
             op.statusCode = 486
+            self._rejected[leg.key] = call
             call.answer(op)
             return
         self._calls[leg.key] = call
@@ -275,6 +282,7 @@ class SipEndpoint:
         except pj.Error:
             self._calls.pop(leg.key, None)
             raise
+        leg.sip_call_id = str(call.getInfo().callIdString)
         return leg
 
     def hangup(self, key: int, status: int = 200) -> None:
@@ -329,6 +337,7 @@ class SipEndpoint:
         for call in list(self._calls.values()):
             call.release_media()
         self._calls.clear()
+        self._rejected.clear()
         self._run_commands()
         self._destroy()
 

@@ -112,7 +112,15 @@ class SipWorker:
     async def call(self, uri: str) -> CallResult:
         """Place one outbound call and run the bot on it until it ends."""
         endpoint = self._require_endpoint()
-        leg = await asyncio.wrap_future(endpoint.submit(lambda: endpoint.dial(uri)))
+
+        def dial() -> CallLeg:
+            leg = endpoint.dial(uri)
+            # Queue the session's start ahead of this call's events (a fast 200 OK could
+            # otherwise reach the loop before the dial's result, and be dropped).
+            self._post(self._begin, leg)
+            return leg
+
+        leg = await asyncio.wrap_future(endpoint.submit(dial))
         session = self._begin(leg)
         assert session.task is not None
         result = await session.task

@@ -103,13 +103,16 @@ def invite(port: int, sdp_codecs: str, rtpmaps: str) -> bytes:
 @dataclass
 class Baresip:
     """One baresip softphone: plays ``caller_wav`` (8 kHz, PCMU) into the call and records
-    what it hears; commands go over ctrl_tcp (netstring JSON)."""
+    what it hears; commands go over ctrl_tcp (netstring JSON). With ``answermode="auto"``
+    it answers incoming calls at once (as ``user``)."""
 
     workdir: Path
     caller_wav: Path
     sip_port: int
     ctrl_port: int
     proc: subprocess.Popen[bytes] | None = None
+    user: str = "caller"
+    answermode: str = "manual"
 
     def start(self) -> None:
         (self.workdir / "rec").mkdir(parents=True, exist_ok=True)
@@ -130,7 +133,8 @@ class Baresip:
             "",
         ]))
         (self.workdir / "accounts").write_text(
-            "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n")
+            f"<sip:{self.user}@127.0.0.1>;regint=0;answermode={self.answermode};"
+            "audio_codecs=PCMU\n")
         log = (self.workdir / "baresip.log").open("wb")
         self.proc = subprocess.Popen(["baresip", "-f", str(self.workdir)], stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

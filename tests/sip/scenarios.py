@@ -135,6 +135,24 @@ Max-Forwards: 70
 Content-Length: 0
   ]]></send>
 """,
+    # Expect 403 Forbidden (a source outside SWITCHBOARD_SIP_ALLOWED_NETWORKS).
+    "forbidden": """
+  <recv response="403"/>
+  <send><![CDATA[
+ACK sip:bot@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
+From: sipp <sip:sipp[local_port]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+  ]]></send>
+""",
+    # Answer and send no RTP at all, never hang up; wait for the bot's BYE.
+    "silent_until_bye": _ANSWERED.replace(
+        '  <nop><action><exec rtp_stream="{wav},1,0"/></action></nop>\n', ""
+    ) + '  <recv request="BYE" timeout="{wait_ms}"/>\n' + _OK,
 }
 
 
