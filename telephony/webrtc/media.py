@@ -26,8 +26,10 @@ CALL_RATE = 16000
 INBOUND_BUFFER_MS = 120
 """Most caller audio held between the network and the pipeline; older audio is dropped."""
 
-OUTBOUND_BUFFER_MS = 1000
-"""Most bot audio queued for the outbound track (only reached while it is not read)."""
+OUTBOUND_BUFFER_MS = 100
+"""Most audio queued for the outbound track; older frames are dropped. The pipeline and
+the sender tick on separate 20 ms clocks, so anything queued beyond a few frames (silence
+written before the sender started, clock drift) would delay every word the bot says."""
 
 CLOCK_RESYNC_MS = 100
 """A clock that falls this far behind (a stalled loop) restarts instead of bursting."""
