@@ -31,6 +31,7 @@ OUTCOME_BY_END_REASON: dict[str, str] = {
     "bot_hangup": RESOLVED,
     "handoff": HANDED_OFF,
     "caller_hangup": ABANDONED,
+    "rtp_timeout": ABANDONED,
     "max_duration": ABANDONED,
     "dialog_unavailable": FAILED,
     "turn_error": FAILED,

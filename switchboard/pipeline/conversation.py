@@ -14,7 +14,8 @@ resumes where it stopped. Goodbyes, handoff announcements and apologies are not
 interruptible: the call ends after them.
 
 Sources must be clocked: a transport returns a frame of silence when no packet arrived in
-time, so that playback and timers never stall on a quiet or lossy network.
+time, so that playback and timers never stall on a quiet or lossy network. A source that
+returns None may set ``end_reason`` (default: the caller hung up).
 """
 
 from __future__ import annotations
@@ -274,7 +275,9 @@ class ConversationPipeline:
             while not self._ended.is_set():
                 frame = await self.source.read()
                 if frame is None:
-                    self._finish(_CallEnded("caller_hangup"))
+                    # A transport may say why the media stopped (e.g. "rtp_timeout").
+                    reason = getattr(self.source, "end_reason", None) or "caller_hangup"
+                    self._finish(_CallEnded(reason))
                     return
                 self._media_ms += FRAME_MS
                 for vad_event in self.endpointer.process(frame):

@@ -34,6 +34,7 @@ class SipAudioSource:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._closed = False
         self.frames = 0
+        self.end_reason: str | None = None
         self.tap: Callable[[np.ndarray], None] | None = None
 
     def feed_threadsafe(self, frame: bytes) -> None:

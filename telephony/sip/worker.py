@@ -201,6 +201,7 @@ class SipWorker:
         session = self.sessions.get(key)
         if session is not None:
             session.rtp_timed_out = True
+            session.leg.source.end_reason = "rtp_timeout"
 
     async def _run(self, session: _Session) -> CallResult | None:
         leg = session.leg

@@ -310,8 +310,7 @@ def test_call_without_rtp_is_hung_up_after_the_rtp_timeout(
             f"{impatient_worker.log()[-3000:]}")
         time.sleep(0.3)
     assert events[0].data == {"timeout_s": RTP_TIMEOUT_S}
-    assert call.status != "active"
-    print(f"stored: end_reason={call.end_reason}, status={call.status}")
+    assert call.status != "active" and call.end_reason == "rtp_timeout"
     assert f"no RTP for {RTP_TIMEOUT_S:.0f} s, hanging up" in impatient_worker.log()
     assert impatient_worker.proc.poll() is None
     assert options(impatient_worker.port) == "SIP/2.0 200 OK"
