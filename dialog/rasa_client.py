@@ -15,6 +15,7 @@ from dialog.text_normalizer import normalize_caller_text
 log = logging.getLogger(__name__)
 
 KEYPAD_ENTITY = "order_number"
+INTENT_TIMEOUT_S = 1.0
 
 
 class DialogUnavailable(RuntimeError):
@@ -75,10 +76,14 @@ class DialogEngine(Protocol):
 
 
 class RasaClient:
-    """Async client of Rasa's REST channel (``/webhooks/rest/webhook``)."""
+    """Async client of Rasa's REST channel (``/webhooks/rest/webhook``).
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
+    With ``api_token`` (Rasa started with ``--enable-api --auth-token``), each reply also
+    carries the intent Rasa recognised, read from the conversation's tracker."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0, api_token: str = "") -> None:
         self._base_url = base_url.rstrip("/")
+        self._api_token = api_token
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)),
@@ -142,4 +147,27 @@ class RasaClient:
             for item in body
             if isinstance(item, dict)
         ]
-        return DialogReply(messages=messages, elapsed_ms=elapsed_ms, sent_text=message)
+        intent, confidence = await self._latest_intent(conversation_id)
+        return DialogReply(messages=messages, elapsed_ms=elapsed_ms, sent_text=message,
+                           intent=intent, confidence=confidence)
+
+    async def _latest_intent(self, conversation_id: str) -> tuple[str | None, float | None]:
+        """The intent of the conversation's latest user message; (None, None) when the API
+        is off or does not answer in time — intents are for the record, not the call."""
+        if not self._api_token:
+            return None, None
+        try:
+            response = await self._http.get(
+                f"/conversations/{conversation_id}/tracker",
+                params={"include_events": "NONE", "token": self._api_token},
+                timeout=INTENT_TIMEOUT_S,
+            )
+            response.raise_for_status()
+            intent = response.json().get("latest_message", {}).get("intent", {})
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            log.warning("conversation %s: no intent from Rasa's tracker: %r", conversation_id, exc)
+            return None, None
+        name = intent.get("name") if isinstance(intent, dict) else None
+        confidence = intent.get("confidence") if isinstance(intent, dict) else None
+        return (str(name) if name else None,
+                float(confidence) if isinstance(confidence, int | float) else None)

@@ -282,6 +282,8 @@ class RasaServers:
                 str(endpoints),
                 "--credentials",
                 str(self.bot_dir / "credentials.yml"),
+                *(["--enable-api", "--auth-token", self.settings.rasa_api_token]
+                  if self.settings.rasa_api_token else []),
             ],
             self.rasa_log,
         )

@@ -131,8 +131,7 @@ async def _simulate(
     from switchboard.simulate import simulate_call, write_outputs
 
     assert isinstance(pcm, np.ndarray)
-    async with dialog_available(settings) as rasa_url:
-        settings = settings.model_copy(update={"rasa_url": rasa_url})
+    async with dialog_available(settings) as settings:
         node = Node.create(settings)
         try:
             sim = await simulate_call(node, pcm, rate, realtime=not fast, tail_s=tail)
@@ -218,8 +217,8 @@ async def _call(settings: Settings, uri: str) -> None:
     from switchboard.node import Node
     from telephony.sip.worker import SipWorker
 
-    async with dialog_available(settings) as rasa_url:
-        node = Node.create(settings.model_copy(update={"rasa_url": rasa_url}))
+    async with dialog_available(settings) as settings:
+        node = Node.create(settings)
         worker = SipWorker(node)
         try:
             await worker.start()
@@ -248,8 +247,8 @@ async def _bench(settings: Settings, utterances: int, rate: int) -> None:
     from switchboard.dialog_service import dialog_available
     from switchboard.node import Node
 
-    async with dialog_available(settings) as rasa_url:
-        node = Node.create(settings.model_copy(update={"rasa_url": rasa_url}))
+    async with dialog_available(settings) as settings:
+        node = Node.create(settings)
         try:
             rows = await run_bench(node, utterances, rate)
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,13 @@ from switchboard.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def with_api_token(settings: Settings) -> Settings:
+    """Settings with a Rasa API token (a fresh random one unless configured)."""
+    if settings.rasa_api_token:
+        return settings
+    return settings.model_copy(update={"rasa_api_token": secrets.token_urlsafe(24)})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -22,23 +30,24 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def dialog_available(settings: Settings) -> AsyncIterator[str]:
-    """Yield the URL of a healthy Rasa server: the configured one if it answers, otherwise
-    a managed one started for the duration (trained first if needed)."""
+async def dialog_available(settings: Settings) -> AsyncIterator[Settings]:
+    """Yield settings naming a healthy Rasa server: the configured one if it answers,
+    otherwise a managed one started for the duration (trained first if needed)."""
     client = RasaClient(settings.rasa_url, timeout_s=2.0)
     try:
         healthy = await client.healthy()
     finally:
         await client.aclose()
     if healthy:
-        yield settings.rasa_url
+        yield settings
         return
     print(f"Rasa is not answering at {settings.rasa_url}; starting one for this run "
           "(about 15-30 s)...", flush=True)
     model = await asyncio.to_thread(ensure_trained, settings)
+    settings = with_api_token(settings)
     servers = RasaServers(settings, model, rasa_port=free_port(), action_port=free_port())
     await asyncio.to_thread(servers.__enter__)
     try:
-        yield servers.url
+        yield settings.model_copy(update={"rasa_url": servers.url})
     finally:
         await asyncio.to_thread(servers.stop)

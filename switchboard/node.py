@@ -67,7 +67,8 @@ class Node:
             tts = piper
             owned.append(piper)
         if dialog is None:
-            dialog = RasaClient(settings.rasa_url, timeout_s=settings.rasa_timeout_s)
+            dialog = RasaClient(settings.rasa_url, timeout_s=settings.rasa_timeout_s,
+                                api_token=settings.rasa_api_token)
             owned.append(dialog)
         celery = create_celery_app(settings) if analytics else None
         return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned)

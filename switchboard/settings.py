@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     rasa_url: str = Field(
         default="http://127.0.0.1:5005", description="Rasa server the pipeline talks to."
     )
+    rasa_api_token: str = Field(
+        default="",
+        description="Token of Rasa's HTTP API, used to read each turn's intent; "
+        "`switchboard run` makes one when empty.",
+    )
     rasa_port: int = Field(default=5005, description="Port of the managed Rasa server.")
     action_port: int = Field(default=5055, description="Port of the managed action server.")
     rasa_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Rasa request.")

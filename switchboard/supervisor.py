@@ -21,6 +21,7 @@ import httpx
 
 from dialog.runtime import RasaError, RasaServers, ensure_trained
 from switchboard.children import ChildError, ManagedChild
+from switchboard.dialog_service import with_api_token
 from switchboard.settings import Settings
 from switchboard.storage.database import DatabaseError, prepare_database
 from switchboard.storage.repository import CallRepository
@@ -119,7 +120,11 @@ def web_app(settings: Settings, rasa_url: str) -> ManagedChild:
     return ManagedChild(
         "web app", python_command("web"),
         log_path=settings.data_dir / "logs" / "web.log", healthy=healthy,
-        env={"SWITCHBOARD_RASA_URL": rasa_url, "SWITCHBOARD_WORKER_NAME": "web"},
+        env={
+            "SWITCHBOARD_RASA_URL": rasa_url,
+            "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
+            "SWITCHBOARD_WORKER_NAME": "web",
+        },
     )
 
 
@@ -144,6 +149,7 @@ def sip_worker(
     name = f"sip-{index}"
     env = {
         "SWITCHBOARD_RASA_URL": rasa_url,
+        "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
         "SWITCHBOARD_WORKER_NAME": name,
         "SWITCHBOARD_SIP_PORT": str(port),
         "SWITCHBOARD_SIP_RTP_PORT": str(settings.sip_rtp_port + index * WORKER_RTP_STRIDE),
@@ -197,6 +203,7 @@ class Supervisor:
 
     def _start_all(self) -> None:
         settings = self.settings
+        settings = self.settings = with_api_token(settings)
         try:
             rasa = RasaServers(settings, ensure_trained(settings))
         except RasaError as exc:

@@ -19,6 +19,7 @@ import pytest
 from dialog.runtime import RasaNotInstalled, RasaServers, ensure_trained
 from switchboard.settings import PROJECT_ROOT, Settings
 
+TEST_API_TOKEN = "switchboard-test-token"
 RASA_START_TIMEOUT_S = 180.0
 
 
@@ -31,8 +32,11 @@ def free_port() -> int:
 
 
 def rasa_test_settings(data_dir: Path) -> Settings:
-    """Settings for the test bot: no Redis; the Rasa venv and the rest from the environment."""
-    return Settings(_env_file=None, data_dir=data_dir, redis_url="")  # type: ignore[call-arg]
+    """Settings for the test bot: no Redis, its HTTP API on (turn intents); the Rasa venv
+    and the rest from the environment."""
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None, data_dir=data_dir, redis_url="", rasa_api_token=TEST_API_TOKEN
+    )
 
 
 def say(

@@ -455,21 +455,25 @@ class ConversationPipeline:
                 )
             return
         self._reprompts = 0
-        self._store(
-            TurnRecord(
-                speaker="caller",
-                text=text,
-                started_at=self._wall(turn.speech_start_ms),
-                ended_at=self._wall(turn.speech_end_ms),
-                confidence=transcript.confidence,
-                barge_in=turn.barge_in,
-                endpoint_ms=float(turn.endpoint_ms),
-                stt_ms=round(stt_ms, 1),
-            )
+        said = TurnRecord(
+            speaker="caller",
+            text=text,
+            started_at=self._wall(turn.speech_start_ms),
+            ended_at=self._wall(turn.speech_end_ms),
+            confidence=transcript.confidence,
+            barge_in=turn.barge_in,
+            endpoint_ms=float(turn.endpoint_ms),
+            stt_ms=round(stt_ms, 1),
         )
         log.info("call %s: caller said %r (stt %.0f ms)", self.call_id, text, stt_ms)
         dialog_started = time.perf_counter()
-        reply = await self.dialog.send(self.conversation_id, text, self.metadata)
+        try:
+            reply = await self.dialog.send(self.conversation_id, text, self.metadata)
+        except BaseException:
+            self._store(said)  # what the caller said is kept whatever the dialog did
+            raise
+        said.intent = reply.intent
+        self._store(said)
         await self._speak_reply(
             reply,
             origin_wall=turn.endpoint_wall,

@@ -239,8 +239,9 @@ async def web_app(settings: Settings) -> AsyncIterator[tuple[str, Settings, int]
 
     print(f"no web app at {base_url}; starting one for the run...", flush=True)
     settings = settings.model_copy(update={"webrtc_ice_addresses": "127.0.0.1"})
-    async with dialog_available(settings) as rasa_url:
-        env = {**os.environ, "SWITCHBOARD_RASA_URL": rasa_url,
+    async with dialog_available(settings) as settings:
+        env = {**os.environ, "SWITCHBOARD_RASA_URL": settings.rasa_url,
+               "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
                "SWITCHBOARD_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
                "SWITCHBOARD_LOG_LEVEL": "WARNING"}
         process = await asyncio.create_subprocess_exec(

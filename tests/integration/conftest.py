@@ -11,6 +11,7 @@ from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
 from switchboard.node import Node
 from switchboard.settings import Settings
+from tests.dialog_fixtures import TEST_API_TOKEN
 
 
 @pytest.fixture
@@ -19,6 +20,6 @@ async def node(
 ) -> AsyncIterator[Node]:
     url = rasa_server.url  # type: ignore[attr-defined]
     settings = Settings(database_url=database_url, rasa_url=url)
-    dialog = RasaClient(url, timeout_s=settings.rasa_timeout_s)
+    dialog = RasaClient(url, timeout_s=settings.rasa_timeout_s, api_token=TEST_API_TOKEN)
     yield Node.create(settings, stt=stt, tts=tts, dialog=dialog, analytics=False)
     await dialog.aclose()

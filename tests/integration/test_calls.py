@@ -58,6 +58,9 @@ async def test_order_status_by_spoken_digits(
     assert all(t.response_ms is not None for t in bot_turns[1:])
     stored = calls.get_call(sim.result.call_id)
     assert stored is not None and len(stored.turns) == len(sim.result.turns)
+    said = [t for t in stored.turns if t.speaker == "caller"]
+    assert said[0].intent == "check_order_status"
+    assert said[1].intent is not None
 
 
 async def test_handoff_request_is_handed_off(
