@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from dialog.rasa_client import RasaClient
 from dialog.runtime import RasaServers, ensure_trained
+from switchboard.processes import free_port
 from switchboard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,12 +21,6 @@ def with_api_token(settings: Settings) -> Settings:
     if settings.rasa_api_token:
         return settings
     return settings.model_copy(update={"rasa_api_token": secrets.token_urlsafe(24)})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager

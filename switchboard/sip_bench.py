@@ -13,22 +13,16 @@ import numpy as np
 
 from speech.tts import PiperTTS
 from switchboard.children import ManagedChild
+from switchboard.processes import free_port, process_tree_cpu_s
 from switchboard.settings import Settings
 from telephony.sip.bench import (
     CALLER_LINES,
     CALLS_PER_PROCESS,
     RATE,
-    process_tree_cpu_s,
     run_sip_bench,
 )
 
 NODE_START_TIMEOUT_S = 300.0
-
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _caller_lines(settings: Settings, turns: int) -> list[np.ndarray]:
@@ -49,7 +43,7 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
         return run_sip_bench(target, calls, concurrency, lines).summary()
     workers = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
-        sip_port = _free_port(socket.SOCK_DGRAM)
+        sip_port = free_port(socket.SOCK_DGRAM)
         log_path = Path(tmp) / "node.log"
         node = ManagedChild(
             "node", [sys.executable, "-m", "switchboard", "run", "--sip-workers", str(workers)],
@@ -59,12 +53,12 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
                 "SWITCHBOARD_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
                 "SWITCHBOARD_CELERY_BROKER_URL": f"sqla+sqlite:///{tmp}/broker.db",
                 "SWITCHBOARD_SIP_PORT": str(sip_port),
-                "SWITCHBOARD_SIP_WORKER_BASE_PORT": str(_free_port(socket.SOCK_DGRAM)),
+                "SWITCHBOARD_SIP_WORKER_BASE_PORT": str(free_port(socket.SOCK_DGRAM)),
                 "SWITCHBOARD_SIP_RTP_PORT": "42000",
                 "SWITCHBOARD_SIP_RECORD": "false",
-                "SWITCHBOARD_WEB_PORT": str(_free_port(socket.SOCK_STREAM)),
-                "SWITCHBOARD_RASA_PORT": str(_free_port(socket.SOCK_STREAM)),
-                "SWITCHBOARD_ACTION_PORT": str(_free_port(socket.SOCK_STREAM)),
+                "SWITCHBOARD_WEB_PORT": str(free_port(socket.SOCK_STREAM)),
+                "SWITCHBOARD_RASA_PORT": str(free_port(socket.SOCK_STREAM)),
+                "SWITCHBOARD_ACTION_PORT": str(free_port(socket.SOCK_STREAM)),
             },
         )
         print(f"starting a node with {workers} SIP worker(s) (log: {log_path})...", flush=True)

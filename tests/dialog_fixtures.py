@@ -7,7 +7,6 @@ the project's ``var/rasa/models`` by bot hash, so only the first run trains (~1 
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,18 +16,11 @@ import httpx
 import pytest
 
 from dialog.runtime import RasaNotInstalled, RasaServers, ensure_trained
+from switchboard.processes import free_port
 from switchboard.settings import PROJECT_ROOT, Settings
 
 TEST_API_TOKEN = "switchboard-test-token"
 RASA_START_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def rasa_test_settings(data_dir: Path) -> Settings:

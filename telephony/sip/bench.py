@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
-import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from speech.audio import FRAME_MS
+from switchboard.processes import free_port
 from switchboard.settings import Settings
 from telephony.sip.call import CallLeg
 from telephony.sip.endpoint import SipEndpoint
@@ -160,19 +159,13 @@ async def _one_call(endpoint: SipEndpoint, events: _Events, uri: str,
     return stats
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _caller_process(index: int, uri: str, calls: int, concurrency: int,
                           lines: list[np.ndarray], rtp_base: int) -> list[CallStats]:
     loop = asyncio.get_running_loop()
     events = _Events(loop)
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
-        sip_port=_free_udp_port(), sip_transports="udp", sip_rtp_port=rtp_base,
+        sip_port=free_port(socket.SOCK_DGRAM), sip_transports="udp", sip_rtp_port=rtp_base,
         sip_record=False, sip_allowed_networks="", sip_max_calls=CALLS_PER_PROCESS,
     )
 
@@ -252,27 +245,3 @@ def run_sip_bench(uri: str, calls: int, concurrency: int, lines: list[np.ndarray
         turns_ms=[t for s in stats for t in s.turns_ms],
         caller_cpu_s=sum(cpu for _, cpu in outputs), node_cpu_s=node_cpu_s, wall_s=wall,
     )
-
-
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by ``pid`` and all its descendants."""
-    ticks = float(os.sysconf("SC_CLK_TCK"))
-    total = 0.0
-    pending = [pid]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                pending.extend(int(c) for c in (task / "children").read_text().split())
-            except OSError:
-                continue
-    return total

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.celery_app import create_app
 from analytics.tasks import enqueue_call_analysis
+from switchboard.processes import free_port
 from switchboard.settings import Settings
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import AnalysisRepository
@@ -30,13 +31,6 @@ from tests.analytics.calls import order_call, store_call
 WORKER_START_TIMEOUT_S = 30.0
 ANALYSIS_TIMEOUT_S = 30.0
 VISIBILITY_TIMEOUT_S = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:

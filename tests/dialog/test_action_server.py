@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from dialog.runtime import BOT_DIR, RasaNotInstalled, child_environment, rasa_executable
-from tests.dialog_fixtures import free_port, rasa_test_settings
+from switchboard.processes import free_port
+from tests.dialog_fixtures import rasa_test_settings
 
 START_TIMEOUT_S = 60.0
 DOMAIN = {

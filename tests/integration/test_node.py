@@ -16,29 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from switchboard.processes import descendants, free_port
 from telephony.sip_ping import options_ping
-from tests.dialog_fixtures import free_port
 
 pytestmark = pytest.mark.integration
 START_TIMEOUT_S = 240
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (Linux /proc)."""
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = (task / "children").read_text().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    pending.append(child)
-    return found
 
 
 def command_line(pid: int) -> str:
@@ -81,21 +63,15 @@ class Output:
         raise AssertionError(f"no {text!r} within {timeout} s; output:\n{''.join(self.seen)}")
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_run_supervises_every_child_and_stops_them_all_on_ctrl_c(
     database_url: str, tmp_path: Path
 ) -> None:
     rasa_port, action_port, web_port = free_port(), free_port(), free_port()
-    sip_port = free_udp_port()
+    sip_port = free_port(socket.SOCK_DGRAM)
     env = {**os.environ, "SWITCHBOARD_DATABASE_URL": database_url,
            "SWITCHBOARD_RASA_PORT": str(rasa_port), "SWITCHBOARD_ACTION_PORT": str(action_port),
            "SWITCHBOARD_WEB_PORT": str(web_port), "SWITCHBOARD_SIP_PORT": str(sip_port),
-           "SWITCHBOARD_SIP_RTP_PORT": str(free_udp_port()),
+           "SWITCHBOARD_SIP_RTP_PORT": str(free_port(socket.SOCK_DGRAM)),
            "SWITCHBOARD_CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.db'}"}
     node = subprocess.Popen([sys.executable, "-m", "switchboard", "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

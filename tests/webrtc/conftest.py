@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from switchboard.processes import free_port
 from switchboard.settings import PROJECT_ROOT
-from tests.dialog_fixtures import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 WEB_START_TIMEOUT_S = 90.0
