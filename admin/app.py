@@ -1,7 +1,11 @@
-"""The web app of a node: the softphone page, its WebRTC signalling, and a health probe.
+"""The web app of a node: the admin console (sign-in, dashboard, calls, users, REST API),
+the softphone page with its WebRTC signalling, and a health probe.
 
 ``create_app(node)`` builds it around a node that every call of the process shares; the
-lifespan closes the WebRTC gateway (hanging up its calls) when the server stops.
+lifespan closes the WebRTC gateway (hanging up its calls) when the server stops. The
+softphone (``/softphone``, ``POST /softphone/offer``) is public on purpose: it is the bot's
+phone line for browsers, like the SIP number. Everything else but ``/healthz`` and the static
+files needs a console sign-in or an API token.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
+from admin.console import install_console
 from switchboard.node import Node
 from telephony.webrtc.gateway import OfferError, WebRTCGateway
 from telephony.webrtc.ice import rtc_configuration
 
 HERE = Path(__file__).resolve().parent
+OFFER_PATH = "/softphone/offer"
 
 
 class Offer(BaseModel):
@@ -64,18 +70,19 @@ def create_app(node: Node) -> FastAPI:
             f"{'.'.join(str(p) for p in error['loc'][1:]) or 'body'}: {error['msg']}"
             for error in exc.errors()
         )
-        return JSONResponse(
-            {"error": f"expected JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {problems}"},
-            status_code=422,
-        )
+        if request.url.path == OFFER_PATH:
+            problems = f"expected JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {problems}"
+        return JSONResponse({"error": problems}, status_code=422)
+
+    install_console(app, node.settings, node.sessions)
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    @app.get("/healthz")
+    @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "webrtc_calls": gateway.active_calls, "pid": os.getpid()}
 
-    @app.get("/softphone", response_class=HTMLResponse)
+    @app.get("/softphone", response_class=HTMLResponse, include_in_schema=False)
     async def softphone(request: Request) -> HTMLResponse:
         config = {
             "iceServers": _browser_ice_servers(node),
@@ -85,7 +92,7 @@ def create_app(node: Node) -> FastAPI:
             request, "softphone.html", {"config": json.dumps(config)}
         )
 
-    @app.post("/api/webrtc/offer")
+    @app.post(OFFER_PATH, include_in_schema=False)
     async def offer(body: Offer, request: Request) -> JSONResponse:
         caller = request.client.host if request.client else None
         try:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,6 +27,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(dialog_app, name="dialog")
 app.add_typer(bench_app, name="bench")
 app.add_typer(analytics_app, name="analytics")
+users_app = typer.Typer(help="Console users and API tokens.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 
 def _setup_logging(settings: Settings, quiet: bool = False) -> None:
@@ -362,6 +364,108 @@ def analytics_aggregates(
     until = utcnow()
     figures = compute_aggregates(sessions, since=until - timedelta(days=days), until=until)
     typer.echo(json.dumps(figures.as_dict(), indent=2))
+
+
+def _accounts() -> Any:
+    from datetime import timedelta
+
+    from switchboard.storage.accounts import AccountRepository
+    from switchboard.storage.database import DatabaseError, prepare_database
+
+    settings = get_settings()
+    try:
+        sessions = prepare_database(settings.effective_database_url, demo_data=False)
+    except DatabaseError as exc:
+        raise _fail(str(exc)) from None
+    return AccountRepository(sessions,
+                             session_lifetime=timedelta(hours=settings.console_session_hours))
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise _fail("--password-stdin: standard input had no password on its first line")
+        return password
+    if not sys.stdin.isatty():
+        raise _fail("no terminal to ask for the password; pipe it with --password-stdin")
+    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return str(password)
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ @ -).")],
+    role: Annotated[str, typer.Option(help="admin, supervisor or agent.")] = "agent",
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from standard input's first line "
+        "instead of prompting.")] = False,
+) -> None:
+    """Create a console user. There is no default password: it is prompted for (twice) or
+    read from standard input."""
+    from switchboard.storage.accounts import AccountError, validate_role, validate_username
+
+    try:  # check the cheap things before asking for a password
+        validate_username(name)
+        validate_role(role)
+    except AccountError as exc:
+        raise _fail(str(exc)) from None
+    accounts = _accounts()
+    if accounts.find_user(name.strip()) is not None:
+        raise _fail(f"a user named {name.strip()!r} already exists")
+    try:
+        user = accounts.create_user(name, _read_password(password_stdin), role)
+    except AccountError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"created {user.username} ({user.role})")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List console users."""
+    for user in _accounts().list_users():
+        state = "active" if user.active else "off"
+        typer.echo(f"{user.username}\t{user.role}\t{state}\tlast sign-in "
+                   f"{user.last_login_at.isoformat() if user.last_login_at else '-'}")
+
+
+@users_app.command("password")
+def users_password(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the new password from standard input.")] = False,
+) -> None:
+    """Set a user's password (ends their console sessions)."""
+    from switchboard.storage.accounts import AccountError
+
+    accounts = _accounts()
+    user = accounts.find_user(name.strip())
+    if user is None:
+        raise _fail(f"no user named {name.strip()!r}")
+    try:
+        accounts.set_password(user.id, _read_password(password_stdin))
+    except AccountError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"password of {user.username} changed")
+
+
+@users_app.command("token")
+def users_token(
+    name: Annotated[str, typer.Argument(help="User the token acts for (with their role).")],
+    label: Annotated[str, typer.Option("--name", help="What uses the token.")] = "cli",
+) -> None:
+    """Create an API token for the REST API and print it (it is shown only once)."""
+    from switchboard.storage.accounts import AccountError
+
+    accounts = _accounts()
+    user = accounts.find_user(name.strip())
+    if user is None:
+        raise _fail(f"no user named {name.strip()!r}")
+    try:
+        token, _ = accounts.create_token(user.id, label)
+    except AccountError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(token)
 
 
 @dialog_app.command("train")

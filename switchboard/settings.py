@@ -192,6 +192,26 @@ class Settings(BaseSettings):
         "its conversation (no new greeting).",
     )
 
+    # --- admin console ------------------------------------------------------------------
+    console_secure_cookies: bool = Field(
+        default=True,
+        description="Mark the console's session cookie Secure (sent only over HTTPS; browsers "
+        "also accept it from http://localhost and 127.0.0.1). Turn off only on a trusted "
+        "network without TLS.",
+    )
+    console_session_hours: float = Field(
+        default=12.0, gt=0, description="A console sign-in lasts this long."
+    )
+    console_login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed sign-ins for one user name within the window before sign-in is "
+        "refused for it (an address gets four times as many).",
+    )
+    console_login_window_minutes: float = Field(
+        default=15.0, gt=0, description="Window of the failed sign-in limit."
+    )
+
     # --- post-call analytics (Celery) --------------------------------------------------
     celery_broker_url: str = Field(
         default="",

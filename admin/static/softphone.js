@@ -1,6 +1,6 @@
 "use strict";
 // The softphone page: one WebRTC call to the bot, its transcript, keypad and latency.
-// Signalling: POST /api/webrtc/offer with the complete offer (ICE gathered), answer back.
+// Signalling: POST /softphone/offer with the complete offer (ICE gathered), answer back.
 // The DataChannel "events" carries turns from the server and digits/hangup to it.
 (() => {
   const root = document.getElementById("softphone");
@@ -169,7 +169,7 @@
     pc.onconnectionstatechange = () => onConnectionState(pc);
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc, 3000);
-    const response = await fetch("/api/webrtc/offer", {
+    const response = await fetch("/softphone/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", token }),

@@ -24,12 +24,17 @@ class DatabaseError(RuntimeError):
     """The database cannot be reached or migrated; the message says which URL and why."""
 
 
+def _make_sqlite_directory(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their directory and foreign keys switched on."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _make_sqlite_directory(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -52,6 +57,7 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Apply every Alembic revision up to head."""
+    _make_sqlite_directory(url)
     try:
         command.upgrade(alembic_config(url), "head")
     except Exception as exc:

@@ -201,3 +201,102 @@ class AnalysisRepository:
                 .order_by(Call.ended_at)
                 .limit(limit)
             ))
+
+
+@dataclass
+class CallFilters:
+    """What the console's calls list (and ``GET /api/calls``) may filter on. Times are UTC;
+    ``caller`` and ``text`` match anywhere, case-insensitively; ``outcome`` may be
+    ``pending`` for calls not analysed yet."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    caller: str = ""
+    intent: str = ""
+    outcome: str = ""
+    transport: str = ""
+    text: str = ""
+
+
+@dataclass
+class CallRow:
+    """One line of the calls list."""
+
+    id: str
+    transport: str
+    caller: str | None
+    callee: str | None
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    outcome: str | None
+    sentiment_label: str | None
+    summary: str | None
+    turns: int
+
+
+def _like(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class CallSearch:
+    """Filtered, paged reads of calls with their analysis, for the console and the API."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def _conditions(self, filters: CallFilters) -> list[Any]:
+        conditions: list[Any] = []
+        if filters.since is not None:
+            conditions.append(Call.started_at >= filters.since)
+        if filters.until is not None:
+            conditions.append(Call.started_at < filters.until)
+        if filters.caller:
+            conditions.append(Call.caller.ilike(_like(filters.caller), escape="\\"))
+        if filters.transport:
+            conditions.append(Call.transport == filters.transport)
+        if filters.intent:
+            conditions.append(select(Turn.id).where(
+                Turn.call_id == Call.id, Turn.intent == filters.intent).exists())
+        if filters.outcome == "pending":
+            conditions.append(CallAnalysis.id.is_(None))
+        elif filters.outcome:
+            conditions.append(CallAnalysis.outcome == filters.outcome)
+        if filters.text:
+            pattern = _like(filters.text)
+            conditions.append(
+                Call.id.ilike(pattern, escape="\\") | Call.caller.ilike(pattern, escape="\\")
+                | Call.callee.ilike(pattern, escape="\\")
+                | CallAnalysis.summary.ilike(pattern, escape="\\"))
+        return conditions
+
+    def search(self, filters: CallFilters, *, limit: int, offset: int
+               ) -> tuple[list[CallRow], int]:
+        """One page of matching calls, newest first, and how many match in all."""
+        conditions = self._conditions(filters)
+        turns = (select(func.count(Turn.id)).where(Turn.call_id == Call.id)
+                 .correlate(Call).scalar_subquery())
+        base = select(Call, CallAnalysis.outcome, CallAnalysis.sentiment_label,
+                      CallAnalysis.summary, turns.label("turns")).outerjoin(
+            CallAnalysis, CallAnalysis.call_id == Call.id).where(*conditions)
+        with self._sessions() as session:
+            total = session.scalar(
+                select(func.count(Call.id)).select_from(Call)
+                .outerjoin(CallAnalysis, CallAnalysis.call_id == Call.id).where(*conditions)
+            ) or 0
+            rows = session.execute(
+                base.order_by(Call.started_at.desc(), Call.id).limit(limit).offset(offset))
+            return [
+                CallRow(call.id, call.transport, call.caller, call.callee, call.status,
+                        call.started_at, call.ended_at, call.end_reason, outcome, label,
+                        summary, count or 0)
+                for call, outcome, label, summary, count in rows
+            ], total
+
+    def known_intents(self) -> list[str]:
+        """Every intent stored on a caller turn, for the filter's choices."""
+        with self._sessions() as session:
+            return sorted(i for i in session.scalars(
+                select(Turn.intent).where(Turn.intent.is_not(None)).distinct()) if i)

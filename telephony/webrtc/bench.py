@@ -161,7 +161,7 @@ async def place_call(base_url: str, settings: Settings, lines: list[np.ndarray])
     try:
         await pc.setLocalDescription(await pc.createOffer())
         async with httpx.AsyncClient(trust_env=False, verify=False, timeout=20) as http:
-            response = await http.post(f"{base_url}/api/webrtc/offer", json={
+            response = await http.post(f"{base_url}/softphone/offer", json={
                 "sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
         if response.status_code != 200:
             raise BenchError(f"offer refused ({response.status_code}): {response.text}")

@@ -153,14 +153,14 @@ def test_browser_call_is_answered_and_resumes_after_a_dropped_connection(
     assert "[keypad] 48213" in texts and not any("Acme support" in t for t in texts)
 
     # The caller hung up: the conversation cannot be resumed any more.
-    refused = httpx.post(f"{web_app.url}/api/webrtc/offer", trust_env=False, timeout=10, json={
+    refused = httpx.post(f"{web_app.url}/softphone/offer", trust_env=False, timeout=10, json={
         "sdp": offer_sdp(audio=True), "type": "offer", "token": token})
     assert refused.status_code == 409, refused.text
     assert "ended" in refused.json()["error"]
 
 
 def post_offer(web_app: WebApp, body: object) -> httpx.Response:
-    return httpx.post(f"{web_app.url}/api/webrtc/offer", json=body, timeout=10, trust_env=False)
+    return httpx.post(f"{web_app.url}/softphone/offer", json=body, timeout=10, trust_env=False)
 
 
 @pytest.mark.parametrize(("body", "status", "says"), [

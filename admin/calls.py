@@ -1,0 +1,253 @@
+"""The console's calls: the list (search, filters, paging), a call's detail page and its
+recording. ``parse_filters`` and ``call_detail`` are shared with the REST API.
+
+Transcripts are shown redacted (card numbers, e-mail addresses, phone numbers), the same
+way the analytics store them; the raw words stay only in the database and the recording.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from admin.security import allowed, console_of, ensure_allowed, page_session
+from analytics.analysis import ABANDONED as ABANDONED_OUTCOME
+from analytics.analysis import FAILED, HANDED_OFF, IN_PROGRESS, RESOLVED, UNKNOWN, redact
+from switchboard.storage.accounts import SessionView
+from switchboard.storage.models import Call, CallAnalysis
+from switchboard.storage.repository import CallFilters, CallSearch
+
+router = APIRouter()
+
+PAGE_SIZE = 25
+MAX_PAGE_SIZE = 200
+OUTCOMES = (RESOLVED, HANDED_OFF, ABANDONED_OUTCOME, FAILED, IN_PROGRESS, UNKNOWN, "pending")
+TRANSPORTS = ("sip", "webrtc", "simulate")
+FILTER_KEYS = ("since", "until", "caller", "intent", "outcome", "transport", "q")
+MAX_TEXT = 100
+
+
+@dataclass
+class ParsedFilters:
+    """The filters of a request, what to show back in the form, and what was wrong."""
+
+    filters: CallFilters
+    values: dict[str, str]
+    page: int = 1
+    per_page: int = PAGE_SIZE
+    errors: list[str] = field(default_factory=list)
+
+
+def _date(text: str, name: str, errors: list[str]) -> date | None:
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        errors.append(f"{name}: {text[:40]!r} is not a date; use YYYY-MM-DD.")
+        return None
+
+
+def _positive_int(text: str, name: str, default: int, maximum: int,
+                  errors: list[str]) -> int:
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        errors.append(f"{name}: {text[:20]!r} is not a whole number.")
+        return default
+    if not 1 <= value <= maximum:
+        errors.append(f"{name} must be between 1 and {maximum}.")
+        return default
+    return value
+
+
+def parse_filters(params: Mapping[str, str]) -> ParsedFilters:
+    """Filters from query parameters; anything wrong is reported and left out, never
+    raised (``since``/``until`` are days, ``until`` inclusive, UTC)."""
+    errors: list[str] = []
+    values = {key: (params.get(key) or "").strip() for key in FILTER_KEYS}
+    for key in ("caller", "intent", "q"):
+        if len(values[key]) > MAX_TEXT:
+            errors.append(f"{key} is longer than {MAX_TEXT} characters.")
+            values[key] = values[key][:MAX_TEXT]
+    since = _date(values["since"], "From", errors)
+    until = _date(values["until"], "To", errors)
+    if since and until and since > until:
+        errors.append("From is after To; showing calls of any date.")
+        since = until = None
+    outcome = values["outcome"]
+    if outcome and outcome not in OUTCOMES:
+        errors.append(f"Outcome must be one of {', '.join(OUTCOMES)}.")
+        outcome = ""
+    transport = values["transport"]
+    if transport and transport not in TRANSPORTS:
+        errors.append(f"Channel must be one of {', '.join(TRANSPORTS)}.")
+        transport = ""
+    page = _positive_int(params.get("page", ""), "Page", 1, 1_000_000, errors)
+    per_page = _positive_int(params.get("per_page", ""), "per_page", PAGE_SIZE,
+                             MAX_PAGE_SIZE, errors)
+    filters = CallFilters(
+        since=datetime.combine(since, time(), UTC) if since else None,
+        until=datetime.combine(until + timedelta(days=1), time(), UTC) if until else None,
+        caller=values["caller"], intent=values["intent"], outcome=outcome,
+        transport=transport, text=values["q"],
+    )
+    return ParsedFilters(filters, values, page, per_page, errors)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _offset_s(moment: datetime | None, start: datetime) -> float | None:
+    moment = _aware(moment)
+    return None if moment is None else round((moment - start).total_seconds(), 2)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)[0]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
+def recording_file(call: Call) -> Path | None:
+    if not call.recording_path:
+        return None
+    path = Path(call.recording_path)
+    return path if path.is_file() else None
+
+
+def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any] | None:
+    """Everything the detail page and ``GET /api/calls/{id}`` show, redacted, JSON-ready
+    apart from datetimes; None when there is no such call."""
+    if len(call_id) > 64:
+        return None
+    with sessions() as session:
+        call = session.scalar(select(Call).where(Call.id == call_id).options(
+            selectinload(Call.turns), selectinload(Call.events)))
+        if call is None:
+            return None
+        analysis = session.scalar(select(CallAnalysis).where(CallAnalysis.call_id == call_id))
+    start = _aware(call.started_at) or datetime.now(UTC)
+    turns = []
+    for turn in call.turns:
+        text, _ = redact(turn.text)
+        turns.append({
+            "seq": turn.seq, "speaker": turn.speaker, "text": text,
+            "started_at": _aware(turn.started_at), "ended_at": _aware(turn.ended_at),
+            "offset_s": _offset_s(turn.started_at, start), "intent": turn.intent,
+            "confidence": turn.confidence, "barge_in": turn.barge_in,
+            "latency_ms": {name: getattr(turn, name) for name in (
+                "response_ms", "endpoint_ms", "stt_ms", "dialog_ms", "tts_ms")},
+        })
+    events = [{"at": _aware(e.at), "offset_s": _offset_s(e.at, start), "kind": e.kind,
+               "data": _redacted(e.data or {})} for e in call.events]
+    ended = _aware(call.ended_at)
+    result: dict[str, Any] = {
+        "id": call.id, "transport": call.transport, "caller": call.caller,
+        "callee": call.callee, "status": call.status, "started_at": start,
+        "ended_at": ended, "duration_s": round((ended - start).total_seconds(), 1)
+        if ended else None,
+        "end_reason": call.end_reason, "handoff_target": call.handoff_target,
+        "worker": call.worker, "has_recording": recording_file(call) is not None,
+        "turns": turns, "events": events, "analysis": None,
+    }
+    if analysis is not None:
+        result["analysis"] = {
+            "outcome": analysis.outcome, "analyzed_at": _aware(analysis.analyzed_at),
+            "duration_s": analysis.duration_s, "caller_talk_s": analysis.caller_talk_s,
+            "bot_talk_s": analysis.bot_talk_s, "silence_s": analysis.silence_s,
+            "turns": analysis.turns, "caller_turns": analysis.caller_turns,
+            "bot_turns": analysis.bot_turns, "barge_ins": analysis.barge_ins,
+            "fallbacks": analysis.fallbacks, "intents": analysis.intents,
+            "sentiment": analysis.sentiment, "sentiment_label": analysis.sentiment_label,
+            "summary": analysis.summary, "latency": analysis.latency,
+            "redactions": analysis.redactions,
+            "sentiment_by_turn": {entry["seq"]: entry["sentiment"]
+                                  for entry in analysis.transcript if "sentiment" in entry},
+        }
+    return result
+
+
+def _page_link(values: dict[str, str], page: int) -> str:
+    query = {k: v for k, v in values.items() if v}
+    query["page"] = str(page)
+    return "/calls?" + urlencode(query)
+
+
+@router.get("/calls", include_in_schema=False)
+def calls_list(request: Request, view: SessionView = Depends(page_session)) -> Response:
+    ensure_allowed(view.user, "calls")
+    console = console_of(request)
+    parsed = parse_filters(request.query_params)
+    search = CallSearch(console.sessions)
+    rows, total = search.search(parsed.filters, limit=parsed.per_page,
+                                offset=(parsed.page - 1) * parsed.per_page)
+    pages = max(1, math.ceil(total / parsed.per_page))
+    return console.render(request, "console/calls.html", {
+        "nav": "calls", "rows": rows, "total": total, "page": parsed.page, "pages": pages,
+        "values": parsed.values, "outcomes": OUTCOMES, "transports": TRANSPORTS,
+        "intents": search.known_intents(),
+        "prev_link": _page_link(parsed.values, parsed.page - 1) if parsed.page > 1 else None,
+        "next_link": _page_link(parsed.values, parsed.page + 1) if parsed.page < pages
+        else None,
+        "messages": [{"kind": "error", "text": e} for e in parsed.errors],
+    }, status_code=400 if parsed.errors else 200)
+
+
+@router.get("/calls/{call_id}", include_in_schema=False)
+def call_page(call_id: str, request: Request,
+              view: SessionView = Depends(page_session)) -> Response:
+    ensure_allowed(view.user, "calls")
+    console = console_of(request)
+    detail = call_detail(console.sessions, call_id)
+    if detail is None:
+        return console.render(request, "console/error.html", {
+            "heading": "No such call", "detail": f"There is no call with id {call_id[:64]!r}."},
+            status_code=404)
+    return console.render(request, "console/call.html", {
+        "nav": "calls", "call": detail,
+        "can_play": allowed(view.user, "recordings"),
+    })
+
+
+def recording_response(sessions: sessionmaker[Session], call_id: str) -> Response | None:
+    """The call's recording as a WAV file (range requests work), or None if there is none."""
+    with sessions() as session:
+        call = session.get(Call, call_id[:64])
+        path = recording_file(call) if call is not None else None
+    if path is None:
+        return None
+    return FileResponse(path, media_type="audio/wav",
+                        filename=f"call-{call_id}.wav", content_disposition_type="inline")
+
+
+@router.get("/calls/{call_id}/recording", include_in_schema=False)
+def call_recording(call_id: str, request: Request,
+                   view: SessionView = Depends(page_session)) -> Response:
+    ensure_allowed(view.user, "recordings")
+    console = console_of(request)
+    response = recording_response(console.sessions, call_id)
+    if response is None:
+        return console.render(request, "console/error.html", {
+            "heading": "No recording", "detail": "This call has no recording."},
+            status_code=404)
+    return response

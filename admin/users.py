@@ -1,0 +1,190 @@
+"""User management (admins) and each user's own account page: password and API tokens.
+
+Every form carries the session's CSRF token; every mistake is a message on the page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from admin.security import check_csrf, console_of, ensure_allowed, page_session
+from switchboard.storage.accounts import ROLES, AccountError, SessionView
+
+router = APIRouter()
+
+
+def _users_page(request: Request, *, messages: list[dict[str, str]] | None = None,
+                form: dict[str, str] | None = None, status_code: int = 200) -> Response:
+    console = console_of(request)
+    return console.render(request, "console/users.html", {
+        "nav": "users", "users": console.accounts.list_users(), "roles": ROLES,
+        "tokens": console.accounts.list_tokens(), "form": form or {},
+        "messages": messages or [],
+    }, status_code=status_code)
+
+
+def _done(path: str, message: str) -> Response:
+    response = RedirectResponse(path, status_code=303)
+    response.set_cookie("switchboard_flash", message, max_age=30, httponly=True,
+                        samesite="lax", path=path)
+    return response
+
+
+def _flash(request: Request, path: str) -> list[dict[str, str]]:
+    message = request.cookies.get("switchboard_flash")
+    return [{"kind": "ok", "text": message[:300]}] if message else []
+
+
+def _clear_flash(response: Response, path: str) -> Response:
+    response.delete_cookie("switchboard_flash", path=path)
+    return response
+
+
+def _user_id(text: str) -> int | None:
+    return int(text) if text.isdigit() and len(text) < 12 else None
+
+
+@router.get("/users", include_in_schema=False)
+def users_page(request: Request, view: SessionView = Depends(page_session)) -> Response:
+    ensure_allowed(view.user, "users")
+    return _clear_flash(_users_page(request, messages=_flash(request, "/users")), "/users")
+
+
+@router.post("/users", include_in_schema=False)
+def create_user(request: Request, username: str = Form(""), password: str = Form(""),
+                role: str = Form(""), csrf_token: str = Form(""),
+                view: SessionView = Depends(page_session)) -> Response:
+    ensure_allowed(view.user, "users")
+    check_csrf(view, csrf_token)
+    try:
+        user = console_of(request).accounts.create_user(username, password, role)
+    except AccountError as exc:
+        return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
+                           form={"username": username, "role": role}, status_code=400)
+    return _done("/users", f"Created {user.username} ({user.role}).")
+
+
+@router.post("/users/{user_id}", include_in_schema=False)
+def update_user(user_id: str, request: Request, role: str = Form(""),
+                active: str = Form(""), csrf_token: str = Form(""),
+                view: SessionView = Depends(page_session)) -> Response:
+    ensure_allowed(view.user, "users")
+    check_csrf(view, csrf_token)
+    number = _user_id(user_id)
+    try:
+        if number is None:
+            raise AccountError(f"no user with id {user_id[:20]!r}")
+        user = console_of(request).accounts.update_user(number, role=role,
+                                                         active=active == "on")
+    except AccountError as exc:
+        return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
+                           status_code=400)
+    state = "active" if user.active else "switched off"
+    return _done("/users", f"{user.username} is now {user.role}, {state}.")
+
+
+@router.post("/users/{user_id}/password", include_in_schema=False)
+def reset_password(user_id: str, request: Request, password: str = Form(""),
+                   csrf_token: str = Form(""),
+                   view: SessionView = Depends(page_session)) -> Response:
+    ensure_allowed(view.user, "users")
+    check_csrf(view, csrf_token)
+    accounts = console_of(request).accounts
+    number = _user_id(user_id)
+    try:
+        user = accounts.get_user(number) if number is not None else None
+        if user is None:
+            raise AccountError(f"no user with id {user_id[:20]!r}")
+        accounts.set_password(user.id, password)
+    except AccountError as exc:
+        return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
+                           status_code=400)
+    return _done("/users", f"New password set for {user.username}; their sessions ended.")
+
+
+@router.post("/users/tokens/{token_id}/revoke", include_in_schema=False)
+def admin_revoke_token(token_id: str, request: Request, csrf_token: str = Form(""),
+                       view: SessionView = Depends(page_session)) -> Response:
+    ensure_allowed(view.user, "users")
+    check_csrf(view, csrf_token)
+    try:
+        number = _user_id(token_id)
+        if number is None:
+            raise AccountError(f"no API token with id {token_id[:20]!r}")
+        console_of(request).accounts.revoke_token(number)
+    except AccountError as exc:
+        return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
+                           status_code=400)
+    return _done("/users", "Token revoked.")
+
+
+# --- the signed-in user's own account ---------------------------------------------------
+
+def _account_page(request: Request, view: SessionView, *,
+                  messages: list[dict[str, str]] | None = None, new_token: str = "",
+                  status_code: int = 200) -> Response:
+    console = console_of(request)
+    context: dict[str, Any] = {
+        "nav": "account", "tokens": console.accounts.list_tokens(view.user.id),
+        "messages": messages or [], "new_token": new_token,
+    }
+    return console.render(request, "console/account.html", context, status_code=status_code)
+
+
+@router.get("/account", include_in_schema=False)
+def account_page(request: Request, view: SessionView = Depends(page_session)) -> Response:
+    return _clear_flash(_account_page(request, view, messages=_flash(request, "/account")),
+                        "/account")
+
+
+@router.post("/account/password", include_in_schema=False)
+def change_password(request: Request, current: str = Form(""), password: str = Form(""),
+                    confirm: str = Form(""), csrf_token: str = Form(""),
+                    view: SessionView = Depends(page_session)) -> Response:
+    check_csrf(view, csrf_token)
+    accounts = console_of(request).accounts
+    error = ""
+    if password != confirm:
+        error = "The new password and its confirmation differ."
+    elif not accounts.authenticate(view.user.username, current, ip=None).ok:
+        error = "The current password is wrong."
+    if not error:
+        try:
+            accounts.set_password(view.user.id, password)
+        except AccountError as exc:
+            error = str(exc)
+    if error:
+        return _account_page(request, view, messages=[{"kind": "error", "text": error}],
+                             status_code=400)
+    return _done("/login", "Password changed; sign in with the new one.")
+
+
+@router.post("/account/tokens", include_in_schema=False)
+def create_token(request: Request, name: str = Form(""), csrf_token: str = Form(""),
+                 view: SessionView = Depends(page_session)) -> Response:
+    check_csrf(view, csrf_token)
+    try:
+        token, _ = console_of(request).accounts.create_token(view.user.id, name)
+    except AccountError as exc:
+        return _account_page(request, view, messages=[{"kind": "error", "text": str(exc)}],
+                             status_code=400)
+    return _account_page(request, view, new_token=token, messages=[{
+        "kind": "ok", "text": f"Token {name.strip()!r} created. Copy it now: it is not shown "
+                              "again."}])
+
+
+@router.post("/account/tokens/{token_id}/revoke", include_in_schema=False)
+def revoke_token(token_id: str, request: Request, csrf_token: str = Form(""),
+                 view: SessionView = Depends(page_session)) -> Response:
+    check_csrf(view, csrf_token)
+    try:
+        number = _user_id(token_id)
+        if number is None:
+            raise AccountError(f"no API token with id {token_id[:20]!r}")
+        console_of(request).accounts.revoke_token(number, user_id=view.user.id)
+    except AccountError as exc:
+        return _account_page(request, view, messages=[{"kind": "error", "text": str(exc)}],
+                             status_code=400)
+    return _done("/account", "Token revoked.")

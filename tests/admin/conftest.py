@@ -1,0 +1,79 @@
+"""The console without a node: a FastAPI app with ``install_console`` on a fresh SQLite
+database, and HTTPS test clients signed in with a given role (the session cookie is Secure,
+so the clients talk to https://testserver)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from admin.console import install_console
+from switchboard.settings import Settings
+from switchboard.storage.accounts import AccountRepository, UserView
+from switchboard.storage.database import prepare_database
+
+PASSWORD = "correct horse battery"
+BASE_URL = "https://testserver"
+
+
+@pytest.fixture
+def console_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'console.db'}",
+                    console_login_max_failures=3)
+
+
+@pytest.fixture
+def console_db(console_settings: Settings) -> sessionmaker[Session]:
+    return prepare_database(console_settings.effective_database_url, demo_data=False)
+
+
+@pytest.fixture
+def console_app(console_settings: Settings, console_db: sessionmaker[Session]) -> FastAPI:
+    app = FastAPI()
+    install_console(app, console_settings, console_db)
+    return app
+
+
+@pytest.fixture
+def accounts(console_app: FastAPI) -> AccountRepository:
+    repository: AccountRepository = console_app.state.console.accounts
+    return repository
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token of the first form on a page."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def sign_in(client: TestClient, username: str, password: str = PASSWORD) -> None:
+    page = client.get("/login")
+    response = client.post("/login", data={"username": username, "password": password,
+                                           "csrf_token": csrf_of(page.text), "next": "/"},
+                           follow_redirects=False)
+    assert response.status_code == 303, response.text
+
+
+@pytest.fixture
+def client_as(console_app: FastAPI, accounts: AccountRepository
+              ) -> Iterator[Callable[[str], tuple[TestClient, UserView]]]:
+    """``client_as("agent")``: a new user with that role, signed in on its own client."""
+    clients: list[TestClient] = []
+
+    def make(role: str) -> tuple[TestClient, UserView]:
+        user = accounts.create_user(f"{role}{len(clients) + 1}", PASSWORD, role)
+        client = TestClient(console_app, base_url=BASE_URL)
+        clients.append(client)
+        sign_in(client, user.username)
+        return client, user
+
+    yield make
+    for client in clients:
+        client.close()
