@@ -161,6 +161,9 @@ def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any]
     events = [{"at": _aware(e.at), "offset_s": _offset_s(e.at, start), "kind": e.kind,
                "data": _redacted(e.data or {})} for e in call.events]
     ended = _aware(call.ended_at)
+    if ended is not None:  # the timeline closes with the end the call record keeps
+        events.append({"at": ended, "offset_s": _offset_s(ended, start), "kind": "ended",
+                       "data": {"reason": call.end_reason}})
     result: dict[str, Any] = {
         "id": call.id, "transport": call.transport, "caller": call.caller,
         "callee": call.callee, "status": call.status, "started_at": start,

@@ -1,0 +1,223 @@
+"""The console in a real browser, fed by the real product: ``switchboard simulate`` places a
+call through Whisper, the Rasa bot and Piper; a real Celery worker on a real Redis analyses
+it; ``switchboard web`` serves the console; headless Debian Chromium signs in, finds the call,
+reads its transcript and analysis, filters the list, and an agent is kept out of user
+management. Screenshots go to ``test-artifacts/console-*.png``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+
+from speech.tts import PiperTTS
+from switchboard.processes import free_port
+from switchboard.settings import PROJECT_ROOT
+from tests.analytics.test_worker import Workers, redis_url, wait_for, workers_on
+from tests.audio_tools import piper_speech, silence, write_wav
+from tests.dialog_fixtures import TEST_API_TOKEN
+from tests.webrtc.conftest import CHROMIUM, CHROMIUM_FLAGS
+
+pytestmark = pytest.mark.integration
+__all__ = ["redis_url", "workers_on"]  # fixtures used below
+
+ADMIN_PASSWORD = "console admin password"
+AGENT_PASSWORD = "console agent password"
+WEB_START_TIMEOUT_S = 90.0
+SIMULATE_TIMEOUT_S = 180.0
+ANALYSIS_TIMEOUT_S = 20.0
+UI_TIMEOUT_MS = 15_000
+
+
+@dataclass
+class Stack:
+    url: str
+    call_id: str
+    env: dict[str, str]
+    artifacts: Path
+
+
+def _switchboard(env: dict[str, str], *args: str, stdin: str | None = None,
+                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "switchboard", *args], cwd=PROJECT_ROOT, env=env,
+        input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    assert result.returncode == 0, f"switchboard {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def _start_web(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "switchboard", "web"], cwd=PROJECT_ROOT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{env['SWITCHBOARD_WEB_PORT']}"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"switchboard web exited; see {log}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2, trust_env=False).is_success
+        except httpx.TransportError:
+            return False
+
+    wait_for(healthy, WEB_START_TIMEOUT_S, "the web app to answer /healthz")
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture
+def stack(redis_url: str, workers_on: object, rasa_server: object, tts: PiperTTS,
+          tmp_path: Path, artifacts: Path) -> Iterator[Stack]:
+    """Worker, web app and users on one database and Redis broker, and one simulated call
+    (the caller asks for a human: the bot hands off)."""
+    workers: Workers = workers_on(redis_url)  # type: ignore[operator]
+    workers.start("analytics")
+    env = {
+        **os.environ,
+        "SWITCHBOARD_DATA_DIR": str(tmp_path),
+        "SWITCHBOARD_DATABASE_URL": workers.database_url,
+        "SWITCHBOARD_CELERY_BROKER_URL": redis_url,
+        "SWITCHBOARD_RASA_URL": rasa_server.url,  # type: ignore[attr-defined]
+        "SWITCHBOARD_RASA_API_TOKEN": TEST_API_TOKEN,
+        "SWITCHBOARD_WEB_HOST": "127.0.0.1",
+        "SWITCHBOARD_WEB_PORT": str(free_port()),
+        "SWITCHBOARD_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
+        "SWITCHBOARD_STT_DEVICE": "cpu",
+        "SWITCHBOARD_TTS_DEVICE": "cpu",
+    }
+    _switchboard(env, "users", "create", "ada", "--role", "admin", "--password-stdin",
+                 stdin=ADMIN_PASSWORD + "\n")
+    _switchboard(env, "users", "create", "bob", "--role", "agent", "--password-stdin",
+                 stdin=AGENT_PASSWORD + "\n")
+
+    caller = tmp_path / "caller.wav"
+    write_wav(caller, np.concatenate([
+        silence(7000), piper_speech(tts, "I want to talk to an agent, please."),
+        silence(500)]), 16000)
+    simulated = _switchboard(env, "simulate", str(caller),
+                             timeout=SIMULATE_TIMEOUT_S)
+    found = re.search(r"call ([0-9a-f]{32}) ended", simulated.stdout)
+    assert found, simulated.stdout
+    web = _start_web(env, artifacts / "console-web-app.log")
+    try:
+        yield Stack(f"http://127.0.0.1:{env['SWITCHBOARD_WEB_PORT']}", found.group(1), env,
+                    artifacts)
+    finally:
+        _stop(web)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as driver:
+        yield _launch(driver)
+
+
+def _launch(driver: Playwright) -> Browser:
+    return driver.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                  args=CHROMIUM_FLAGS, timeout=30_000)
+
+
+def _sign_in(page: Page, url: str, username: str, password: str) -> None:
+    page.goto(f"{url}/calls")
+    expect(page).to_have_url(re.compile(r"/login\?next=/calls$"))
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{url}/calls")
+
+
+def test_a_simulated_call_shows_in_the_console_with_its_analysis(
+    stack: Stack, browser: Browser,
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(UI_TIMEOUT_MS)
+
+    page.goto(f"{stack.url}/login")
+    page.fill("input[name=username]", "ada")
+    page.fill("input[name=password]", "not the password")
+    page.click("button[type=submit]")
+    expect(page.locator(".flash.error")).to_contain_text("Wrong user name or password")
+
+    _sign_in(page, stack.url, "ada", ADMIN_PASSWORD)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "switchboard_session")
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Lax"
+    row = page.locator(f"tr[data-call-id='{stack.call_id}']")
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("simulate")
+
+    # The analysis comes from the Celery worker within seconds of the call's end.
+    page.click(f"tr[data-call-id='{stack.call_id}'] a")
+    deadline = time.monotonic() + ANALYSIS_TIMEOUT_S
+    while not page.locator("#outcome").count() and time.monotonic() < deadline:
+        time.sleep(1)
+        page.reload()
+    expect(page.locator("#outcome")).to_have_text("handed off")
+    expect(page.locator("#summary")).not_to_be_empty()
+    expect(page.locator("#sentiment")).to_be_visible()
+    transcript = page.locator("#transcript")
+    expect(transcript.locator("li.caller")).to_contain_text(re.compile("agent", re.I))
+    expect(transcript.locator("li.bot").first).to_be_visible()
+    expect(transcript.locator(".latency").first).to_contain_text("response")
+    expect(page.locator("#events")).to_contain_text("ended")
+    page.screenshot(path=str(stack.artifacts / "console-call.png"), full_page=True)
+
+    # Filters: by outcome and intent the call is found; by another outcome it is not.
+    page.goto(f"{stack.url}/calls")
+    page.select_option("select[name=outcome]", "handed_off")
+    page.click("#call-filters button[type=submit]")
+    expect(page.locator(f"tr[data-call-id='{stack.call_id}']")).to_be_visible()
+    page.select_option("select[name=outcome]", "resolved")
+    page.click("#call-filters button[type=submit]")
+    expect(page.locator("#no-calls")).to_be_visible()
+    page.goto(f"{stack.url}/calls?intent=request_agent")
+    expect(page.locator(f"tr[data-call-id='{stack.call_id}']")).to_be_visible()
+    page.goto(f"{stack.url}/calls?since=2020-02-30")
+    expect(page.locator(".flash.error")).to_contain_text("not a date")
+    page.screenshot(path=str(stack.artifacts / "console-calls.png"), full_page=True)
+
+    page.goto(f"{stack.url}/")
+    expect(page.locator("#dashboard")).to_be_visible()
+    expect(page.locator("#figure-calls")).to_contain_text("1")
+    page.screenshot(path=str(stack.artifacts / "console-dashboard.png"), full_page=True)
+
+    page.goto(f"{stack.url}/users")
+    expect(page.locator("#users")).to_contain_text("bob")
+    page.screenshot(path=str(stack.artifacts / "console-users.png"), full_page=True)
+
+    page.click("#logout")
+    expect(page).to_have_url(re.compile(r"/login$"))
+    page.goto(f"{stack.url}/calls/{stack.call_id}")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+
+    # An agent sees calls but not user management, and is told why.
+    agent = browser.new_page(viewport={"width": 1280, "height": 800})
+    agent.set_default_timeout(UI_TIMEOUT_MS)
+    _sign_in(agent, stack.url, "bob", AGENT_PASSWORD)
+    expect(agent.locator(f"tr[data-call-id='{stack.call_id}']")).to_be_visible()
+    expect(agent.locator("nav.topbar")).not_to_contain_text("Users")
+    response = agent.goto(f"{stack.url}/users")
+    assert response is not None and response.status == 403
+    expect(agent.locator("main")).to_contain_text("cannot open user management")
+    agent.screenshot(path=str(stack.artifacts / "console-agent-refused.png"), full_page=True)
