@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from admin.console import install_console
+from admin.security import page_session
 from switchboard.node import Node
 from telephony.webrtc.gateway import OfferError, WebRTCGateway
 from telephony.webrtc.ice import rtc_configuration
@@ -82,7 +83,13 @@ def create_app(node: Node) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "webrtc_calls": gateway.active_calls, "pid": os.getpid()}
 
-    @app.get("/softphone", response_class=HTMLResponse, include_in_schema=False)
+    def softphone_caller(request: Request) -> None:
+        """The softphone is public unless SWITCHBOARD_SOFTPHONE_PUBLIC=false."""
+        if not node.settings.softphone_public:
+            page_session(request)
+
+    @app.get("/softphone", response_class=HTMLResponse, include_in_schema=False,
+             dependencies=[Depends(softphone_caller)])
     async def softphone(request: Request) -> HTMLResponse:
         config = {
             "iceServers": _browser_ice_servers(node),
@@ -92,7 +99,7 @@ def create_app(node: Node) -> FastAPI:
             request, "softphone.html", {"config": json.dumps(config)}
         )
 
-    @app.post(OFFER_PATH, include_in_schema=False)
+    @app.post(OFFER_PATH, include_in_schema=False, dependencies=[Depends(softphone_caller)])
     async def offer(body: Offer, request: Request) -> JSONResponse:
         caller = request.client.host if request.client else None
         try:

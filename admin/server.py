@@ -38,6 +38,15 @@ def _tls_options(settings: Settings) -> dict[str, str]:
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
+def _has_users(node: Node) -> bool:
+    from datetime import timedelta
+
+    from switchboard.storage.accounts import AccountRepository
+
+    return bool(AccountRepository(node.sessions, session_lifetime=timedelta(hours=1))
+                .list_users())
+
+
 def _ignore_repeated_signal(signum: int, frame: FrameType | None) -> None:
     """After uvicorn's graceful stop it re-raises the signal it caught; by then the
     server is down and the node is closing, so there is nothing left to interrupt."""
@@ -60,8 +69,11 @@ async def _serve(settings: Settings) -> None:
         )
         server = uvicorn.Server(config)
         scheme = "https" if tls else "http"
-        log.info("softphone at %s://%s:%d/softphone", scheme, settings.web_host,
-                 settings.web_port)
+        log.info("console at %s://%s:%d/ and softphone at /softphone", scheme,
+                 settings.web_host, settings.web_port)
+        if not await asyncio.to_thread(_has_users, node):
+            log.warning("the console has no users yet: create the first admin with "
+                        "`switchboard users create NAME --role admin`")
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _ignore_repeated_signal)
         await server.serve()

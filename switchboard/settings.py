@@ -193,6 +193,11 @@ class Settings(BaseSettings):
     )
 
     # --- admin console ------------------------------------------------------------------
+    softphone_public: bool = Field(
+        default=True,
+        description="Anyone may call the bot from /softphone, like dialling its number; "
+        "false puts the softphone behind the console sign-in.",
+    )
     console_secure_cookies: bool = Field(
         default=True,
         description="Mark the console's session cookie Secure (sent only over HTTPS; browsers "
