@@ -193,9 +193,10 @@ class WebRTCGateway:
         now = time.monotonic()
         window = self.settings.webrtc_reconnect_window_s
         for token, conversation in list(self._conversations.items()):
-            if conversation.call is None and conversation.ended_at is not None and (
-                conversation.finished is not None or now - conversation.ended_at > window
-            ):
+            # A finished conversation is kept for the window too, so a late reconnect is
+            # told it ended (409) rather than that its token is unknown (410).
+            if (conversation.call is None and conversation.ended_at is not None
+                    and now - conversation.ended_at > window):
                 del self._conversations[token]
 
     def _wire(self, call: BrowserCall) -> None:
