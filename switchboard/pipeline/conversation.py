@@ -163,6 +163,7 @@ class ConversationPipeline:
         self._queue: asyncio.Queue[_CallerTurn | _DialogInput] = asyncio.Queue()
         self._media_ms = 0
         self._started = datetime.now(UTC)
+        self.recorder.clock = lambda: self._wall(self._media_ms)
         self._busy = False
         self._speaking: asyncio.Task[None] | None = None
         self._interruptible = True

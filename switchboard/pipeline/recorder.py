@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
+from switchboard.storage.models import utcnow
 from switchboard.storage.repository import CallRepository, TurnRecord
 
 log = logging.getLogger(__name__)
@@ -21,6 +24,9 @@ class CallRecorder:
     def __init__(self, repository: CallRepository, call_id: str) -> None:
         self.repository = repository
         self.call_id = call_id
+        # The call's clock for event and end times; the pipeline sets its media clock, so
+        # a call simulated faster than real time keeps turns, events and its end in step.
+        self.clock: Callable[[], datetime] = utcnow
         self.failed: list[tuple[str, Any]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rec-{call_id[:8]}")
         self._pending: list[asyncio.Future[Any]] = []
@@ -29,16 +35,21 @@ class CallRecorder:
         self._submit("turn", record, self.repository.add_turn, self.call_id, record)
 
     def event(self, kind: str, data: dict[str, Any] | None = None) -> None:
-        self._submit("event", (kind, data), self.repository.add_event, self.call_id, kind, data)
+        self._submit("event", (kind, data), self._event, kind, data, self.clock())
 
     def end(self, *, reason: str, status: str, handoff_target: str | None = None) -> None:
         self._submit(
-            "end", reason, self._end, reason, status, handoff_target,
+            "end", reason, self._end, reason, status, handoff_target, self.clock(),
         )
 
-    def _end(self, reason: str, status: str, handoff_target: str | None) -> None:
+    def _event(self, kind: str, data: dict[str, Any] | None, at: datetime) -> None:
+        self.repository.add_event(self.call_id, kind, data, at=at)
+
+    def _end(self, reason: str, status: str, handoff_target: str | None,
+             ended_at: datetime) -> None:
         self.repository.end_call(
-            self.call_id, reason=reason, status=status, handoff_target=handoff_target
+            self.call_id, reason=reason, status=status, handoff_target=handoff_target,
+            ended_at=ended_at,
         )
 
     def _submit(self, what: str, item: Any, fn: Any, *args: Any) -> None:

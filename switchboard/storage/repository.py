@@ -74,9 +74,11 @@ class CallRepository:
             session.commit()
             return row.seq
 
-    def add_event(self, call_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
+    def add_event(self, call_id: str, kind: str, data: dict[str, Any] | None = None,
+                  *, at: datetime | None = None) -> None:
         with self._sessions() as session:
-            session.add(CallEvent(call_id=call_id, kind=kind, data=data or {}))
+            session.add(CallEvent(call_id=call_id, kind=kind, data=data or {},
+                                  at=at or utcnow()))
             session.commit()
 
     def end_call(
@@ -87,12 +89,13 @@ class CallRepository:
         status: str = "ended",
         handoff_target: str | None = None,
         recording_path: str | None = None,
+        ended_at: datetime | None = None,
     ) -> None:
         with self._sessions() as session:
             call = session.get(Call, call_id)
             if call is None:
                 raise KeyError(f"no call with id {call_id}")
-            call.ended_at = utcnow()
+            call.ended_at = ended_at or utcnow()
             call.end_reason = reason
             call.status = status
             if handoff_target:
