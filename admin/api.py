@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from admin.calls import call_detail, parse_filters, recording_response
 from admin.security import api_user, console_of, ensure_allowed
@@ -27,6 +27,14 @@ from switchboard.storage.accounts import AccountError, UserView
 from switchboard.storage.repository import CallSearch
 
 MAX_AGGREGATE_RANGE = timedelta(days=366)
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time the API gives is UTC and says so."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+Utc = Annotated[datetime, AfterValidator(_utc)]
 DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
 
 bearer = HTTPBearer(auto_error=False, description="An API token (sbt_…) made under Account "
@@ -56,8 +64,8 @@ class UserOut(BaseModel):
     username: str
     role: str
     active: bool
-    created_at: datetime
-    last_login_at: datetime | None
+    created_at: Utc
+    last_login_at: Utc | None
 
     @classmethod
     def of(cls, user: UserView) -> UserOut:
@@ -82,8 +90,8 @@ class CallSummary(BaseModel):
     caller: str | None
     callee: str | None
     status: str
-    started_at: datetime
-    ended_at: datetime | None
+    started_at: Utc
+    ended_at: Utc | None
     end_reason: str | None
     outcome: str | None = Field(description="None until the analytics worker stored it")
     sentiment_label: str | None
@@ -102,8 +110,8 @@ class TurnOut(BaseModel):
     seq: int
     speaker: str
     text: str = Field(description="redacted: card numbers, e-mail addresses, phone numbers")
-    started_at: datetime | None
-    ended_at: datetime | None
+    started_at: Utc | None
+    ended_at: Utc | None
     offset_s: float | None
     intent: str | None
     confidence: float | None
@@ -112,7 +120,7 @@ class TurnOut(BaseModel):
 
 
 class EventOut(BaseModel):
-    at: datetime | None
+    at: Utc | None
     offset_s: float | None
     kind: str
     data: dict[str, Any]
@@ -120,7 +128,7 @@ class EventOut(BaseModel):
 
 class AnalysisOut(BaseModel):
     outcome: str
-    analyzed_at: datetime | None
+    analyzed_at: Utc | None
     duration_s: float | None
     caller_talk_s: float
     bot_talk_s: float
@@ -145,8 +153,8 @@ class CallDetail(BaseModel):
     caller: str | None
     callee: str | None
     status: str
-    started_at: datetime
-    ended_at: datetime | None
+    started_at: Utc
+    ended_at: Utc | None
     duration_s: float | None
     end_reason: str | None
     handoff_target: str | None

@@ -16,6 +16,7 @@ import uvicorn
 from admin.app import create_app
 from switchboard.node import Node
 from switchboard.settings import Settings
+from switchboard.storage.accounts import has_users
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,6 @@ def _tls_options(settings: Settings) -> dict[str, str]:
         if not path.is_file():
             raise WebServerError(f"{path}: no such file; expected a PEM certificate or key")
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-
-
-def _has_users(node: Node) -> bool:
-    from datetime import timedelta
-
-    from switchboard.storage.accounts import AccountRepository
-
-    return bool(AccountRepository(node.sessions, session_lifetime=timedelta(hours=1))
-                .list_users())
 
 
 def _ignore_repeated_signal(signum: int, frame: FrameType | None) -> None:
@@ -71,7 +63,7 @@ async def _serve(settings: Settings) -> None:
         scheme = "https" if tls else "http"
         log.info("console at %s://%s:%d/ and softphone at /softphone", scheme,
                  settings.web_host, settings.web_port)
-        if not await asyncio.to_thread(_has_users, node):
+        if not await asyncio.to_thread(has_users, node.sessions):
             log.warning("the console has no users yet: create the first admin with "
                         "`switchboard users create NAME --role admin`")
         for signum in (signal.SIGINT, signal.SIGTERM):

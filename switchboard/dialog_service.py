@@ -16,11 +16,35 @@ from switchboard.settings import Settings
 log = logging.getLogger(__name__)
 
 
+API_TOKEN_FILE = "rasa-api-token"
+
+
 def with_api_token(settings: Settings) -> Settings:
     """Settings with a Rasa API token (a fresh random one unless configured)."""
     if settings.rasa_api_token:
         return settings
     return settings.model_copy(update={"rasa_api_token": secrets.token_urlsafe(24)})
+
+
+def publish_api_token(settings: Settings) -> None:
+    """Leave the node's Rasa API token in data_dir (owner-only), so commands run beside
+    the node (``switchboard simulate``) can read the intents of their turns too."""
+    path = settings.data_dir / API_TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(settings.rasa_api_token)
+
+
+def with_node_api_token(settings: Settings) -> Settings:
+    """Settings carrying the running node's Rasa API token when none is configured."""
+    if settings.rasa_api_token:
+        return settings
+    try:
+        token = (settings.data_dir / API_TOKEN_FILE).read_text().strip()
+    except OSError:
+        return settings
+    return settings.model_copy(update={"rasa_api_token": token}) if token else settings
 
 
 @asynccontextmanager
@@ -33,7 +57,7 @@ async def dialog_available(settings: Settings) -> AsyncIterator[Settings]:
     finally:
         await client.aclose()
     if healthy:
-        yield settings
+        yield with_node_api_token(settings)
         return
     print(f"Rasa is not answering at {settings.rasa_url}; starting one for this run "
           "(about 15-30 s)...", flush=True)

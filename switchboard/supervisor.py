@@ -21,8 +21,9 @@ import httpx
 
 from dialog.runtime import RasaError, RasaServers, ensure_trained
 from switchboard.children import ChildError, ManagedChild
-from switchboard.dialog_service import with_api_token
+from switchboard.dialog_service import publish_api_token, with_api_token
 from switchboard.settings import Settings
+from switchboard.storage.accounts import has_users
 from switchboard.storage.database import DatabaseError, prepare_database
 from switchboard.storage.repository import CallRepository
 from telephony.kamailio import KamailioError, KamailioProxy, worker_ports
@@ -190,6 +191,9 @@ class Supervisor:
         try:
             self._start_all()
             log.info("node ready: %s", self._summary())
+            if not has_users(sessions):
+                log.warning("the console has no users yet: create the first admin with "
+                            "`.venv/bin/switchboard users create NAME --role admin`")
             while not self._stop.wait(POLL_S):
                 for child in self._children:
                     code = child.component.poll()
@@ -204,6 +208,7 @@ class Supervisor:
     def _start_all(self) -> None:
         settings = self.settings
         settings = self.settings = with_api_token(settings)
+        publish_api_token(settings)
         try:
             rasa = RasaServers(settings, ensure_trained(settings))
         except RasaError as exc:
@@ -260,8 +265,9 @@ class Supervisor:
     def _summary(self) -> str:
         s = self.settings
         scheme = "https" if s.web_tls_cert else "http"
+        web = f"{scheme}://{s.web_host}:{s.web_port}"
         return (f"SIP on {s.sip_host}:{s.sip_port} ({s.sip_workers} worker(s)), "
-                f"softphone at {scheme}://{s.web_host}:{s.web_port}/softphone")
+                f"console at {web}/, softphone at {web}/softphone")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)

@@ -75,6 +75,12 @@ def hash_password(password: str) -> str:
     return _hasher.hash(validate_password(password))
 
 
+def has_users(sessions: sessionmaker[Session]) -> bool:
+    """Whether anyone can sign in to the console yet."""
+    with sessions() as session:
+        return session.scalar(select(User.id).limit(1)) is not None
+
+
 @dataclass(frozen=True)
 class UserView:
     """A user as the console shows it (never the password hash)."""
