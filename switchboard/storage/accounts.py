@@ -94,8 +94,8 @@ class UserView:
 
     @classmethod
     def of(cls, user: User) -> UserView:
-        return cls(user.id, user.username, user.role, user.active, user.created_at,
-                   user.last_login_at)
+        return cls(user.id, user.username, user.role, user.active, _aware(user.created_at),
+                   _aware(user.last_login_at) if user.last_login_at else None)
 
 
 @dataclass(frozen=True)
