@@ -19,12 +19,12 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from admin.console import install_console
+from admin.console import install_console, problems_of, validation_error
 from admin.security import page_session
 from switchboard.node import Node
 from telephony.webrtc.gateway import OfferError, WebRTCGateway
@@ -63,19 +63,18 @@ def create_app(node: Node) -> FastAPI:
         yield
         await gateway.close()
 
-    app = FastAPI(title="Switchboard", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Switchboard", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)  # the API's own document is behind sign-in
     app.state.gateway = gateway
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'][1:]) or 'body'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        if request.url.path == OFFER_PATH:
-            problems = f"expected JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {problems}"
-        return JSONResponse({"error": problems}, status_code=422)
-
     install_console(app, node.settings, node.sessions)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path != OFFER_PATH:
+            return validation_error(request, exc)
+        return JSONResponse({"error": "expected JSON {\"sdp\": ..., \"type\": \"offer\"}: "
+                                      + problems_of(exc)}, status_code=422)
+
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

@@ -190,9 +190,11 @@ def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any]
     return result
 
 
-def _page_link(values: dict[str, str], page: int) -> str:
+def _page_link(values: dict[str, str], page: int, per_page: int) -> str:
     query = {k: v for k, v in values.items() if v}
     query["page"] = str(page)
+    if per_page != PAGE_SIZE:
+        query["per_page"] = str(per_page)
     return "/calls?" + urlencode(query)
 
 
@@ -209,8 +211,10 @@ def calls_list(request: Request, view: SessionView = Depends(page_session)) -> R
         "nav": "calls", "rows": rows, "total": total, "page": parsed.page, "pages": pages,
         "values": parsed.values, "outcomes": OUTCOMES, "transports": TRANSPORTS,
         "intents": search.known_intents(),
-        "prev_link": _page_link(parsed.values, parsed.page - 1) if parsed.page > 1 else None,
-        "next_link": _page_link(parsed.values, parsed.page + 1) if parsed.page < pages
+        "prev_link": _page_link(parsed.values, parsed.page - 1, parsed.per_page)
+        if parsed.page > 1 else None,
+        "next_link": _page_link(parsed.values, parsed.page + 1, parsed.per_page)
+        if parsed.page < pages
         else None,
         "messages": [{"kind": "error", "text": e} for e in parsed.errors],
     }, status_code=400 if parsed.errors else 200)

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
-from fastapi.exceptions import HTTPException
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from admin import api, calls, dashboard, users
 from admin.security import (
+    FLASH_COOKIE,
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
     Console,
@@ -32,6 +33,7 @@ from admin.security import (
     current_session,
     new_login_csrf,
     page_session,
+    take_flash,
 )
 from admin.templating import add_filters
 from switchboard.settings import Settings
@@ -56,7 +58,7 @@ def _login_page(request: Request, *, next_path: str = "/", username: str = "",
                 error: str = "", status_code: int = 200) -> Response:
     console = console_of(request)
     token = new_login_csrf()
-    messages = [{"kind": "error", "text": error}] if error else []
+    messages = [{"kind": "error", "text": error}] if error else take_flash(request)
     if not console.cookie_is_usable(request):
         messages.append({"kind": "error", "text": (
             "This console's session cookie is Secure and this page came over plain HTTP: "
@@ -67,6 +69,7 @@ def _login_page(request: Request, *, next_path: str = "/", username: str = "",
         "messages": messages}, status_code=status_code)
     console.set_cookie(response, LOGIN_CSRF_COOKIE, token, max_age=LOGIN_CSRF_MAX_AGE_S,
                        samesite="strict")
+    console.clear_cookie(response, FLASH_COOKIE)
     return response
 
 
@@ -143,11 +146,35 @@ def _error_page(request: Request, heading: str, detail: str, status: int) -> Res
                                       {"heading": heading, "detail": detail}, status)
 
 
+def problems_of(exc: RequestValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc'][1:]) or 'body'}: {error['msg']}"
+        for error in exc.errors())
+
+
+def validation_error(request: Request, exc: RequestValidationError) -> Response:
+    """A request FastAPI could not parse: anonymous API callers learn only that they must
+    sign in; others get what was wrong (422)."""
+    if _wants_json(request):
+        try:
+            api_user(request)
+        except LoginRequired:
+            return _to_login(request)
+        return JSONResponse({"error": problems_of(exc)}, status_code=422)
+    if current_session(request) is None:
+        return _to_login(request)
+    return _error_page(request, "Bad request", problems_of(exc), 422)
+
+
 def install_console(app: FastAPI, settings: Settings, sessions: sessionmaker[Session]) -> None:
     """Add the console's pages, API and error handling to ``app``."""
     templates = Jinja2Templates(directory=HERE / "templates")
     add_filters(templates)
     app.state.console = Console.create(settings, sessions, templates)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        return validation_error(request, exc)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +25,8 @@ from switchboard.storage.accounts import AccountRepository, SessionView, UserVie
 
 SESSION_COOKIE = "switchboard_session"
 LOGIN_CSRF_COOKIE = "switchboard_login_csrf"
+FLASH_COOKIE = "switchboard_flash"  # a one-time "done" message after a redirect
+FLASH_MAX_AGE_S = 30
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 # What each role may do. Agents see calls and figures; recordings (raw audio, which may
@@ -116,6 +118,21 @@ class Console:
     def clear_cookie(self, response: Response, name: str) -> None:
         response.delete_cookie(name, path="/", httponly=True,
                                secure=self.settings.console_secure_cookies)
+
+
+def redirect_with_flash(request: Request, path: str, message: str) -> Response:
+    """303 to ``path``, which shows ``message`` once (post/redirect/get)."""
+    response = RedirectResponse(path, status_code=303)
+    console_of(request).set_cookie(response, FLASH_COOKIE, message[:300],
+                                   max_age=FLASH_MAX_AGE_S)
+    return response
+
+
+def take_flash(request: Request) -> list[dict[str, str]]:
+    """The pending flash message, as the page's ``messages`` (the caller clears the cookie
+    with ``Console.clear_cookie``)."""
+    message = request.cookies.get(FLASH_COOKIE)
+    return [{"kind": "ok", "text": message[:300]}] if message else []
 
 
 def console_of(request: Request) -> Console:

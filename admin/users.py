@@ -7,9 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
-from admin.security import check_csrf, console_of, ensure_allowed, page_session
+from admin.security import (
+    FLASH_COOKIE,
+    check_csrf,
+    client_ip,
+    console_of,
+    ensure_allowed,
+    page_session,
+    redirect_with_flash,
+    take_flash,
+)
 from switchboard.storage.accounts import ROLES, AccountError, SessionView
 
 router = APIRouter()
@@ -25,20 +34,12 @@ def _users_page(request: Request, *, messages: list[dict[str, str]] | None = Non
     }, status_code=status_code)
 
 
-def _done(path: str, message: str) -> Response:
-    response = RedirectResponse(path, status_code=303)
-    response.set_cookie("switchboard_flash", message, max_age=30, httponly=True,
-                        samesite="lax", path=path)
-    return response
+def _done(request: Request, path: str, message: str) -> Response:
+    return redirect_with_flash(request, path, message)
 
 
-def _flash(request: Request, path: str) -> list[dict[str, str]]:
-    message = request.cookies.get("switchboard_flash")
-    return [{"kind": "ok", "text": message[:300]}] if message else []
-
-
-def _clear_flash(response: Response, path: str) -> Response:
-    response.delete_cookie("switchboard_flash", path=path)
+def _with_flash(request: Request, response: Response) -> Response:
+    console_of(request).clear_cookie(response, FLASH_COOKIE)
     return response
 
 
@@ -49,7 +50,7 @@ def _user_id(text: str) -> int | None:
 @router.get("/users", include_in_schema=False)
 def users_page(request: Request, view: SessionView = Depends(page_session)) -> Response:
     ensure_allowed(view.user, "users")
-    return _clear_flash(_users_page(request, messages=_flash(request, "/users")), "/users")
+    return _with_flash(request, _users_page(request, messages=take_flash(request)))
 
 
 @router.post("/users", include_in_schema=False)
@@ -63,7 +64,7 @@ def create_user(request: Request, username: str = Form(""), password: str = Form
     except AccountError as exc:
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            form={"username": username, "role": role}, status_code=400)
-    return _done("/users", f"Created {user.username} ({user.role}).")
+    return _done(request, "/users", f"Created {user.username} ({user.role}).")
 
 
 @router.post("/users/{user_id}", include_in_schema=False)
@@ -82,7 +83,7 @@ def update_user(user_id: str, request: Request, role: str = Form(""),
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            status_code=400)
     state = "active" if user.active else "switched off"
-    return _done("/users", f"{user.username} is now {user.role}, {state}.")
+    return _done(request, "/users", f"{user.username} is now {user.role}, {state}.")
 
 
 @router.post("/users/{user_id}/password", include_in_schema=False)
@@ -101,7 +102,7 @@ def reset_password(user_id: str, request: Request, password: str = Form(""),
     except AccountError as exc:
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            status_code=400)
-    return _done("/users", f"New password set for {user.username}; their sessions ended.")
+    return _done(request, "/users", f"New password set for {user.username}; their sessions ended.")
 
 
 @router.post("/users/tokens/{token_id}/revoke", include_in_schema=False)
@@ -117,7 +118,7 @@ def admin_revoke_token(token_id: str, request: Request, csrf_token: str = Form("
     except AccountError as exc:
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            status_code=400)
-    return _done("/users", "Token revoked.")
+    return _done(request, "/users", "Token revoked.")
 
 
 # --- the signed-in user's own account ---------------------------------------------------
@@ -135,8 +136,7 @@ def _account_page(request: Request, view: SessionView, *,
 
 @router.get("/account", include_in_schema=False)
 def account_page(request: Request, view: SessionView = Depends(page_session)) -> Response:
-    return _clear_flash(_account_page(request, view, messages=_flash(request, "/account")),
-                        "/account")
+    return _with_flash(request, _account_page(request, view, messages=take_flash(request)))
 
 
 @router.post("/account/password", include_in_schema=False)
@@ -148,8 +148,13 @@ def change_password(request: Request, current: str = Form(""), password: str = F
     error = ""
     if password != confirm:
         error = "The new password and its confirmation differ."
-    elif not accounts.authenticate(view.user.username, current, ip=None).ok:
-        error = "The current password is wrong."
+    else:
+        check = accounts.authenticate(view.user.username, current, ip=client_ip(request))
+        if check.locked_for_s:
+            error = (f"Too many wrong passwords; try again in about "
+                     f"{max(1, round(check.locked_for_s / 60))} min.")
+        elif not check.ok:
+            error = "The current password is wrong."
     if not error:
         try:
             accounts.set_password(view.user.id, password)
@@ -158,7 +163,7 @@ def change_password(request: Request, current: str = Form(""), password: str = F
     if error:
         return _account_page(request, view, messages=[{"kind": "error", "text": error}],
                              status_code=400)
-    return _done("/login", "Password changed; sign in with the new one.")
+    return _done(request, "/login", "Password changed; sign in with the new one.")
 
 
 @router.post("/account/tokens", include_in_schema=False)
@@ -187,4 +192,4 @@ def revoke_token(token_id: str, request: Request, csrf_token: str = Form(""),
     except AccountError as exc:
         return _account_page(request, view, messages=[{"kind": "error", "text": str(exc)}],
                              status_code=400)
-    return _done("/account", "Token revoked.")
+    return _done(request, "/account", "Token revoked.")
