@@ -264,6 +264,26 @@ async def _bench(settings: Settings, utterances: int, rate: int) -> None:
                    f"{row.p95:>9.0f}{row.mean:>9.0f}")
 
 
+@bench_app.command("console")
+def bench_console(
+    calls: Annotated[int, typer.Option(min=1, max=1_000_000,
+                                       help="Synthetic analysed calls to seed.")] = 10_000,
+    requests: Annotated[int, typer.Option(min=1, max=1000, help="Requests per page.")] = 20,
+    database_url: Annotated[str | None, typer.Option(
+        help="An EMPTY database to seed (e.g. a fresh PostgreSQL database); default: a "
+             "temporary SQLite file.")] = None,
+) -> None:
+    """Console and API response times over a database of many calls (in-process)."""
+    from admin.bench import BenchError, format_report
+    from admin.bench import bench_console as run_bench
+
+    try:
+        seeded_s, timings = run_bench(calls, requests, database_url)
+    except BenchError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(format_report(calls, seeded_s, timings))
+
+
 @bench_app.command("webrtc")
 def bench_webrtc(
     calls: Annotated[int, typer.Option(min=1, max=50, help="Concurrent browser-like calls.")] = 1,

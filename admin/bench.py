@@ -1,0 +1,183 @@
+"""``switchboard bench console``: how fast the console answers over a database of many calls.
+
+Seeds N synthetic calls (turns with latencies, events, analyses, spread over 30 days) into
+a fresh database (a SQLite file in a temporary directory, or an empty PostgreSQL database
+given by URL), signs in, and times each page and API request in-process (the app and the
+database, without a network), ``requests`` times each.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from admin.console import install_console
+from analytics.analysis import ABANDONED, FAILED, HANDED_OFF, RESOLVED
+from switchboard.settings import Settings
+from switchboard.storage.database import prepare_database
+from switchboard.storage.models import Call, CallAnalysis, CallEvent, Turn, new_id
+
+BENCH_USER = "bench-admin"
+BENCH_PASSWORD = "bench password, not for use"
+SPREAD = timedelta(days=30)
+OUTCOMES = [(RESOLVED, 0.7), (HANDED_OFF, 0.18), (ABANDONED, 0.09), (FAILED, 0.03)]
+INTENTS = ["check_order_status", "inform", "reset_password", "billing_question",
+           "request_agent", "thankyou", "goodbye", "nlu_fallback"]
+BATCH = 2000
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run; the message says why."""
+
+
+@dataclass
+class Timing:
+    name: str
+    path: str
+    status: int
+    samples_ms: list[float]
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.samples_ms)
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _rows(calls: int, now: datetime, rng: random.Random) -> Iterator[tuple[
+        dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]]:
+    outcomes, weights = zip(*OUTCOMES, strict=True)
+    for _ in range(calls):
+        call_id = new_id()
+        start = now - SPREAD * rng.random()
+        turns, at = [], start
+        intents: list[str] = []
+        for seq in range(1, 7):
+            speaker = "bot" if seq % 2 else "caller"
+            length = timedelta(seconds=rng.uniform(1.0, 4.0))
+            intent = rng.choice(INTENTS) if speaker == "caller" else None
+            if intent:
+                intents.append(intent)
+            response = rng.gauss(850, 120) if speaker == "bot" and seq > 1 else None
+            turns.append({"call_id": call_id, "seq": seq, "speaker": speaker,
+                          "text": f"synthetic {speaker} turn {seq}", "started_at": at,
+                          "ended_at": at + length, "intent": intent, "barge_in": False,
+                          "response_ms": response})
+            at += length + timedelta(seconds=rng.uniform(0.3, 1.2))
+        outcome = rng.choices(outcomes, weights)[0]
+        call = {"id": call_id, "transport": rng.choice(["sip", "sip", "webrtc"]),
+                "caller": f"+1555{rng.randrange(10**6):06d}", "status": "ended",
+                "started_at": start, "ended_at": at, "end_reason": "bot_hangup",
+                "metadata": {}}
+        events = [{"call_id": call_id, "at": start, "kind": "answered", "data": {}}]
+        sentiment = round(rng.uniform(-0.6, 0.9), 4)
+        analysis = {"call_id": call_id, "analyzed_at": at, "runs": 1, "outcome": outcome,
+                    "duration_s": (at - start).total_seconds(), "caller_talk_s": 6.0,
+                    "bot_talk_s": 7.0, "silence_s": 3.0, "turns": 6, "caller_turns": 3,
+                    "bot_turns": 3, "barge_ins": 0,
+                    "fallbacks": int("nlu_fallback" in intents), "intents": intents,
+                    "sentiment": sentiment,
+                    "sentiment_label": "positive" if sentiment > 0.05 else "neutral",
+                    "summary": f"Caller asked about {intents[0]}.", "transcript": [],
+                    "latency": {}, "redactions": 0}
+        yield call, turns, events, analysis
+
+
+def seed(sessions: sessionmaker[Session], calls: int, *, seed_value: int = 7) -> None:
+    """Insert ``calls`` synthetic analysed calls in batches."""
+    rng = random.Random(seed_value)
+    now = datetime.now(UTC)
+    batch: list[Any] = []
+
+    def flush(session: Session) -> None:
+        session.execute(insert(Call), [b[0] for b in batch])
+        session.execute(insert(Turn), [t for b in batch for t in b[1]])
+        session.execute(insert(CallEvent), [e for b in batch for e in b[2]])
+        session.execute(insert(CallAnalysis), [b[3] for b in batch])
+        session.commit()
+        batch.clear()
+
+    with sessions() as session:
+        for rows in _rows(calls, now, rng):
+            batch.append(rows)
+            if len(batch) >= BATCH:
+                flush(session)
+        if batch:
+            flush(session)
+
+
+@contextmanager
+def _database(database_url: str | None) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
+    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
+        url = database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        settings = Settings(data_dir=Path(tmp), database_url=url)
+        sessions = prepare_database(url, demo_data=False)
+        with sessions() as session:
+            if session.scalar(select(func.count(Call.id))):
+                raise BenchError("the benchmark needs an empty database; this one has calls")
+        yield settings, sessions
+
+
+def bench_console(calls: int, requests: int, database_url: str | None = None
+                  ) -> tuple[float, list[Timing]]:
+    """Seed, then time each console page and API request; returns the seeding time (s)
+    and the timings."""
+    with _database(database_url) as (settings, sessions):
+        started = time.perf_counter()
+        seed(sessions, calls)
+        seeded_s = time.perf_counter() - started
+        app = FastAPI()
+        install_console(app, settings, sessions)
+        accounts = app.state.console.accounts
+        user = accounts.create_user(BENCH_USER, BENCH_PASSWORD, "admin")
+        token, _ = accounts.create_token(user.id, "bench")
+        with sessions() as session:
+            some_call = session.scalar(select(Call.id).order_by(Call.started_at.desc()))
+        targets = [
+            ("dashboard, 7 days", "/"),
+            ("dashboard, 30 days", "/?range=30d"),
+            ("calls list, page 1", "/calls"),
+            ("calls list, page 40", "/calls?page=40"),
+            ("calls, intent+outcome", "/calls?intent=request_agent&outcome=handed_off"),
+            ("calls, caller search", "/calls?caller=5551"),
+            ("call detail", f"/calls/{some_call}"),
+            ("API calls", "/api/calls?per_page=100"),
+            ("API call detail", f"/api/calls/{some_call}"),
+            ("API aggregates, 30 days", "/api/aggregates?since="
+             f"{(datetime.now(UTC) - SPREAD).date().isoformat()}"),
+        ]
+        timings = []
+        with TestClient(app, base_url="https://bench") as client:
+            client.headers["Authorization"] = f"Bearer {token}"
+            login = client.get("/login")  # pages use the session cookie
+            csrf = login.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+            client.post("/login", data={"username": BENCH_USER, "password": BENCH_PASSWORD,
+                                        "csrf_token": csrf})
+            for name, path in targets:
+                samples, status = [], 0
+                for _ in range(requests):
+                    begin = time.perf_counter()
+                    status = client.get(path).status_code
+                    samples.append((time.perf_counter() - begin) * 1000)
+                timings.append(Timing(name, path, status, samples))
+        return seeded_s, timings
+
+
+def format_report(calls: int, seeded_s: float, timings: list[Timing]) -> str:
+    lines = [f"{calls} calls seeded in {seeded_s:.1f} s; per request, in-process (ms):",
+             f"{'request':<26}{'status':>7}{'p50':>9}{'p95':>9}{'mean':>9}"]
+    for timing in timings:
+        lines.append(f"{timing.name:<26}{timing.status:>7}{timing.percentile(50):>9.1f}"
+                     f"{timing.percentile(95):>9.1f}{statistics.fmean(timing.samples_ms):>9.1f}")
+    return "\n".join(lines)
