@@ -49,8 +49,9 @@ router = APIRouter()
 def _safe_next(target: str) -> str:
     """Only same-site paths: ``next`` must never send a signed-in user elsewhere."""
     parts = urlsplit(target)
-    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
-        return "/"
+    if (not target.startswith("/") or target.startswith("//") or parts.scheme
+            or parts.netloc or "\\" in target or any(ord(c) < 32 for c in target)):
+        return "/"  # browsers read "/\\evil.example" as "//evil.example"
     return target
 
 
