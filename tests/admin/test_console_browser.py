@@ -24,6 +24,7 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 from speech.tts import PiperTTS
 from switchboard.processes import free_port
 from switchboard.settings import PROJECT_ROOT
+from switchboard.storage.repository import CallRepository
 from tests.analytics.test_worker import Workers, redis_url, wait_for, workers_on
 from tests.audio_tools import piper_speech, silence, write_wav
 from tests.dialog_fixtures import TEST_API_TOKEN
@@ -120,6 +121,11 @@ def stack(redis_url: str, workers_on: object, rasa_server: object, tts: PiperTTS
                              timeout=SIMULATE_TIMEOUT_S)
     found = re.search(r"call ([0-9a-f]{32}) ended", simulated.stdout)
     assert found, simulated.stdout
+    # simulate records nothing; give the call a 2 s recording as a SIP call would have
+    recording = tmp_path / "recording.wav"
+    write_wav(recording, (np.sin(np.arange(16000) / 8000 * 2 * np.pi * 440) * 8000)
+              .astype(np.int16), 8000, channels=2)
+    CallRepository(workers.sessions).set_recording(found.group(1), str(recording))
     web = _start_web(env, artifacts / "console-web-app.log")
     try:
         yield Stack(f"http://127.0.0.1:{env['SWITCHBOARD_WEB_PORT']}", found.group(1), env,
@@ -181,6 +187,14 @@ def test_a_simulated_call_shows_in_the_console_with_its_analysis(
     expect(transcript.locator("li.bot").first).to_be_visible()
     expect(transcript.locator(".latency").first).to_contain_text("response")
     expect(page.locator("#events")).to_contain_text("ended")
+    seconds = page.evaluate("""() => new Promise((resolve, reject) => {
+        const audio = document.querySelector('#recording');
+        audio.addEventListener('loadedmetadata', () => resolve(audio.duration));
+        audio.addEventListener('error', () => reject(new Error('audio error ' + audio.error.code)));
+        audio.preload = 'auto';
+        audio.load();
+    })""")
+    assert abs(seconds - 2.0) < 0.05, seconds
     page.screenshot(path=str(stack.artifacts / "console-call.png"), full_page=True)
 
     # Filters: by outcome and intent the call is found; by another outcome it is not.
@@ -216,6 +230,9 @@ def test_a_simulated_call_shows_in_the_console_with_its_analysis(
     agent.set_default_timeout(UI_TIMEOUT_MS)
     _sign_in(agent, stack.url, "bob", AGENT_PASSWORD)
     expect(agent.locator(f"tr[data-call-id='{stack.call_id}']")).to_be_visible()
+    agent.click(f"tr[data-call-id='{stack.call_id}'] a")
+    expect(agent.locator("#recording-restricted")).to_be_visible()
+    expect(agent.locator("#recording")).to_have_count(0)
     expect(agent.locator("nav.topbar")).not_to_contain_text("Users")
     response = agent.goto(f"{stack.url}/users")
     assert response is not None and response.status == 403
