@@ -163,7 +163,8 @@ async def test_keypad_digits_reach_the_dialog(database_url: str) -> None:
     node.run_call = run_call  # type: ignore[method-assign]
     sim = await run(node, caller)
     assert "/inform:48213" in dialog.received
-    assert any(t.text == "[keypad] 48213" for t in sim.result.turns)
+    [keyed] = [t for t in sim.result.turns if t.text == "[keypad] 48213"]
+    assert keyed.intent == "inform" and keyed.confidence == 1.0  # in the intent sequence too
     assert sim.result.turns[-1].text == "Got it, order 48213."
 
 

@@ -500,7 +500,8 @@ class ConversationPipeline:
             self._store(
                 TurnRecord(speaker="caller", text=f"[keypad] {item.keypad}",
                            started_at=self._wall(self._dtmf_last_ms),
-                           ended_at=self._wall(self._media_ms))
+                           ended_at=self._wall(self._media_ms),
+                           intent=item.intent, confidence=1.0)  # keypad input is exact
             )
             reply = await self.dialog.send_keypad(self.conversation_id, item.keypad, self.metadata)
         else:
