@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -27,6 +28,7 @@ from switchboard.storage.accounts import AccountError, UserView
 from switchboard.storage.repository import CallSearch
 
 MAX_AGGREGATE_RANGE = timedelta(days=366)
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 
 
 def _utc(moment: datetime) -> datetime:
@@ -173,10 +175,10 @@ def _moment(text: str, name: str, *, end_of_day: bool = False) -> datetime | Non
             day = date.fromisoformat(text)
             return datetime.combine(day + timedelta(days=1 if end_of_day else 0), time(), UTC)
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ApiError(400, f"{name}: {text[:40]!r} is neither YYYY-MM-DD nor an ISO 8601 "
-                            "time") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+                            "time within the calendar") from None
 
 
 router = APIRouter(prefix="/api", tags=["console"])
@@ -230,7 +232,10 @@ def aggregates(request: Request, since: str = "", until: str = "",
     """Default: the last 7 days. ``since``/``until``: YYYY-MM-DD (``until`` inclusive) or
     ISO 8601 times; at most 366 days."""
     end = _moment(until, "until", end_of_day=True) or datetime.now(UTC)
-    start = _moment(since, "since") or end - timedelta(days=7)
+    try:
+        start = _moment(since, "since") or end - timedelta(days=7)
+    except OverflowError:
+        raise ApiError(400, "until is too close to the start of the calendar") from None
     if start >= end:
         raise ApiError(400, "since must be before until")
     if end - start > MAX_AGGREGATE_RANGE:
@@ -256,7 +261,8 @@ def add_user(body: NewUser, request: Request, user: UserView = _allowed("users")
 
 @router.patch("/users/{user_id}", response_model=UserOut,
               summary="Change a user's role or switch them off (admins)")
-def change_user(user_id: int, body: UserChange, request: Request,
+def change_user(user_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], body: UserChange,
+                request: Request,
                 user: UserView = _allowed("users")) -> UserOut:
     try:
         changed = console_of(request).accounts.update_user(user_id, role=body.role,

@@ -77,7 +77,7 @@ def parse_filters(params: Mapping[str, str]) -> ParsedFilters:
     """Filters from query parameters; anything wrong is reported and left out, never
     raised (``since``/``until`` are days, ``until`` inclusive, UTC)."""
     errors: list[str] = []
-    values = {key: (params.get(key) or "").strip() for key in FILTER_KEYS}
+    values = {key: (params.get(key) or "").replace("\x00", "").strip() for key in FILTER_KEYS}
     for key in ("caller", "intent", "q"):
         if len(values[key]) > MAX_TEXT:
             errors.append(f"{key} is longer than {MAX_TEXT} characters.")
@@ -98,6 +98,8 @@ def parse_filters(params: Mapping[str, str]) -> ParsedFilters:
     page = _positive_int(params.get("page", ""), "Page", 1, 1_000_000, errors)
     per_page = _positive_int(params.get("per_page", ""), "per_page", PAGE_SIZE,
                              MAX_PAGE_SIZE, errors)
+    if until is not None and until == date.max:
+        until = None  # the end of the calendar: no upper bound
     filters = CallFilters(
         since=datetime.combine(since, time(), UTC) if since else None,
         until=datetime.combine(until + timedelta(days=1), time(), UTC) if until else None,
@@ -128,6 +130,16 @@ def _redacted(value: Any) -> Any:
     return value
 
 
+def _event_data(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """An event's details as shown: redacted, and keypad digits hidden (one event per key,
+    so a card number typed on the keypad would otherwise read out across the timeline;
+    the keypad turn of the transcript shows the entry, redacted)."""
+    if kind == "dtmf" and isinstance(data.get("digit"), str) and data["digit"].isdigit():
+        data = {**data, "digit": "•"}
+    redacted: dict[str, Any] = _redacted(data)
+    return redacted
+
+
 def recording_file(call: Call) -> Path | None:
     if not call.recording_path:
         return None
@@ -138,7 +150,7 @@ def recording_file(call: Call) -> Path | None:
 def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any] | None:
     """Everything the detail page and ``GET /api/calls/{id}`` show, redacted, JSON-ready
     apart from datetimes; None when there is no such call."""
-    if len(call_id) > 64:
+    if len(call_id) > 64 or not call_id.isalnum():
         return None
     with sessions() as session:
         call = session.scalar(select(Call).where(Call.id == call_id).options(
@@ -159,7 +171,7 @@ def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any]
                 "response_ms", "endpoint_ms", "stt_ms", "dialog_ms", "tts_ms")},
         })
     events = [{"at": _aware(e.at), "offset_s": _offset_s(e.at, start), "kind": e.kind,
-               "data": _redacted(e.data or {})} for e in call.events]
+               "data": _event_data(e.kind, e.data or {})} for e in call.events]
     ended = _aware(call.ended_at)
     if ended is not None:  # the timeline closes with the end the call record keeps
         events.append({"at": ended, "offset_s": _offset_s(ended, start), "kind": "ended",
@@ -238,8 +250,10 @@ def call_page(call_id: str, request: Request,
 
 def recording_response(sessions: sessionmaker[Session], call_id: str) -> Response | None:
     """The call's recording as a WAV file (range requests work), or None if there is none."""
+    if len(call_id) > 64 or not call_id.isalnum():
+        return None
     with sessions() as session:
-        call = session.get(Call, call_id[:64])
+        call = session.get(Call, call_id)
         path = recording_file(call) if call is not None else None
     if path is None:
         return None

@@ -6,12 +6,13 @@ softphone (the bot's public phone line) and ``/healthz``."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,6 +43,12 @@ from switchboard.storage.accounts import SessionView
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 LOGIN_CSRF_MAX_AGE_S = 3600
+SECURITY_HEADERS = {  # no framing (clickjacking), no sniffing, no referrers off-site
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 router = APIRouter()
 
@@ -105,6 +112,9 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
         log.info("failed sign-in for %r from %s", username, client_ip(request))
         return _login_page(request, next_path=next, username=username, status_code=401,
                            error="Wrong user name or password.")
+    previous = request.cookies.get(SESSION_COOKIE, "")
+    if previous:  # signing in again (maybe as someone else) ends the earlier session
+        console.accounts.end_session(previous)
     token, _ = console.accounts.start_session(
         result.user.id, ip=client_ip(request), user_agent=request.headers.get("user-agent"))
     log.info("%s signed in from %s", result.user.username, client_ip(request))
@@ -136,6 +146,8 @@ def _to_login(request: Request) -> Response:
             {"error": "sign in: send 'Authorization: Bearer <API token>' (create one under "
                       "Account in the console)"},
             status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    if request.method != "GET":  # after sign-in, go back to a page, not to a form target
+        return RedirectResponse("/login", status_code=303)
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
@@ -176,6 +188,19 @@ def install_console(app: FastAPI, settings: Settings, sessions: sessionmaker[Ses
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
         return validation_error(request, exc)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                    ) -> Response:
+        raw = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
+        if b"%00" in raw or b"\x00" in raw:  # no text column stores a NUL byte
+            return PlainTextResponse("NUL bytes are not allowed in URLs", status_code=400)
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if not request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:

@@ -164,7 +164,7 @@ def page_session(request: Request) -> SessionView:
 
 
 def check_csrf(view: SessionView, submitted: str) -> None:
-    if not submitted or not hmac.compare_digest(submitted, view.csrf_token):
+    if not submitted or not hmac.compare_digest(submitted.encode(), view.csrf_token.encode()):
         raise CsrfFailed()
 
 

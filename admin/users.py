@@ -44,7 +44,11 @@ def _with_flash(request: Request, response: Response) -> Response:
 
 
 def _user_id(text: str) -> int | None:
-    return int(text) if text.isdigit() and len(text) < 12 else None
+    """A row id from a path, or None: ASCII digits within the database's 32-bit ids."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 10):
+        return None
+    number = int(text)
+    return number if 1 <= number <= 2**31 - 1 else None
 
 
 @router.get("/users", include_in_schema=False)

@@ -18,6 +18,9 @@ depends_on: Union[str, Sequence[str], None] = None
 def upgrade() -> None:
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.add_column(sa.Column("last_login_at", sa.DateTime(timezone=True), nullable=True))
+    # user names are unique whatever their case ("Alice" and "alice" are one person)
+    op.create_index("uq_users_username_lower", "users", [sa.text("lower(username)")],
+                    unique=True)
 
     op.create_table(
         "console_sessions",
@@ -68,5 +71,6 @@ def downgrade() -> None:
     op.drop_table("login_failures")
     op.drop_table("api_tokens")
     op.drop_table("console_sessions")
+    op.drop_index("uq_users_username_lower", table_name="users")
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_column("last_login_at")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +29,7 @@ TOKEN_PREFIX = "sbt_"
 IP_FAILURE_FACTOR = 4
 
 _hasher = PasswordHasher()
+_ADMIN_CHANGES = threading.Lock()  # one role change at a time in this process
 # Verified when the user name is unknown, so that answer takes as long as a wrong password.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
@@ -43,6 +45,11 @@ def _sha256(secret: str) -> str:
 def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes for timezone columns; they are UTC."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def clean_username(username: str) -> str:
+    """A typed user name as looked up: trimmed, without NUL bytes, at most 64 characters."""
+    return username.replace("\x00", "").strip()[:64]
 
 
 def validate_username(username: str) -> str:
@@ -165,7 +172,8 @@ class AccountRepository:
 
     def find_user(self, username: str) -> UserView | None:
         with self._sessions() as session:
-            user = session.scalar(select(User).where(User.username == username))
+            user = session.scalar(select(User).where(
+                func.lower(User.username) == clean_username(username).lower()))
             return UserView.of(user) if user else None
 
     def count_active_admins(self) -> int:
@@ -177,14 +185,17 @@ class AccountRepository:
         """Change a user's role or switch them off; the last active admin stays an admin.
         A user switched off or given another role is signed out everywhere."""
         role = validate_role(role)
-        with self._sessions() as session:
+        with _ADMIN_CHANGES, self._sessions() as session:
             user = session.get(User, user_id)
             if user is None:
                 raise AccountError(f"no user with id {user_id}")
             demoted = user.role == "admin" and user.active and (role != "admin" or not active)
             if demoted:
-                admins = session.scalar(select(func.count(User.id)).where(
-                    User.role == "admin", User.active.is_(True))) or 0
+                # Lock the admins' rows (PostgreSQL; the process lock covers SQLite) so two
+                # admins demoting each other at once cannot leave none.
+                admins = len(list(session.scalars(
+                    select(User.id).where(User.role == "admin", User.active.is_(True))
+                    .with_for_update())))
                 if admins <= 1:
                     raise AccountError(
                         f"{user.username} is the last active admin; make another admin first")
@@ -196,7 +207,8 @@ class AccountRepository:
             return UserView.of(user)
 
     def set_password(self, user_id: int, password: str) -> None:
-        """New password; every session of the user ends (they sign in again)."""
+        """New password: every session of the user ends, their API tokens are revoked and
+        a failed-login lock on their name is lifted."""
         password_hash = hash_password(password)
         with self._sessions() as session:
             user = session.get(User, user_id)
@@ -204,33 +216,50 @@ class AccountRepository:
                 raise AccountError(f"no user with id {user_id}")
             user.password_hash = password_hash
             session.execute(delete(ConsoleSession).where(ConsoleSession.user_id == user_id))
+            for token in session.scalars(select(ApiToken).where(
+                    ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))):
+                token.revoked_at = utcnow()  # a new password is the answer to a leak
+            session.execute(delete(LoginFailure).where(
+                LoginFailure.username == user.username.lower()))  # and unlocks sign-in
             session.commit()
 
     # --- sign-in and the failed-login limit ---------------------------------------------
-    def _locked_for(self, session: Session, username: str, ip: str | None) -> float:
+    def _locked_for(self, session: Session, key: str, ip: str | None) -> float:
+        """Seconds until sign-in opens again for ``key``/``ip``, counting the attempt just
+        recorded: more than the limit of attempts in the window means locked."""
         now = utcnow()
         since = now - self.failure_window
-        checks = [(LoginFailure.username == username.lower(), self.max_failures)]
+        checks = [(LoginFailure.username == key, self.max_failures)]
         if ip:
             checks.append((LoginFailure.ip == ip, self.max_failures * IP_FAILURE_FACTOR))
         for condition, limit in checks:
             times = list(session.scalars(
                 select(LoginFailure.at).where(condition, LoginFailure.at >= since)
-                .order_by(LoginFailure.at.desc()).limit(limit)))
-            if len(times) >= limit:
+                .order_by(LoginFailure.at.desc()).limit(limit + 1)))
+            if len(times) > limit:
                 oldest = _aware(times[-1])
                 return max(1.0, (oldest + self.failure_window - now).total_seconds())
         return 0.0
 
     def authenticate(self, username: str, password: str, *, ip: str | None) -> LoginResult:
         """Check a password. After ``max_failures`` failures for a name (or four times that
-        from one address) within the window, nothing is checked until the window passes."""
-        username = username.strip()[:64]
+        from one address) within the window, nothing is checked until the window passes.
+
+        The attempt is counted *before* the slow hash check (and uncounted when it
+        succeeds), so guesses sent in parallel cannot all slip under the limit."""
+        username = clean_username(username)
+        key = username.lower()[:64]
+        ip = ip[:64] if ip else None
         with self._sessions() as session:
-            locked = self._locked_for(session, username, ip)
+            attempt = LoginFailure(username=key, ip=ip)
+            session.add(attempt)
+            session.commit()
+            locked = self._locked_for(session, key, ip)
             if locked:
+                session.delete(attempt)  # a refused attempt does not extend the lock
+                session.commit()
                 return LoginResult(locked_for_s=locked)
-            user = session.scalar(select(User).where(User.username == username))
+            user = session.scalar(select(User).where(func.lower(User.username) == key))
             stored = user.password_hash if user is not None and user.active else _DUMMY_HASH
             try:
                 _hasher.verify(stored, password[:MAX_PASSWORD_LENGTH])
@@ -238,14 +267,11 @@ class AccountRepository:
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 valid = False
             if not valid or user is None:
-                session.add(LoginFailure(username=username.lower(), ip=ip))
-                session.commit()
-                return LoginResult()
+                return LoginResult()  # the recorded attempt stays: a failure
             if _hasher.check_needs_rehash(user.password_hash):
                 user.password_hash = _hasher.hash(password)
             user.last_login_at = utcnow()
-            session.execute(delete(LoginFailure).where(LoginFailure.username
-                                                       == username.lower()))
+            session.execute(delete(LoginFailure).where(LoginFailure.username == key))
             cutoff = utcnow() - self.failure_window
             session.execute(delete(LoginFailure).where(LoginFailure.at < cutoff))
             session.commit()
@@ -273,7 +299,7 @@ class AccountRepository:
 
     def session_for(self, token: str) -> SessionView | None:
         """The live session of a cookie value, or None (unknown, expired, user switched off)."""
-        if not token or len(token) > 200:
+        if not token or len(token) > 200 or "\x00" in token:
             return None
         with self._sessions() as session:
             row = session.get(ConsoleSession, _sha256(token))
@@ -302,8 +328,9 @@ class AccountRepository:
     def create_token(self, user_id: int, name: str) -> tuple[str, TokenView]:
         """A new API token for the user; the token itself is returned only here."""
         name = name.strip()
-        if not name or len(name) > 64:
-            raise AccountError("give the token a name of 1-64 characters (what uses it)")
+        if not name or len(name) > 64 or not name.isprintable():
+            raise AccountError("give the token a name of 1-64 printable characters (what "
+                               "uses it)")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._sessions() as session:
             user = session.get(User, user_id)
@@ -340,7 +367,7 @@ class AccountRepository:
 
     def user_for_token(self, token: str) -> UserView | None:
         """The active user a bearer token acts for, or None."""
-        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200 or "\x00" in token:
             return None
         with self._sessions() as session:
             row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _sha256(token)))
