@@ -35,6 +35,9 @@ OUTCOMES = (RESOLVED, HANDED_OFF, ABANDONED_OUTCOME, FAILED, IN_PROGRESS, UNKNOW
 TRANSPORTS = ("sip", "webrtc", "simulate")
 FILTER_KEYS = ("since", "until", "caller", "intent", "outcome", "transport", "q")
 MAX_TEXT = 100
+LIVE_RELOAD_S = 5
+ANALYSIS_RELOAD_S = 2
+ANALYSIS_WAIT = timedelta(minutes=10)  # past that, the worker is down: stop reloading
 
 
 @dataclass
@@ -245,7 +248,20 @@ def call_page(call_id: str, request: Request,
     return console.render(request, "console/call.html", {
         "nav": "calls", "call": detail,
         "can_play": allowed(view.user, "recordings"),
+        "watch": _watch_s(detail),
     })
+
+
+def _watch_s(detail: dict[str, Any]) -> int:
+    """Seconds between reloads of a call page that is still changing: a live call, or a
+    call that ended lately and whose analysis has not arrived; 0 when it is settled."""
+    if detail["status"] == "active":
+        return LIVE_RELOAD_S
+    ended = detail["ended_at"]
+    if detail["analysis"] is None and ended is not None and \
+            datetime.now(UTC) - ended < ANALYSIS_WAIT:
+        return ANALYSIS_RELOAD_S
+    return 0
 
 
 def recording_response(sessions: sessionmaker[Session], call_id: str) -> Response | None:

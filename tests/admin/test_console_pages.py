@@ -542,3 +542,19 @@ def test_the_login_page_says_the_password_was_changed(client_as: ClientAs) -> No
     login = client.get(done.headers["location"])
     assert login.status_code == 200
     assert "Password changed; sign in with the new one." in _text(login)
+
+
+def test_a_call_page_reloads_itself_until_the_call_is_settled(
+        client_as: ClientAs, console_db: sessionmaker[Session]) -> None:
+    calls = CallRepository(console_db)
+    live = calls.create_call(transport="sip", caller="+15550100")
+    client, _ = client_as("agent")
+    refresh = '<meta http-equiv="refresh"'
+    assert refresh in client.get(f"/calls/{live}").text  # a live call
+    calls.end_call(live, reason="caller_hangup")
+    page = client.get(f"/calls/{live}").text  # ended, analysis not there yet
+    assert refresh in page and "reloads until it arrives" in page
+    stored = calls.get_call(live)
+    assert stored is not None
+    AnalysisRepository(console_db).save(analyze(stored).as_row())
+    assert refresh not in client.get(f"/calls/{live}").text  # settled
