@@ -19,24 +19,19 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from admin.calls import call_detail, parse_filters, recording_response
 from admin.security import api_user, console_of, ensure_allowed
 from analytics.aggregates import compute_aggregates
 from switchboard.storage.accounts import AccountError, UserView
-from switchboard.storage.repository import CallSearch
+from switchboard.storage.models import as_utc
+from switchboard.storage.repository import CallRow, CallSearch
 
 MAX_AGGREGATE_RANGE = timedelta(days=366)
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 
 
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time the API gives is UTC and says so."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-Utc = Annotated[datetime, AfterValidator(_utc)]
 DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
 
 bearer = HTTPBearer(auto_error=False, description="An API token (sbt_…) made under Account "
@@ -61,20 +56,6 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-class UserOut(BaseModel):
-    id: int
-    username: str
-    role: str
-    active: bool
-    created_at: Utc
-    last_login_at: Utc | None
-
-    @classmethod
-    def of(cls, user: UserView) -> UserOut:
-        return cls(id=user.id, username=user.username, role=user.role, active=user.active,
-                   created_at=user.created_at, last_login_at=user.last_login_at)
-
-
 class NewUser(BaseModel):
     username: str = Field(max_length=64)
     password: str = Field(max_length=1024)
@@ -86,34 +67,19 @@ class UserChange(BaseModel):
     active: bool
 
 
-class CallSummary(BaseModel):
-    id: str
-    transport: str
-    caller: str | None
-    callee: str | None
-    status: str
-    started_at: Utc
-    ended_at: Utc | None
-    end_reason: str | None
-    outcome: str | None = Field(description="None until the analytics worker stored it")
-    sentiment_label: str | None
-    summary: str | None
-    turns: int
-
-
 class CallPage(BaseModel):
     total: int
     page: int
     per_page: int
-    calls: list[CallSummary]
+    calls: list[CallRow]
 
 
 class TurnOut(BaseModel):
     seq: int
     speaker: str
     text: str = Field(description="redacted: card numbers, e-mail addresses, phone numbers")
-    started_at: Utc | None
-    ended_at: Utc | None
+    started_at: datetime | None
+    ended_at: datetime | None
     offset_s: float | None
     intent: str | None
     confidence: float | None
@@ -122,7 +88,7 @@ class TurnOut(BaseModel):
 
 
 class EventOut(BaseModel):
-    at: Utc | None
+    at: datetime | None
     offset_s: float | None
     kind: str
     data: dict[str, Any]
@@ -130,7 +96,7 @@ class EventOut(BaseModel):
 
 class AnalysisOut(BaseModel):
     outcome: str
-    analyzed_at: Utc | None
+    analyzed_at: datetime | None
     duration_s: float | None
     caller_talk_s: float
     bot_talk_s: float
@@ -155,8 +121,8 @@ class CallDetail(BaseModel):
     caller: str | None
     callee: str | None
     status: str
-    started_at: Utc
-    ended_at: Utc | None
+    started_at: datetime
+    ended_at: datetime | None
     duration_s: float | None
     end_reason: str | None
     handoff_target: str | None
@@ -175,7 +141,7 @@ def _moment(text: str, name: str, *, end_of_day: bool = False) -> datetime | Non
             day = date.fromisoformat(text)
             return datetime.combine(day + timedelta(days=1 if end_of_day else 0), time(), UTC)
         moment = datetime.fromisoformat(text)
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return as_utc(moment)
     except (ValueError, OverflowError):
         raise ApiError(400, f"{name}: {text[:40]!r} is neither YYYY-MM-DD nor an ISO 8601 "
                             "time within the calendar") from None
@@ -184,32 +150,34 @@ def _moment(text: str, name: str, *, end_of_day: bool = False) -> datetime | Non
 router = APIRouter(prefix="/api", tags=["console"])
 
 
-@router.get("/me", response_model=UserOut, summary="Who this token or session is")
-def me(user: UserView = Depends(authenticated)) -> UserOut:
-    return UserOut.of(user)
+@router.get("/me", response_model=UserView, summary="Who this token or session is")
+def me(user: UserView = Depends(authenticated)) -> UserView:
+    return user
 
 
-@router.get("/calls", response_model=CallPage, summary="Calls, newest first, filtered")
+@router.get("/calls", response_model=CallPage, summary="Calls, newest first, filtered",
+            dependencies=[_allowed("calls")])
 def list_calls(request: Request, since: str = "", until: str = "", caller: str = "",
                intent: str = "", outcome: str = "", transport: str = "", q: str = "",
-               page: str = "1", per_page: str = "25",
-               user: UserView = _allowed("calls")) -> CallPage:
+               page: str = "1", per_page: str = "25") -> CallPage:
     """``since``/``until`` are days (YYYY-MM-DD, ``until`` inclusive, UTC); ``outcome`` is
     resolved, handed_off, abandoned, failed, in_progress, unknown or pending (not analysed
     yet); ``caller`` and ``q`` match anywhere in the number / id / summary."""
-    parsed = parse_filters(request.query_params)
+    parsed = parse_filters({
+        "since": since, "until": until, "caller": caller, "intent": intent,
+        "outcome": outcome, "transport": transport, "q": q, "page": page,
+        "per_page": per_page})
     if parsed.errors:
         raise ApiError(400, " ".join(parsed.errors))
     rows, total = CallSearch(console_of(request).sessions).search(
         parsed.filters, limit=parsed.per_page, offset=(parsed.page - 1) * parsed.per_page)
-    return CallPage(total=total, page=parsed.page, per_page=parsed.per_page,
-                    calls=[CallSummary.model_validate(row, from_attributes=True)
-                           for row in rows])
+    return CallPage(total=total, page=parsed.page, per_page=parsed.per_page, calls=rows)
 
 
 @router.get("/calls/{call_id}", response_model=CallDetail,
-            summary="A call: redacted transcript with latencies, events and its analysis")
-def get_call(call_id: str, request: Request, user: UserView = _allowed("calls")) -> Any:
+            summary="A call: redacted transcript with latencies, events and its analysis",
+            dependencies=[_allowed("calls")])
+def get_call(call_id: str, request: Request) -> Any:
     detail = call_detail(console_of(request).sessions, call_id)
     if detail is None:
         raise ApiError(404, f"no call with id {call_id[:64]!r}")
@@ -217,18 +185,18 @@ def get_call(call_id: str, request: Request, user: UserView = _allowed("calls"))
 
 
 @router.get("/calls/{call_id}/recording", summary="The call's recording (WAV)",
-            responses={200: {"content": {"audio/wav": {}}}}, response_class=Response)
-def get_recording(call_id: str, request: Request,
-                  user: UserView = _allowed("recordings")) -> Response:
+            responses={200: {"content": {"audio/wav": {}}}}, response_class=Response,
+            dependencies=[_allowed("recordings")])
+def get_recording(call_id: str, request: Request) -> Response:
     response = recording_response(console_of(request).sessions, call_id)
     if response is None:
         raise ApiError(404, "this call has no recording")
     return response
 
 
-@router.get("/aggregates", summary="Figures over calls started in a time range")
-def aggregates(request: Request, since: str = "", until: str = "",
-               user: UserView = _allowed("dashboard")) -> dict[str, Any]:
+@router.get("/aggregates", summary="Figures over calls started in a time range",
+            dependencies=[_allowed("dashboard")])
+def aggregates(request: Request, since: str = "", until: str = "") -> dict[str, Any]:
     """Default: the last 7 days. ``since``/``until``: YYYY-MM-DD (``until`` inclusive) or
     ISO 8601 times; at most 366 days."""
     end = _moment(until, "until", end_of_day=True) or datetime.now(UTC)
@@ -243,33 +211,34 @@ def aggregates(request: Request, since: str = "", until: str = "",
     return compute_aggregates(console_of(request).sessions, since=start, until=end).as_dict()
 
 
-@router.get("/users", response_model=list[UserOut], summary="Console users (admins)")
-def list_users(request: Request, user: UserView = _allowed("users")) -> list[UserOut]:
-    return [UserOut.of(u) for u in console_of(request).accounts.list_users()]
+@router.get("/users", response_model=list[UserView], summary="Console users (admins)",
+            dependencies=[_allowed("users")])
+def list_users(request: Request) -> list[UserView]:
+    return console_of(request).accounts.list_users()
 
 
-@router.post("/users", response_model=UserOut, status_code=201,
-             summary="Add a console user (admins)")
-def add_user(body: NewUser, request: Request, user: UserView = _allowed("users")) -> UserOut:
+@router.post("/users", response_model=UserView, status_code=201,
+             summary="Add a console user (admins)", dependencies=[_allowed("users")])
+def add_user(body: NewUser, request: Request) -> UserView:
     try:
         created = console_of(request).accounts.create_user(body.username, body.password,
                                                            body.role)
     except AccountError as exc:
         raise ApiError(400, str(exc)) from None
-    return UserOut.of(created)
+    return created
 
 
-@router.patch("/users/{user_id}", response_model=UserOut,
-              summary="Change a user's role or switch them off (admins)")
+@router.patch("/users/{user_id}", response_model=UserView,
+              summary="Change a user's role or switch them off (admins)",
+              dependencies=[_allowed("users")])
 def change_user(user_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], body: UserChange,
-                request: Request,
-                user: UserView = _allowed("users")) -> UserOut:
+                request: Request) -> UserView:
     try:
         changed = console_of(request).accounts.update_user(user_id, role=body.role,
                                                            active=body.active)
     except AccountError as exc:
         raise ApiError(400, str(exc)) from None
-    return UserOut.of(changed)
+    return changed
 
 
 def install(app: FastAPI) -> None:
@@ -283,7 +252,7 @@ def install(app: FastAPI) -> None:
     schema: dict[str, Any] = {}
 
     @app.get("/api/openapi.json", include_in_schema=False)
-    def openapi(user: UserView = Depends(authenticated)) -> dict[str, Any]:
+    def openapi(_: UserView = Depends(authenticated)) -> dict[str, Any]:
         if not schema:
             schema.update(get_openapi(
                 title="Switchboard API", version="1",
@@ -293,7 +262,7 @@ def install(app: FastAPI) -> None:
         return schema
 
     @app.get("/api/docs", include_in_schema=False)
-    def docs(user: UserView = Depends(authenticated)) -> HTMLResponse:
+    def docs(_: UserView = Depends(authenticated)) -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url="/api/openapi.json", title="Switchboard API",
             swagger_js_url="/api/docs/assets/swagger-ui-bundle.js",
@@ -301,7 +270,7 @@ def install(app: FastAPI) -> None:
             swagger_favicon_url="/api/docs/assets/favicon.png")
 
     @app.get("/api/docs/assets/{name}", include_in_schema=False)
-    def docs_asset(name: str, user: UserView = Depends(authenticated)) -> Response:
+    def docs_asset(name: str, _: UserView = Depends(authenticated)) -> Response:
         if name not in DOCS_ASSETS:
             raise ApiError(404, "no such file")
         path = resources.files("fastapi_offline") / "static" / name

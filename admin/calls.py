@@ -17,21 +17,33 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from admin.security import allowed, console_of, ensure_allowed, page_session
-from analytics.analysis import ABANDONED as ABANDONED_OUTCOME
-from analytics.analysis import FAILED, HANDED_OFF, IN_PROGRESS, RESOLVED, UNKNOWN, redact
+from analytics.analysis import (
+    ABANDONED,
+    FAILED,
+    HANDED_OFF,
+    IN_PROGRESS,
+    LATENCY_FIELDS,
+    RESOLVED,
+    UNKNOWN,
+    redact,
+)
 from switchboard.storage.accounts import SessionView
 from switchboard.storage.models import Call, CallAnalysis
-from switchboard.storage.repository import CallFilters, CallSearch
+from switchboard.storage.repository import (
+    AnalysisRepository,
+    CallFilters,
+    CallRepository,
+    CallSearch,
+)
 
 router = APIRouter()
 
 PAGE_SIZE = 25
 MAX_PAGE_SIZE = 200
-OUTCOMES = (RESOLVED, HANDED_OFF, ABANDONED_OUTCOME, FAILED, IN_PROGRESS, UNKNOWN, "pending")
+OUTCOMES = (RESOLVED, HANDED_OFF, ABANDONED, FAILED, IN_PROGRESS, UNKNOWN, "pending")
 TRANSPORTS = ("sip", "webrtc", "simulate")
 FILTER_KEYS = ("since", "until", "caller", "intent", "outcome", "transport", "q")
 MAX_TEXT = 100
@@ -112,15 +124,12 @@ def parse_filters(params: Mapping[str, str]) -> ParsedFilters:
     return ParsedFilters(filters, values, page, per_page, errors)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 def _offset_s(moment: datetime | None, start: datetime) -> float | None:
-    moment = _aware(moment)
     return None if moment is None else round((moment - start).total_seconds(), 2)
+
+
+def _is_call_id(text: str) -> bool:
+    return len(text) <= 32 and text.isalnum()
 
 
 def _redacted(value: Any) -> Any:
@@ -153,29 +162,24 @@ def recording_file(call: Call) -> Path | None:
 def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any] | None:
     """Everything the detail page and ``GET /api/calls/{id}`` show, redacted, JSON-ready
     apart from datetimes; None when there is no such call."""
-    if len(call_id) > 64 or not call_id.isalnum():
+    call = CallRepository(sessions).get_call(call_id) if _is_call_id(call_id) else None
+    if call is None:
         return None
-    with sessions() as session:
-        call = session.scalar(select(Call).where(Call.id == call_id).options(
-            selectinload(Call.turns), selectinload(Call.events)))
-        if call is None:
-            return None
-        analysis = session.scalar(select(CallAnalysis).where(CallAnalysis.call_id == call_id))
-    start = _aware(call.started_at) or datetime.now(UTC)
+    analysis = AnalysisRepository(sessions).get(call_id)
+    start = call.started_at
     turns = []
     for turn in call.turns:
         text, _ = redact(turn.text)
         turns.append({
             "seq": turn.seq, "speaker": turn.speaker, "text": text,
-            "started_at": _aware(turn.started_at), "ended_at": _aware(turn.ended_at),
+            "started_at": turn.started_at, "ended_at": turn.ended_at,
             "offset_s": _offset_s(turn.started_at, start), "intent": turn.intent,
             "confidence": turn.confidence, "barge_in": turn.barge_in,
-            "latency_ms": {name: getattr(turn, name) for name in (
-                "response_ms", "endpoint_ms", "stt_ms", "dialog_ms", "tts_ms")},
+            "latency_ms": {name: getattr(turn, name) for name in LATENCY_FIELDS},
         })
-    events = [{"at": _aware(e.at), "offset_s": _offset_s(e.at, start), "kind": e.kind,
+    events = [{"at": e.at, "offset_s": _offset_s(e.at, start), "kind": e.kind,
                "data": _event_data(e.kind, e.data or {})} for e in call.events]
-    ended = _aware(call.ended_at)
+    ended = call.ended_at
     if ended is not None:  # the timeline closes with the end the call record keeps
         events.append({"at": ended, "offset_s": _offset_s(ended, start), "kind": "ended",
                        "data": {"reason": call.end_reason}})
@@ -189,19 +193,12 @@ def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any]
         "turns": turns, "events": events, "analysis": None,
     }
     if analysis is not None:
-        result["analysis"] = {
-            "outcome": analysis.outcome, "analyzed_at": _aware(analysis.analyzed_at),
-            "duration_s": analysis.duration_s, "caller_talk_s": analysis.caller_talk_s,
-            "bot_talk_s": analysis.bot_talk_s, "silence_s": analysis.silence_s,
-            "turns": analysis.turns, "caller_turns": analysis.caller_turns,
-            "bot_turns": analysis.bot_turns, "barge_ins": analysis.barge_ins,
-            "fallbacks": analysis.fallbacks, "intents": analysis.intents,
-            "sentiment": analysis.sentiment, "sentiment_label": analysis.sentiment_label,
-            "summary": analysis.summary, "latency": analysis.latency,
-            "redactions": analysis.redactions,
-            "sentiment_by_turn": {entry["seq"]: entry["sentiment"]
-                                  for entry in analysis.transcript if "sentiment" in entry},
-        }
+        shown = {column.key: getattr(analysis, column.key)
+                 for column in CallAnalysis.__table__.columns
+                 if column.key not in ("id", "call_id", "runs", "transcript")}
+        shown["sentiment_by_turn"] = {entry["seq"]: entry["sentiment"]
+                                      for entry in analysis.transcript if "sentiment" in entry}
+        result["analysis"] = shown
     return result
 
 
@@ -266,7 +263,7 @@ def _watch_s(detail: dict[str, Any]) -> int:
 
 def recording_response(sessions: sessionmaker[Session], call_id: str) -> Response | None:
     """The call's recording as a WAV file (range requests work), or None if there is none."""
-    if len(call_id) > 64 or not call_id.isalnum():
+    if not _is_call_id(call_id):
         return None
     with sessions() as session:
         call = session.get(Call, call_id)

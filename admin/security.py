@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
@@ -83,12 +82,7 @@ class Console:
     @classmethod
     def create(cls, settings: Settings, sessions: sessionmaker[Session],
                templates: Jinja2Templates) -> Console:
-        accounts = AccountRepository(
-            sessions,
-            session_lifetime=timedelta(hours=settings.console_session_hours),
-            max_failures=settings.console_login_max_failures,
-            failure_window=timedelta(minutes=settings.console_login_window_minutes),
-        )
+        accounts = AccountRepository.from_settings(settings, sessions)
         return cls(settings, sessions, accounts, templates)
 
     def render(self, request: Request, template: str, context: dict[str, Any],

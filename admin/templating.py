@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fastapi.templating import Jinja2Templates
+
+from switchboard.storage.models import as_utc
 
 
 def when(moment: datetime | None) -> str:
     """UTC, to the second: ``2026-11-21 13:42:07``."""
-    if moment is None:
-        return "–"
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return "–" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def clock(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+    return "" if moment is None else as_utc(moment).strftime("%H:%M:%S.%f")[:-3]
 
 
 def seconds(value: float | None) -> str:

@@ -34,10 +34,6 @@ def _users_page(request: Request, *, messages: list[dict[str, str]] | None = Non
     }, status_code=status_code)
 
 
-def _done(request: Request, path: str, message: str) -> Response:
-    return redirect_with_flash(request, path, message)
-
-
 def _with_flash(request: Request, response: Response) -> Response:
     console_of(request).clear_cookie(response, FLASH_COOKIE)
     return response
@@ -68,7 +64,7 @@ def create_user(request: Request, username: str = Form(""), password: str = Form
     except AccountError as exc:
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            form={"username": username, "role": role}, status_code=400)
-    return _done(request, "/users", f"Created {user.username} ({user.role}).")
+    return redirect_with_flash(request, "/users", f"Created {user.username} ({user.role}).")
 
 
 @router.post("/users/{user_id}", include_in_schema=False)
@@ -87,7 +83,7 @@ def update_user(user_id: str, request: Request, role: str = Form(""),
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            status_code=400)
     state = "active" if user.active else "switched off"
-    return _done(request, "/users", f"{user.username} is now {user.role}, {state}.")
+    return redirect_with_flash(request, "/users", f"{user.username} is now {user.role}, {state}.")
 
 
 @router.post("/users/{user_id}/password", include_in_schema=False)
@@ -106,7 +102,8 @@ def reset_password(user_id: str, request: Request, password: str = Form(""),
     except AccountError as exc:
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            status_code=400)
-    return _done(request, "/users", f"New password set for {user.username}; their sessions ended.")
+    return redirect_with_flash(request, "/users", f"New password set for {user.username}; "
+                               "their sessions ended. Their API tokens were revoked.")
 
 
 @router.post("/users/tokens/{token_id}/revoke", include_in_schema=False)
@@ -122,7 +119,7 @@ def admin_revoke_token(token_id: str, request: Request, csrf_token: str = Form("
     except AccountError as exc:
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            status_code=400)
-    return _done(request, "/users", "Token revoked.")
+    return redirect_with_flash(request, "/users", "Token revoked.")
 
 
 # --- the signed-in user's own account ---------------------------------------------------
@@ -167,7 +164,7 @@ def change_password(request: Request, current: str = Form(""), password: str = F
     if error:
         return _account_page(request, view, messages=[{"kind": "error", "text": error}],
                              status_code=400)
-    return _done(request, "/login", "Password changed; sign in with the new one.")
+    return redirect_with_flash(request, "/login", "Password changed; sign in with the new one.")
 
 
 @router.post("/account/tokens", include_in_schema=False)
@@ -196,4 +193,4 @@ def revoke_token(token_id: str, request: Request, csrf_token: str = Form(""),
     except AccountError as exc:
         return _account_page(request, view, messages=[{"kind": "error", "text": str(exc)}],
                              status_code=400)
-    return _done(request, "/account", "Token revoked.")
+    return redirect_with_flash(request, "/account", "Token revoked.")

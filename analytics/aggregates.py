@@ -13,14 +13,14 @@ Rates are shares of the *analysed* calls in the range:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.analysis import ABANDONED, FAILED, HANDED_OFF, RESOLVED, percentile
-from switchboard.storage.models import Call, CallAnalysis, Turn
+from switchboard.storage.models import Call, CallAnalysis, Turn, as_utc
 
 TOP_INTENTS = 10
 BUCKET_FORMATS = {  # (SQLite strftime, PostgreSQL to_char); both give the same text
@@ -57,10 +57,6 @@ class Aggregates:
         return data
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _bucket(dialect: str, column: Any, size: str) -> ColumnElement[str]:
     sqlite_format, pg_format = BUCKET_FORMATS[size]
     if dialect == "postgresql":
@@ -91,7 +87,7 @@ def _percentiles(session: Session, dialect: str, query: Select[Any]) -> tuple[
 def compute_aggregates(sessions: sessionmaker[Session], *, since: datetime,
                        until: datetime) -> Aggregates:
     """The figures of the calls started in ``[since, until)`` (times are taken as UTC)."""
-    since, until = _utc(since), _utc(until)
+    since, until = as_utc(since), as_utc(until)
     in_range = (Call.started_at >= since, Call.started_at < until)
     with sessions() as session:
         dialect = session.get_bind().dialect.name

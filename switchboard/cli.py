@@ -330,29 +330,29 @@ def bench_sip(
         json_path.write_text(json.dumps(summary, indent=2))
 
 
+def _database(settings: Settings, *, demo_data: bool = False) -> Any:
+    """The migrated database's session factory, or a clear error and exit 1."""
+    from switchboard.storage.database import DatabaseError, prepare_database
+
+    try:
+        return prepare_database(settings.effective_database_url, demo_data=demo_data)
+    except DatabaseError as exc:
+        raise _fail(str(exc)) from None
+
+
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the database migrations (and seed the demo orders if enabled)."""
-    from switchboard.storage.database import DatabaseError, prepare_database
-
     settings = get_settings()
-    try:
-        prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
-    except DatabaseError as exc:
-        raise _fail(str(exc)) from None
+    _database(settings, demo_data=settings.demo_data)
     typer.echo("database is up to date")
 
 
 @analytics_app.command("worker")
 def analytics_worker() -> None:
     """Run the Celery worker that analyses ended calls (migrates the database first)."""
-    from switchboard.storage.database import DatabaseError, prepare_database
-
     settings = get_settings()
-    try:
-        prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
-    except DatabaseError as exc:
-        raise _fail(str(exc)) from None
+    _database(settings, demo_data=settings.demo_data)
     from analytics.celery_app import app as celery_app
 
     celery_app.worker_main([
@@ -373,32 +373,19 @@ def analytics_aggregates(
     from datetime import timedelta
 
     from analytics.aggregates import compute_aggregates
-    from switchboard.storage.database import DatabaseError, prepare_database
     from switchboard.storage.models import utcnow
 
-    settings = get_settings()
-    try:
-        sessions = prepare_database(settings.effective_database_url, demo_data=False)
-    except DatabaseError as exc:
-        raise _fail(str(exc)) from None
+    sessions = _database(get_settings())
     until = utcnow()
     figures = compute_aggregates(sessions, since=until - timedelta(days=days), until=until)
     typer.echo(json.dumps(figures.as_dict(), indent=2))
 
 
 def _accounts() -> Any:
-    from datetime import timedelta
-
     from switchboard.storage.accounts import AccountRepository
-    from switchboard.storage.database import DatabaseError, prepare_database
 
     settings = get_settings()
-    try:
-        sessions = prepare_database(settings.effective_database_url, demo_data=False)
-    except DatabaseError as exc:
-        raise _fail(str(exc)) from None
-    return AccountRepository(sessions,
-                             session_lifetime=timedelta(hours=settings.console_session_hours))
+    return AccountRepository.from_settings(settings, _database(settings))
 
 
 def _read_password(from_stdin: bool) -> str:

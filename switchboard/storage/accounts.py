@@ -9,7 +9,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -17,6 +17,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from switchboard.settings import Settings
 from switchboard.storage.models import ApiToken, ConsoleSession, LoginFailure, User, utcnow
 
 ROLES = ("admin", "supervisor", "agent")
@@ -40,11 +41,6 @@ class AccountError(ValueError):
 
 def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes for timezone columns; they are UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def clean_username(username: str) -> str:
@@ -101,8 +97,8 @@ class UserView:
 
     @classmethod
     def of(cls, user: User) -> UserView:
-        return cls(user.id, user.username, user.role, user.active, _aware(user.created_at),
-                   _aware(user.last_login_at) if user.last_login_at else None)
+        return cls(user.id, user.username, user.role, user.active, user.created_at,
+                   user.last_login_at)
 
 
 @dataclass(frozen=True)
@@ -136,6 +132,16 @@ class TokenView:
 
 class AccountRepository:
     """Users, sessions, API tokens and failed logins; each method is one short transaction."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, sessions: sessionmaker[Session]
+                      ) -> AccountRepository:
+        return cls(
+            sessions,
+            session_lifetime=timedelta(hours=settings.console_session_hours),
+            max_failures=settings.console_login_max_failures,
+            failure_window=timedelta(minutes=settings.console_login_window_minutes),
+        )
 
     def __init__(self, sessions: sessionmaker[Session], *, session_lifetime: timedelta,
                  max_failures: int = 5, failure_window: timedelta = timedelta(minutes=15)
@@ -237,7 +243,7 @@ class AccountRepository:
                 select(LoginFailure.at).where(condition, LoginFailure.at >= since)
                 .order_by(LoginFailure.at.desc()).limit(limit + 1)))
             if len(times) > limit:
-                oldest = _aware(times[-1])
+                oldest = times[-1]
                 return max(1.0, (oldest + self.failure_window - now).total_seconds())
         return 0.0
 
@@ -306,17 +312,17 @@ class AccountRepository:
             if row is None:
                 return None
             now = utcnow()
-            if _aware(row.expires_at) <= now:
+            if row.expires_at <= now:
                 session.delete(row)
                 session.commit()
                 return None
             user = session.get(User, row.user_id)
             if user is None or not user.active:
                 return None
-            if (now - _aware(row.last_seen_at)) > timedelta(minutes=1):
+            if (now - row.last_seen_at) > timedelta(minutes=1):
                 row.last_seen_at = now
                 session.commit()
-            return SessionView(UserView.of(user), row.csrf_token, _aware(row.expires_at))
+            return SessionView(UserView.of(user), row.csrf_token, row.expires_at)
 
     def end_session(self, token: str) -> None:
         with self._sessions() as session:
@@ -377,7 +383,7 @@ class AccountRepository:
             if user is None or not user.active:
                 return None
             now = utcnow()
-            if row.last_used_at is None or (now - _aware(row.last_used_at)) > timedelta(
+            if row.last_used_at is None or (now - row.last_used_at) > timedelta(
                     minutes=1):
                 row.last_used_at = now
                 session.commit()
