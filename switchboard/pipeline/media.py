@@ -9,6 +9,10 @@ import numpy as np
 
 from speech.audio import FRAME_MS, frame_samples
 
+CATCH_UP_FRAMES = 2
+"""A sink holding more bot frames than this (its event loop stalled) does not queue silent
+frames: the backlog drains in the next pause instead of delaying the rest of the call."""
+
 
 class AudioSource(Protocol):
     """The caller's audio. ``read`` returns one 20 ms int16 frame, or None when the caller

@@ -17,6 +17,7 @@ import numpy as np
 import pjsua2 as pj
 
 from speech.audio import FRAME_MS, frame_samples
+from switchboard.pipeline.media import CATCH_UP_FRAMES
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ class SipAudioSource:
         self._loop = loop
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._closed = False
-        self.frames = 0
         self.end_reason: str | None = None
         self.tap: Callable[[np.ndarray], None] | None = None
 
@@ -56,7 +56,6 @@ class SipAudioSource:
         if data is None:
             self._queue.put_nowait(None)
             return None
-        self.frames += 1
         frame = np.frombuffer(data, dtype=np.int16).copy()
         if self.tap is not None:
             self.tap(frame)
@@ -74,6 +73,8 @@ class SipAudioSink:
     async def write(self, frame: np.ndarray) -> None:
         if self.tap is not None:
             self.tap(frame)
+        if len(self._frames) > CATCH_UP_FRAMES and not frame.any():
+            return  # behind the clock after a stall: skip silence to catch up
         self._frames.append(frame.astype(np.int16, copy=False).tobytes())
         while len(self._frames) > MAX_PLAYOUT_BACKLOG:
             self._frames.popleft()

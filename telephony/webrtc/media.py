@@ -19,6 +19,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from av import AudioFrame
 
 from speech.audio import FRAME_MS, StreamResampler, frame_samples
+from switchboard.pipeline.media import CATCH_UP_FRAMES
 
 CALL_RATE = 16000
 """Sample rate of a browser call inside the pipeline (wideband)."""
@@ -134,6 +135,8 @@ class PacedOutboundTrack(AudioStreamTrack):
         self._clock = FrameClock()
 
     async def write(self, frame: np.ndarray) -> None:
+        if len(self._queue) > CATCH_UP_FRAMES and not frame.any():
+            return  # behind the clock after a stall: skip silence to catch up
         self._queue.append(frame)
 
     def clear(self) -> None:
