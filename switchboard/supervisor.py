@@ -27,6 +27,7 @@ from switchboard.storage.accounts import has_users
 from switchboard.storage.database import DatabaseError, prepare_database
 from switchboard.storage.repository import CallRepository
 from telephony.kamailio import KamailioError, KamailioProxy, worker_ports
+from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip_ping import options_ping
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ POLL_S = 1.0
 RESTART_WINDOW_S = 300.0
 MAX_RESTARTS = 5
 START_TIMEOUT_S = 180.0
-WORKER_RTP_STRIDE = 100
 
 
 class SupervisorError(RuntimeError):
@@ -153,7 +153,7 @@ def sip_worker(
         "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
         "SWITCHBOARD_WORKER_NAME": name,
         "SWITCHBOARD_SIP_PORT": str(port),
-        "SWITCHBOARD_SIP_RTP_PORT": str(settings.sip_rtp_port + index * WORKER_RTP_STRIDE),
+        "SWITCHBOARD_SIP_RTP_PORT": str(settings.sip_rtp_port + index * RTP_PORTS_PER_WORKER),
         "SWITCHBOARD_SIP_WORKERS": "1",
     }
     if behind_proxy:  # Kamailio filters callers; workers only ever see the proxy
@@ -260,7 +260,10 @@ class Supervisor:
         try:
             self._start(child.component)
         except SupervisorError as exc:
+            # Left stopped, it would never be polled as dead again: a failed restart
+            # counts as another death (until MAX_RESTARTS gives up with an error).
             log.error("restart of %s failed: %s", name, exc)
+            self._restart(child, code)
 
     def _summary(self) -> str:
         s = self.settings
