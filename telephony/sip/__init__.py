@@ -5,3 +5,6 @@ node. ``endpoint.py`` owns the thread that drives PJSIP, ``call.py`` the PJSUA2 
 account objects, ``media_port.py`` the bridge between PJSIP's media clock and asyncio,
 ``worker.py`` the calls' lifecycle on the asyncio side.
 """
+
+RTP_PORTS_PER_WORKER = 100
+"""RTP ports one worker uses from its SWITCHBOARD_SIP_RTP_PORT; workers are this far apart."""

@@ -21,6 +21,7 @@ import numpy as np
 from speech.audio import FRAME_MS
 from switchboard.processes import free_port
 from switchboard.settings import Settings
+from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip.call import CallLeg
 from telephony.sip.endpoint import SipEndpoint
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
@@ -39,7 +40,6 @@ GAP_MS = 700
 """Silence after the bot spoke before the caller says its next line."""
 SETUP_TIMEOUT_S = 15.0
 REPLY_TIMEOUT_S = 20.0
-RTP_STRIDE = 100
 
 
 @dataclass
@@ -229,7 +229,7 @@ def run_sip_bench(uri: str, calls: int, concurrency: int, lines: list[np.ndarray
     processes = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
     shares = [calls // processes + (1 if i < calls % processes else 0) for i in range(processes)]
     jobs = [(i, uri, share, min(CALLS_PER_PROCESS, math.ceil(concurrency / processes)),
-             lines, rtp_base + i * RTP_STRIDE) for i, share in enumerate(shares) if share]
+             lines, rtp_base + i * RTP_PORTS_PER_WORKER) for i, share in enumerate(shares) if share]
     cpu_before = node_cpu() if node_cpu else None
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pjsua2 as pj
 
 from switchboard.settings import Settings
+from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip.call import (
     CallEvents,
     CallLeg,
@@ -35,7 +36,6 @@ RTP_CHECK_S = 1.0
 """How often the RTP inactivity watchdog looks at the calls' packet counters."""
 SHUTDOWN_HANGUP_S = 3.0
 """How long shutdown waits for hung-up calls to be disconnected."""
-RTP_PORT_RANGE = 100
 """RTP (and RTCP) ports one worker may use, from ``sip_rtp_port`` on."""
 CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
 """Codec names of ``sip_codecs`` and the PJSIP codec id prefixes they select."""
@@ -231,7 +231,7 @@ class SipEndpoint:
                 "digest", settings.sip_realm, settings.sip_username, 0, settings.sip_password))
         tcfg = acfg.mediaConfig.transportConfig
         tcfg.port = settings.sip_rtp_port
-        tcfg.portRange = RTP_PORT_RANGE
+        tcfg.portRange = RTP_PORTS_PER_WORKER
         tcfg.boundAddress = settings.sip_host
         return acfg
 

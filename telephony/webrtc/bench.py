@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +28,7 @@ from av import AudioFrame
 
 from speech.audio import FRAME_MS, frame_samples
 from speech.tts import PiperTTS
+from switchboard.processes import process_tree_cpu_s
 from switchboard.settings import PROJECT_ROOT, Settings
 from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
 from telephony.webrtc.media import CALL_RATE, FrameClock, to_mono_int16
@@ -210,14 +210,6 @@ def caller_lines(settings: Settings) -> list[np.ndarray]:
         tts.close()
 
 
-def _process_cpu_s(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _health(base_url: str) -> dict[str, Any] | None:
     try:
         response = httpx.get(f"{base_url}/healthz", timeout=2, trust_env=False, verify=False)
@@ -268,7 +260,7 @@ async def bench_webrtc(settings: Settings, calls: int) -> BenchReport:
     """Place ``calls`` concurrent calls, one client process each."""
     lines = await asyncio.to_thread(caller_lines, settings)
     async with web_app(settings) as (base_url, settings, server_pid):
-        server_cpu = _process_cpu_s(server_pid)
+        server_cpu = process_tree_cpu_s(server_pid)
         started = time.perf_counter()
         context = multiprocessing.get_context("spawn")
         with context.Pool(calls) as pool:
@@ -276,8 +268,7 @@ async def bench_webrtc(settings: Settings, calls: int) -> BenchReport:
                 pool.starmap, _client_process, [(base_url, settings, lines)] * calls
             )
         wall_s = time.perf_counter() - started
-        server_after = _process_cpu_s(server_pid)
-    used = None if server_cpu is None or server_after is None else server_after - server_cpu
+        used = process_tree_cpu_s(server_pid) - server_cpu
     return BenchReport(results, used, wall_s)
 
 
