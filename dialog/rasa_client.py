@@ -94,7 +94,8 @@ class RasaClient:
         self, conversation_id: str, text: str, metadata: dict[str, Any] | None = None
     ) -> DialogReply:
         """Send what the caller said (normalised: spoken digits become digits)."""
-        return await self._post(conversation_id, normalize_caller_text(text), metadata)
+        return await self._post(conversation_id, normalize_caller_text(text), metadata,
+                                with_intent=True)
 
     async def send_event(
         self,
@@ -107,7 +108,8 @@ class RasaClient:
         message = f"/{intent}"
         if entities:
             message += json.dumps(entities, separators=(",", ":"))
-        return await self._post(conversation_id, message, metadata)
+        # the intent is the one sent: no tracker round trip before the reply is spoken
+        return await self._post(conversation_id, message, metadata, with_intent=False)
 
     async def send_keypad(
         self, conversation_id: str, digits: str, metadata: dict[str, Any] | None = None
@@ -125,7 +127,8 @@ class RasaClient:
         await self._http.aclose()
 
     async def _post(
-        self, conversation_id: str, message: str, metadata: dict[str, Any] | None
+        self, conversation_id: str, message: str, metadata: dict[str, Any] | None, *,
+        with_intent: bool,
     ) -> DialogReply:
         payload = {"sender": conversation_id, "message": message, "metadata": metadata or {}}
         started = time.perf_counter()
@@ -147,7 +150,8 @@ class RasaClient:
             for item in body
             if isinstance(item, dict)
         ]
-        intent, confidence = await self._latest_intent(conversation_id)
+        intent, confidence = (await self._latest_intent(conversation_id) if with_intent
+                              else (None, None))
         return DialogReply(messages=messages, elapsed_ms=elapsed_ms, sent_text=message,
                            intent=intent, confidence=confidence)
 
