@@ -163,11 +163,15 @@ class RasaClient:
         try:
             response = await self._http.get(
                 f"/conversations/{conversation_id}/tracker",
-                params={"include_events": "NONE", "token": self._api_token},
+                params={"include_events": "AFTER_RESTART", "token": self._api_token},
                 timeout=INTENT_TIMEOUT_S,
             )
             response.raise_for_status()
-            intent = response.json().get("latest_message", {}).get("intent", {})
+            # The last user event, not ``latest_message``: while a form fills a slot Rasa
+            # leaves ``latest_message`` on the message that started the form.
+            users = [e for e in response.json().get("events") or []
+                     if isinstance(e, dict) and e.get("event") == "user"]
+            intent = (users[-1].get("parse_data") or {}).get("intent", {}) if users else {}
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             log.warning("conversation %s: no intent from Rasa's tracker: %r", conversation_id, exc)
             return None, None
