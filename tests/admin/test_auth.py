@@ -30,7 +30,15 @@ from switchboard.settings import Settings
 from switchboard.storage.accounts import IP_FAILURE_FACTOR, AccountRepository, UserView
 from switchboard.storage.models import ApiToken, ConsoleSession, LoginFailure, User
 from switchboard.storage.repository import CallRepository
-from tests.admin.conftest import BASE_URL, PASSWORD, csrf_of, sign_in
+from tests.admin.conftest import (
+    BASE_URL,
+    PASSWORD,
+    csrf_of,
+    login,
+    page_text,
+    sign_in,
+    signed_in,
+)
 from tests.analytics.calls import order_call, store_call
 from tests.fakes import FakeDialog, FakeSTT, FakeTTS
 
@@ -43,30 +51,12 @@ WRONG = "not the password"
 DAY1 = datetime(2026, 3, 2, 9, tzinfo=UTC)
 
 
-def _text(response: Response) -> str:
-    return unescape(response.text)
-
-
-def _login(client: TestClient, username: str, password: str = PASSWORD, *,
-           next_path: str = "/") -> Response:
-    page = client.get("/login")
-    return client.post("/login", data={"username": username, "password": password,
-                                       "csrf_token": csrf_of(page.text), "next": next_path},
-                       follow_redirects=False)
-
-
 def _session_cookie_header(response: Response) -> list[str]:
     """The attributes of the response's session cookie, lower case, value first."""
     headers = [h for h in response.headers.get_list("set-cookie")
                if h.startswith(f"{SESSION_COOKIE}=")]
     assert len(headers) == 1, response.headers.get_list("set-cookie")
     return [part.strip().lower() for part in headers[0].split(";")]
-
-
-def _signed_in(client: TestClient) -> bool:
-    response = client.get("/account", follow_redirects=False)
-    assert response.status_code in (200, 303), response.text
-    return response.status_code == 200
 
 
 @pytest.fixture
@@ -80,7 +70,7 @@ def client(console_app: FastAPI) -> Iterator[TestClient]:
 def test_sign_in_sets_an_http_only_secure_lax_session_cookie(
         client: TestClient, accounts: AccountRepository) -> None:
     accounts.create_user("alice", PASSWORD, "agent")
-    response = _login(client, "alice", next_path="/account")
+    response = login(client, "alice", next_path="/account")
 
     assert response.status_code == 303 and response.headers["location"] == "/account"
     attributes = _session_cookie_header(response)
@@ -102,12 +92,12 @@ def test_without_secure_cookies_the_cookie_is_not_secure_and_works_over_http(
     with TestClient(app, base_url="http://console.example") as plain:
         page = plain.get("/login")
         assert "SECURE_COOKIES" not in page.text  # no warning: the cookie will stick
-        response = _login(plain, "alice")
+        response = login(plain, "alice")
         assert response.status_code == 303
         attributes = _session_cookie_header(response)
         assert "secure" not in attributes
         assert "httponly" in attributes and "samesite=lax" in attributes
-        assert _signed_in(plain)
+        assert signed_in(plain)
 
 
 def test_a_secure_cookie_over_plain_http_is_explained_on_the_login_page(
@@ -120,22 +110,22 @@ def test_a_secure_cookie_over_plain_http_is_explained_on_the_login_page(
 
 def test_a_wrong_password_is_refused(client: TestClient, accounts: AccountRepository) -> None:
     accounts.create_user("alice", PASSWORD, "agent")
-    response = _login(client, "alice", WRONG)
+    response = login(client, "alice", WRONG)
 
     assert response.status_code == 401
-    assert "Wrong user name or password" in _text(response)
+    assert "Wrong user name or password" in page_text(response)
     assert not [h for h in response.headers.get_list("set-cookie")
                 if h.startswith(f"{SESSION_COOKIE}=")]
     assert 'value="alice"' in response.text  # the name stays in the form
     assert WRONG not in response.text
-    assert not _signed_in(client)
+    assert not signed_in(client)
 
 
 def test_an_unknown_user_gets_the_same_answer(client: TestClient) -> None:
-    response = _login(client, "nobody", PASSWORD)
+    response = login(client, "nobody", PASSWORD)
     assert response.status_code == 401
-    assert "Wrong user name or password" in _text(response)
-    assert not _signed_in(client)
+    assert "Wrong user name or password" in page_text(response)
+    assert not signed_in(client)
 
 
 def test_an_empty_form_is_refused_with_a_message(client: TestClient) -> None:
@@ -143,17 +133,17 @@ def test_an_empty_form_is_refused_with_a_message(client: TestClient) -> None:
     response = client.post("/login", data={"csrf_token": csrf_of(page.text)},
                            follow_redirects=False)
     assert response.status_code == 400
-    assert "Enter your user name and password" in _text(response)
+    assert "Enter your user name and password" in page_text(response)
 
 
 def test_a_switched_off_user_cannot_sign_in(client: TestClient,
                                             accounts: AccountRepository) -> None:
     user = accounts.create_user("alice", PASSWORD, "agent")
     accounts.update_user(user.id, role="agent", active=False)
-    response = _login(client, "alice")
+    response = login(client, "alice")
     assert response.status_code == 401
-    assert "Wrong user name or password" in _text(response)
-    assert not _signed_in(client)
+    assert "Wrong user name or password" in page_text(response)
+    assert not signed_in(client)
 
 
 # --- the failed-login limit -------------------------------------------------------------
@@ -163,19 +153,19 @@ def test_three_failures_lock_the_name_even_for_the_right_password(
     accounts.create_user("alice", PASSWORD, "agent")
     accounts.create_user("bob", PASSWORD, "agent")
     for _ in range(3):  # console_login_max_failures=3
-        assert _login(client, "alice", WRONG).status_code == 401
+        assert login(client, "alice", WRONG).status_code == 401
 
-    refused = _login(client, "alice")
+    refused = login(client, "alice")
     assert refused.status_code == 429
-    assert "Too many failed sign-ins" in _text(refused)
-    assert "about 15 minutes" in _text(refused)  # the default 15-minute window
-    assert not _signed_in(client)
+    assert "Too many failed sign-ins" in page_text(refused)
+    assert "about 15 minutes" in page_text(refused)  # the default 15-minute window
+    assert not signed_in(client)
     # the name is locked however it is typed
-    assert _login(client, " ALICE ").status_code == 429
+    assert login(client, " ALICE ").status_code == 429
     # another user, from the same address, is not affected
     with TestClient(console_app, base_url=BASE_URL) as other:
-        assert _login(other, "bob").status_code == 303
-        assert _signed_in(other)
+        assert login(other, "bob").status_code == 303
+        assert signed_in(other)
 
 
 def test_the_lock_ends_when_the_failures_leave_the_window(
@@ -183,25 +173,25 @@ def test_the_lock_ends_when_the_failures_leave_the_window(
         console_db: sessionmaker[Session]) -> None:
     accounts.create_user("alice", PASSWORD, "agent")
     for _ in range(3):
-        _login(client, "alice", WRONG)
-    assert _login(client, "alice").status_code == 429
+        login(client, "alice", WRONG)
+    assert login(client, "alice").status_code == 429
     with console_db() as session:
         session.execute(update(LoginFailure).values(
             at=datetime.now(UTC) - timedelta(minutes=16)))
         session.commit()
-    assert _login(client, "alice").status_code == 303
+    assert login(client, "alice").status_code == 303
 
 
 def test_a_successful_sign_in_before_the_limit_resets_the_count(
         console_app: FastAPI, client: TestClient, accounts: AccountRepository) -> None:
     accounts.create_user("alice", PASSWORD, "agent")
     for _ in range(2):
-        assert _login(client, "alice", WRONG).status_code == 401
+        assert login(client, "alice", WRONG).status_code == 401
     with TestClient(console_app, base_url=BASE_URL) as other:
-        assert _login(other, "alice").status_code == 303
+        assert login(other, "alice").status_code == 303
     for _ in range(2):  # four failures in the window, but only two since the success
-        assert _login(client, "alice", WRONG).status_code == 401
-    assert _login(client, "alice").status_code == 303
+        assert login(client, "alice", WRONG).status_code == 401
+    assert login(client, "alice").status_code == 303
 
 
 def test_one_address_may_not_walk_through_many_names(
@@ -211,10 +201,10 @@ def test_one_address_may_not_walk_through_many_names(
     with TestClient(console_app, base_url=BASE_URL, client=("203.0.113.7", 50000)) as attacker:
         for n in range(IP_FAILURE_FACTOR):  # 3 failures for each of 4 names: 12 in all
             for _ in range(3):
-                assert _login(attacker, f"name{n}", WRONG).status_code == 401
-        assert _login(attacker, "bob").status_code == 429
+                assert login(attacker, f"name{n}", WRONG).status_code == 401
+        assert login(attacker, "bob").status_code == 429
     with TestClient(console_app, base_url=BASE_URL, client=("198.51.100.2", 50000)) as office:
-        assert _login(office, "bob").status_code == 303
+        assert login(office, "bob").status_code == 303
 
 
 # --- CSRF on the sign-in form -----------------------------------------------------------
@@ -230,10 +220,10 @@ def test_the_login_form_needs_its_csrf_token(client: TestClient, accounts: Accou
     response = client.post("/login", data=data, follow_redirects=False)
 
     assert response.status_code == 400
-    assert "The sign-in form expired" in _text(response)
+    assert "The sign-in form expired" in page_text(response)
     assert not [h for h in response.headers.get_list("set-cookie")
                 if h.startswith(f"{SESSION_COOKIE}=")]
-    assert not _signed_in(client)
+    assert not signed_in(client)
 
 
 def test_a_login_token_without_its_cookie_is_refused(
@@ -245,7 +235,7 @@ def test_a_login_token_without_its_cookie_is_refused(
         response = forger.post("/login", data={"username": "alice", "password": PASSWORD,
                                                "csrf_token": token}, follow_redirects=False)
         assert response.status_code == 400
-        assert not _signed_in(forger)
+        assert not signed_in(forger)
 
 
 # --- signing out ------------------------------------------------------------------------
@@ -259,10 +249,10 @@ def test_logout_needs_post_with_the_csrf_token(console_app: FastAPI,
     for data in ({}, {"csrf_token": "forged"}):
         refused = client.post("/logout", data=data, follow_redirects=False)
         assert refused.status_code == 403
-        assert "CSRF check failed" in _text(refused)
-        assert _signed_in(client)
+        assert "CSRF check failed" in page_text(refused)
+        assert signed_in(client)
     assert client.get("/logout", follow_redirects=False).status_code == 405
-    assert _signed_in(client)
+    assert signed_in(client)
 
     csrf = csrf_of(client.get("/account").text)
     response = client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False)
@@ -270,7 +260,7 @@ def test_logout_needs_post_with_the_csrf_token(console_app: FastAPI,
     cleared = _session_cookie_header(response)
     assert cleared[0] in (f"{SESSION_COOKIE}=", f'{SESSION_COOKIE}=""')
     assert "max-age=0" in cleared
-    assert not _signed_in(client)
+    assert not signed_in(client)
 
     # the old cookie value is dead on the server, not only forgotten by the browser
     with TestClient(console_app, base_url=BASE_URL,
@@ -317,7 +307,7 @@ def test_next_only_goes_to_paths_of_this_site(client: TestClient,
                                               accounts: AccountRepository,
                                               target: str) -> None:
     accounts.create_user("alice", PASSWORD, "agent")
-    response = _login(client, "alice", next_path=target)
+    response = login(client, "alice", next_path=target)
     assert response.status_code == 303
     assert _stays_on_site(response.headers["location"]), response.headers["location"]
     if target.startswith(("https:", "//", "http:", "javascript:")):
@@ -434,7 +424,7 @@ def test_only_admins_manage_users(client_as: ClientAs, accounts: AccountReposito
     token, token_view = accounts.create_token(user.id, "mine")
 
     page = client.get("/users")
-    assert page.status_code == 403 and "cannot open user management" in _text(page)
+    assert page.status_code == 403 and "cannot open user management" in page_text(page)
     csrf = csrf_of(client.get("/account").text)
     forms: list[tuple[str, dict[str, str]]] = [
         ("/users", {"username": "mallory", "password": PASSWORD, "role": "admin"}),
@@ -480,7 +470,7 @@ def test_agents_do_not_get_recordings(client_as: ClientAs, accounts: AccountRepo
     assert page.status_code == 200
     assert "recording-restricted" in page.text and "<audio" not in page.text
     refused = client.get(f"/calls/{call_id}/recording")
-    assert refused.status_code == 403 and "call recordings" in _text(refused)
+    assert refused.status_code == 403 and "call recordings" in page_text(refused)
     assert b"RIFF" not in refused.content
     assert client.get(f"/api/calls/{call_id}/recording").status_code == 403
     with TestClient(client.app, base_url=BASE_URL,
@@ -534,18 +524,18 @@ def test_a_user_switched_off_is_signed_out_at_once(console_app: FastAPI, client_
     admin, _ = client_as("admin")
     agent, agent_user = client_as("agent")
     token, _ = accounts.create_token(agent_user.id, "mine")
-    assert _signed_in(agent)
+    assert signed_in(agent)
 
     response = _save_user(admin, agent_user, role="agent", active=False)
     assert response.status_code == 303
-    assert "switched off" in _text(admin.get("/users"))
+    assert "switched off" in page_text(admin.get("/users"))
 
-    assert not _signed_in(agent)
+    assert not signed_in(agent)
     with TestClient(console_app, base_url=BASE_URL,
                     headers={"Authorization": f"Bearer {token}"}) as api:
         assert api.get("/api/me").status_code == 401
     with TestClient(console_app, base_url=BASE_URL) as again:
-        assert _login(again, agent_user.username).status_code == 401
+        assert login(again, agent_user.username).status_code == 401
 
 
 def test_changing_a_role_ends_the_sessions(console_app: FastAPI, client_as: ClientAs,
@@ -556,10 +546,10 @@ def test_changing_a_role_ends_the_sessions(console_app: FastAPI, client_as: Clie
 
     # saving without a change keeps the user signed in
     assert _save_user(admin, agent_user, role="agent", active=True).status_code == 303
-    assert _signed_in(agent)
+    assert signed_in(agent)
 
     assert _save_user(admin, agent_user, role="supervisor", active=True).status_code == 303
-    assert not _signed_in(agent)
+    assert not signed_in(agent)
     sign_in(agent, agent_user.username)
     assert 'class="role">supervisor' in agent.get("/account").text
     assert agent.get(f"/calls/{call_id}/recording").status_code == 200
@@ -609,9 +599,9 @@ def test_every_form_needs_the_csrf_token(client_as: ClientAs, accounts: AccountR
         form = dict(data) if csrf is None else {**data, "csrf_token": csrf}
         response = admin.post(target, data=form, follow_redirects=False)
         assert response.status_code == 403, (csrf, response.status_code)
-        assert "CSRF check failed" in _text(response)
+        assert "CSRF check failed" in page_text(response)
         assert _state(console_db) == before
-    assert _signed_in(admin) and _signed_in(bob_client)
+    assert signed_in(admin) and signed_in(bob_client)
 
     # and with the token the same form goes through (the test sends what the form sends)
     own_csrf = csrf_of(admin.get("/account").text)

@@ -210,7 +210,7 @@ def test_a_simulated_call_shows_in_the_console_with_its_analysis(
 
     page.goto(f"{stack.url}/")
     expect(page.locator("#dashboard")).to_be_visible()
-    expect(page.locator("#figure-calls")).to_contain_text("1")
+    expect(page.locator("#figure-calls .value")).to_have_text("1")
     page.screenshot(path=str(stack.artifacts / "console-dashboard.png"), full_page=True)
 
     page.goto(f"{stack.url}/users")

@@ -19,7 +19,15 @@ from analytics.analysis import analyze
 from switchboard.storage.accounts import AccountRepository, UserView
 from switchboard.storage.models import Call
 from switchboard.storage.repository import AnalysisRepository, CallRepository
-from tests.admin.conftest import BASE_URL, PASSWORD, csrf_of, sign_in
+from tests.admin.conftest import (
+    BASE_URL,
+    PASSWORD,
+    can_sign_in,
+    csrf_of,
+    page_text,
+    sign_in,
+    signed_in,
+)
 from tests.analytics.calls import CallSpec, Said, order_call, store_call
 
 if TYPE_CHECKING:  # the test client's responses
@@ -33,28 +41,8 @@ NEW_PASSWORD = "a brand new password"
 CARD_TURN = "My card is 4111 1111 1111 1111 and my email is jane.doe@example.com, thanks."
 
 
-def _text(response: Response) -> str:
-    return unescape(response.text)
-
-
 def _ids(response: Response) -> list[str]:
     return re.findall(r'data-call-id="([^"]+)"', response.text)
-
-
-def _signed_in(client: TestClient) -> bool:
-    response = client.get("/account", follow_redirects=False)
-    assert response.status_code in (200, 303), response.text
-    return response.status_code == 200
-
-
-def _can_sign_in(app: FastAPI, username: str, password: str) -> bool:
-    with TestClient(app, base_url=BASE_URL) as client:
-        page = client.get("/login")
-        response = client.post("/login", data={
-            "username": username, "password": password, "csrf_token": csrf_of(page.text)},
-            follow_redirects=False)
-        assert response.status_code in (303, 401), response.text
-        return response.status_code == 303
 
 
 def store(sessions: sessionmaker[Session], spec: CallSpec, *, caller: str = "+15550100",
@@ -139,13 +127,13 @@ def test_the_calls_list_filters(client_as: ClientAs, seeded: dict[str, str]) -> 
     client, _ = client_as("agent")
     for query, expected in FILTERS:
         response = client.get("/calls", params=query)
-        assert response.status_code == 200, (query, _text(response))
+        assert response.status_code == 200, (query, page_text(response))
         assert _ids(response) == [seeded[name] for name in expected], query
         assert f"{len(expected)} found" in response.text, query
         if not expected:
             assert 'id="no-calls"' in response.text, query
         for key, value in query.items():  # the form shows the filters back
-            assert value in _text(response), (query, key)
+            assert value in page_text(response), (query, key)
 
 
 def test_a_call_id_is_searchable(client_as: ClientAs, seeded: dict[str, str]) -> None:
@@ -157,7 +145,7 @@ def test_a_call_id_is_searchable(client_as: ClientAs, seeded: dict[str, str]) ->
 def test_the_list_shows_outcome_sentiment_and_summary(client_as: ClientAs,
                                                       seeded: dict[str, str]) -> None:
     client, _ = client_as("agent")
-    page = _text(client.get("/calls"))
+    page = page_text(client.get("/calls"))
     assert 'Caller asked: "My parcel to Reykjavik is late' in page
     assert '<span class="badge handed_off">handed off</span>' in page
     assert '<span class="badge pending">analysing</span>' in page
@@ -243,7 +231,7 @@ def test_bad_list_input_is_a_message_not_a_crash(client_as: ClientAs,
     for query, message in BAD_LIST_INPUT:
         response = client.get("/calls", params=query)
         assert response.status_code == 400, (query, response.status_code)
-        assert message in _text(response), query
+        assert message in page_text(response), query
         assert 'role="alert"' in response.text, query
         # the page, with its form and the calls, not a bare error
         assert 'id="call-filters"' in response.text, query
@@ -279,7 +267,7 @@ def test_the_call_page_shows_transcript_events_and_analysis(client_as: ClientAs,
     client, _ = client_as("agent")
     response = client.get(f"/calls/{card_call}")
     assert response.status_code == 200
-    page = _text(response)
+    page = page_text(response)
 
     # the transcript, with offsets, clock times and per-turn latency
     assert re.findall(r'data-seq="(\d+)"', response.text) == ["1", "2", "3"]
@@ -332,7 +320,7 @@ def test_an_admin_creates_a_user_who_can_then_sign_in(console_app: FastAPI,
     assert response.status_code == 303 and response.headers["location"] == "/users"
 
     page = admin.get("/users")
-    assert "Created bob (supervisor)." in _text(page)
+    assert "Created bob (supervisor)." in page_text(page)
     assert 'data-user="bob"' in page.text
     assert "Created bob" not in admin.get("/users").text  # the message is shown once
     bob = accounts.find_user("bob")
@@ -366,7 +354,7 @@ def test_bad_new_users_are_refused_with_a_message(client_as: ClientAs,
         response = admin.post("/users", data={**form, "csrf_token": _users_csrf(admin)},
                               follow_redirects=False)
         assert response.status_code == 400, form
-        assert message in _text(response), form
+        assert message in page_text(response), form
         assert accounts.list_users() == before, form
         assert "<script>" not in response.text  # what was typed is escaped
         if form["password"]:
@@ -380,10 +368,10 @@ def test_the_last_active_admin_stays_an_admin(console_app: FastAPI, client_as: C
         response = admin.post(f"/users/{me.id}", data={**data, "csrf_token": _users_csrf(admin)},
                               follow_redirects=False)
         assert response.status_code == 400
-        assert "is the last active admin" in _text(response)
+        assert "is the last active admin" in page_text(response)
         still = accounts.get_user(me.id)
         assert still is not None and still.role == "admin" and still.active
-        assert _signed_in(admin)
+        assert signed_in(admin)
 
     accounts.create_user("second", PASSWORD, "admin")
     response = admin.post(f"/users/{me.id}", data={
@@ -392,7 +380,7 @@ def test_the_last_active_admin_stays_an_admin(console_app: FastAPI, client_as: C
     assert response.status_code == 303
     demoted = accounts.get_user(me.id)
     assert demoted is not None and demoted.role == "agent"
-    assert not _signed_in(admin)  # a new role: signed out
+    assert not signed_in(admin)  # a new role: signed out
 
 
 def test_updating_an_unknown_user_is_a_message(client_as: ClientAs) -> None:
@@ -400,7 +388,7 @@ def test_updating_an_unknown_user_is_a_message(client_as: ClientAs) -> None:
     for user_id in ("999", "abc", "1" * 30):
         response = admin.post(f"/users/{user_id}", data={
             "role": "agent", "active": "on", "csrf_token": _users_csrf(admin)})
-        assert response.status_code == 400 and "no user with id" in _text(response)
+        assert response.status_code == 400 and "no user with id" in page_text(response)
 
 
 def test_an_admin_resets_a_password(console_app: FastAPI, client_as: ClientAs,
@@ -410,20 +398,20 @@ def test_an_admin_resets_a_password(console_app: FastAPI, client_as: ClientAs,
 
     short = admin.post(f"/users/{bob.id}/password", data={
         "password": "short", "csrf_token": _users_csrf(admin)})
-    assert short.status_code == 400 and "at least 10 characters" in _text(short)
-    assert _signed_in(bob_client)
+    assert short.status_code == 400 and "at least 10 characters" in page_text(short)
+    assert signed_in(bob_client)
 
     response = admin.post(f"/users/{bob.id}/password", data={
         "password": NEW_PASSWORD, "csrf_token": _users_csrf(admin)}, follow_redirects=False)
     assert response.status_code == 303
-    assert "New password set for agent2; their sessions ended." in _text(admin.get("/users"))
-    assert not _signed_in(bob_client)
-    assert not _can_sign_in(console_app, bob.username, PASSWORD)
-    assert _can_sign_in(console_app, bob.username, NEW_PASSWORD)
+    assert "New password set for agent2; their sessions ended." in page_text(admin.get("/users"))
+    assert not signed_in(bob_client)
+    assert not can_sign_in(console_app, bob.username, PASSWORD)
+    assert can_sign_in(console_app, bob.username, NEW_PASSWORD)
 
     unknown = admin.post("/users/999/password", data={
         "password": NEW_PASSWORD, "csrf_token": _users_csrf(admin)})
-    assert unknown.status_code == 400 and "no user with id" in _text(unknown)
+    assert unknown.status_code == 400 and "no user with id" in page_text(unknown)
 
 
 def test_an_admin_revokes_anyones_token(console_app: FastAPI, client_as: ClientAs,
@@ -437,7 +425,7 @@ def test_an_admin_revokes_anyones_token(console_app: FastAPI, client_as: ClientA
     response = admin.post(f"/users/tokens/{view.id}/revoke",
                           data={"csrf_token": _users_csrf(admin)}, follow_redirects=False)
     assert response.status_code == 303
-    assert "Token revoked." in _text(admin.get("/users"))
+    assert "Token revoked." in page_text(admin.get("/users"))
     with TestClient(console_app, base_url=BASE_URL,
                     headers={"Authorization": f"Bearer {token}"}) as api:
         assert api.get("/api/me").status_code == 401
@@ -455,7 +443,7 @@ def test_an_api_token_is_shown_once_works_and_can_be_revoked(console_app: FastAP
     client, me = client_as("agent")
     created = _new_token(client, "grafana")
     assert created.status_code == 200
-    assert "Token 'grafana' created. Copy it now" in _text(created)
+    assert "Token 'grafana' created. Copy it now" in page_text(created)
     match = re.search(r'id="new-token">(sbt_[A-Za-z0-9_-]+)<', created.text)
     assert match
     token = match.group(1)
@@ -483,7 +471,7 @@ def test_a_token_needs_a_name(client_as: ClientAs, accounts: AccountRepository) 
     for name in ("", "   ", "n" * 65):
         response = _new_token(client, name)
         assert response.status_code == 400
-        assert "give the token a name" in _text(response)
+        assert "give the token a name" in page_text(response)
         assert "sbt_" not in response.text
     assert accounts.list_tokens() == []
 
@@ -496,7 +484,7 @@ def test_nobody_revokes_someone_elses_token_from_their_account(
     for token_id in (str(view.id), "999", "abc"):
         response = client.post(f"/account/tokens/{token_id}/revoke",
                                data={"csrf_token": csrf_of(client.get("/account").text)})
-        assert response.status_code == 400 and "no API token with id" in _text(response)
+        assert response.status_code == 400 and "no API token with id" in page_text(response)
     with TestClient(console_app, base_url=BASE_URL,
                     headers={"Authorization": f"Bearer {token}"}) as api:
         assert api.get("/api/me").status_code == 200
@@ -517,21 +505,21 @@ def test_changing_the_own_password(console_app: FastAPI, client_as: ClientAs) ->
         sign_in(elsewhere, me.username)
 
         wrong = _change_password(client, "not my password", NEW_PASSWORD)
-        assert wrong.status_code == 400 and "The current password is wrong." in _text(wrong)
+        assert wrong.status_code == 400 and "The current password is wrong." in page_text(wrong)
         differ = _change_password(client, PASSWORD, NEW_PASSWORD, "a different password")
-        assert differ.status_code == 400 and "confirmation differ" in _text(differ)
+        assert differ.status_code == 400 and "confirmation differ" in page_text(differ)
         short = _change_password(client, PASSWORD, "short")
-        assert short.status_code == 400 and "at least 10 characters" in _text(short)
-        assert _signed_in(client) and _can_sign_in(console_app, me.username, PASSWORD)
+        assert short.status_code == 400 and "at least 10 characters" in page_text(short)
+        assert signed_in(client) and can_sign_in(console_app, me.username, PASSWORD)
         for response in (wrong, differ, short):
             assert NEW_PASSWORD not in response.text
 
         done = _change_password(client, PASSWORD, NEW_PASSWORD)
         assert done.status_code == 303 and done.headers["location"] == "/login"
-        assert not _signed_in(client)
-        assert not _signed_in(elsewhere)  # every session of the user ended
-    assert not _can_sign_in(console_app, me.username, PASSWORD)
-    assert _can_sign_in(console_app, me.username, NEW_PASSWORD)
+        assert not signed_in(client)
+        assert not signed_in(elsewhere)  # every session of the user ended
+    assert not can_sign_in(console_app, me.username, PASSWORD)
+    assert can_sign_in(console_app, me.username, NEW_PASSWORD)
 
 
 def test_the_login_page_says_the_password_was_changed(client_as: ClientAs) -> None:
@@ -541,7 +529,7 @@ def test_the_login_page_says_the_password_was_changed(client_as: ClientAs) -> No
     assert done.status_code == 303
     login = client.get(done.headers["location"])
     assert login.status_code == 200
-    assert "Password changed; sign in with the new one." in _text(login)
+    assert "Password changed; sign in with the new one." in page_text(login)
 
 
 def test_a_call_page_reloads_itself_until_the_call_is_settled(

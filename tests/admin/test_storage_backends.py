@@ -20,8 +20,6 @@ from switchboard.storage.repository import (
     CallSearch,
 )
 from tests.analytics.calls import CallSpec, Said, order_call, store_call
-from tests.analytics.conftest import url  # noqa: F401  (sqlite and postgresql)
-from tests.test_storage import postgres_url  # noqa: F401  (the fixture url uses)
 
 PASSWORD = "a long enough password"
 DAY1 = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -29,7 +27,7 @@ DAY2 = DAY1 + timedelta(days=1)
 
 
 @pytest.fixture
-def sessions(url: str) -> sessionmaker[Session]:  # noqa: F811
+def sessions(url: str) -> sessionmaker[Session]:
     return prepare_database(url, demo_data=False)
 
 

@@ -31,7 +31,7 @@ def dead_db_action_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         python = rasa_executable(settings, "python")
     except RasaNotInstalled as error:
-        pytest.skip(str(error))
+        pytest.fail(f"{error} (`make test` installs it)")
     port = free_port()
     env = child_environment(
         settings, SANIC_HOST="127.0.0.1", SWITCHBOARD_DATABASE_URL=f"sqlite:///{tmp}/no/such/dir.db"

@@ -21,6 +21,7 @@ from telephony.sip_ping import options_ping
 
 pytestmark = pytest.mark.integration
 START_TIMEOUT_S = 240
+CHILDREN_GONE_TIMEOUT_S = 10.0
 
 
 def command_line(pid: int) -> str:
@@ -94,8 +95,10 @@ def test_run_supervises_every_child_and_stops_them_all_on_ctrl_c(
 
         node.send_signal(signal.SIGINT)
         assert node.wait(timeout=60) == 0
-        time.sleep(0.5)
-        assert not [p for p in children if alive(p)]
+        deadline = time.monotonic() + CHILDREN_GONE_TIMEOUT_S
+        while left := [p for p in children if alive(p)]:
+            assert time.monotonic() < deadline, f"children left: {left}"
+            time.sleep(0.1)
     finally:
         if node.poll() is None:
             node.kill()

@@ -7,16 +7,20 @@ worker process is stopped by its PID.
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import pytest
+
+from tests.sip.peers import free_udp_port
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 LOOPBACK = "127.0.0.1"
@@ -28,22 +32,9 @@ STAT_COLUMNS = ("SuccessfulCall(C)", "FailedCall(C)")
 def require_sipp() -> str:
     path = shutil.which("sipp")
     if path is None:
-        pytest.skip("sipp is not installed (Debian package sip-tester)")
+        pytest.fail("sipp is needed for this test: apt-get install sip-tester "
+                    "(`make test` installs it)")
     return path
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on the loopback address."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((LOOPBACK, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                return port
 
 
 @dataclass(frozen=True)
@@ -66,6 +57,46 @@ class WorkerLog:
     @property
     def call_ids(self) -> set[str]:
         return {invite.call_id for invite in self.invites}
+
+
+class SilentPort:
+    """A worker port that receives but never answers, like a dead or hung worker (to
+    Kamailio, no answer over UDP is the same either way); records the Call-IDs of the
+    INVITEs that reached it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.invites: set[str] = set()
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind((LOOPBACK, port))
+        self._socket.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._socket.recv(65535)
+            except TimeoutError:
+                continue
+            text = data.decode(errors="replace")
+            call_id = re.search(r"^(?:Call-ID|i):\s*(\S+)", text, re.M | re.I)
+            if text.startswith("INVITE ") and call_id:
+                self.invites.add(call_id.group(1))
+
+    def __enter__(self) -> SilentPort:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._socket.close()
 
 
 class SippWorker:
@@ -195,7 +226,7 @@ def place_calls(
         "-sf", str(SCENARIOS / scenario),
         "-inf", str(injection),
         "-s", "support",
-        "-i", local_ip, "-p", str(free_port()),
+        "-i", local_ip, "-p", str(free_udp_port()),
         "-m", str(len(callers)), "-l", str(concurrent), "-r", "50",
         "-d", str(hold_ms),
         "-nostdin",
@@ -227,6 +258,26 @@ def place_calls(
         errors=(errors.read_text(errors="replace") if errors.exists() else "")
         + completed.stderr.decode(errors="replace"),
     )
+
+
+def peak_calls(messages: str) -> int:
+    """The most calls a caller's SIPp message trace had up at once: a call is up from the
+    ACK of its INVITE's 200 until its BYE (the order of the trace, not its clock)."""
+    up: set[str] = set()
+    peak = 0
+    for entry in re.split(r"^-{5,}.*$", messages, flags=re.M):
+        if "message sent" not in entry:
+            continue
+        call_id = re.search(r"^\s*Call-ID:\s*(\S+)", entry, re.M | re.I)
+        request = re.search(r"^\s*(ACK|BYE) sip:", entry, re.M)
+        if call_id is None or request is None:
+            continue
+        if request.group(1) == "ACK":
+            up.add(call_id.group(1))
+        else:
+            up.discard(call_id.group(1))
+        peak = max(peak, len(up))
+    return peak
 
 
 def _final_counts(stats: Path) -> tuple[int, int]:

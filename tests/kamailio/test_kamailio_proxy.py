@@ -21,33 +21,38 @@ from telephony import kamailio
 from telephony.kamailio import KamailioError, KamailioProxy, options_status, worker_ports
 from tests.kamailio.sipp import (
     CallsResult,
+    SilentPort,
     SippWorker,
     WorkerLog,
-    free_port,
+    peak_calls,
     place_calls,
     require_sipp,
 )
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("kamailio", path="/usr/sbin:/usr/bin:/sbin:/bin") is None,
-    reason="kamailio is not installed (Debian package kamailio)",
-)
+from tests.sip.peers import free_udp_port
 
 PING_INTERVAL_S = 1
 FAILOVER_TIMEOUT_S = 1.0
+STOP_TIMEOUT_S = 5.0
 CALLERS = [f"caller{n:02d}" for n in range(12)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def kamailio_installed() -> None:
+    if shutil.which("kamailio", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        pytest.fail("kamailio is needed for these tests: apt-get install kamailio "
+                    "(`make test` installs it)")
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
-        data_dir=tmp_path / "data", sip_host="127.0.0.1", sip_port=free_port(), log_level="INFO"
+        data_dir=tmp_path / "data", sip_host="127.0.0.1", sip_port=free_udp_port(), log_level="INFO"
     )
 
 
 @pytest.fixture
 def ports() -> list[int]:
-    return [free_port(), free_port()]
+    return [free_udp_port(), free_udp_port()]
 
 
 def start_proxy(
@@ -165,13 +170,13 @@ def test_a_dead_worker_is_marked_down_by_pings_skipped_and_comes_back(
     proxy: KamailioProxy, ports: list[int], tmp_path: Path
 ) -> None:
     dead, alive = ports
-    with SippWorker(alive, tmp_path) as worker:
+    with SilentPort(dead) as silent, SippWorker(alive, tmp_path) as worker:
         states = {w.port: w.state for w in proxy.wait_workers(usable=1, timeout=6)}
         assert states == {dead: "inactive", alive: "active"}
         result = call(proxy, CALLERS, tmp_path, name="while-down")
         logs = {alive: worker.read_log()}
     assert (result.exit_code, result.successful) == (0, len(CALLERS)), result.describe()
-    assert result.seconds < FAILOVER_TIMEOUT_S * 2, "no call should wait for the dead worker"
+    assert silent.invites == set(), "no call should be sent to the dead worker"
     assert logs[alive].callers == set(CALLERS)
 
     revived, other = SippWorker(dead, tmp_path).start(), SippWorker(alive, tmp_path).start()
@@ -188,10 +193,10 @@ def test_a_silent_worker_times_out_to_the_next_and_is_marked_down(
     settings: Settings, ports: list[int], tmp_path: Path
 ) -> None:
     require_sipp()
-    silent, alive = ports
+    silent_port, alive = ports
     proxy = start_proxy(settings, ports, ping_interval_s=3600)  # only calls find it dead
     try:
-        with SippWorker(alive, tmp_path) as worker:
+        with SilentPort(silent_port) as silent, SippWorker(alive, tmp_path) as worker:
             result = call(proxy, CALLERS, tmp_path, concurrent=1)
             log = worker.read_log()
         states = {w.port: w.state for w in proxy.workers()}
@@ -199,9 +204,11 @@ def test_a_silent_worker_times_out_to_the_next_and_is_marked_down(
         proxy.stop()
     assert (result.exit_code, result.successful) == (0, len(CALLERS)), result.describe()
     assert log.callers == set(CALLERS)
-    assert states[silent] == "inactive"
-    # Only the first call for the silent worker waited for fr_timer; later ones skipped it.
-    assert FAILOVER_TIMEOUT_S <= result.seconds < FAILOVER_TIMEOUT_S * 3, result.describe()
+    assert states[silent_port] == "inactive"
+    # Only the first call for the silent worker tried it (and failed over); later ones
+    # skipped it.
+    assert len(silent.invites) == 1, silent.invites
+    assert silent.invites <= log.call_ids
 
 
 def test_no_usable_worker_gets_503(proxy: KamailioProxy, tmp_path: Path) -> None:
@@ -250,7 +257,7 @@ def test_eight_concurrent_calls_through_the_proxy_all_complete(
     finally:
         logs = [worker.stop() for worker in workers]
     assert (result.exit_code, result.successful, result.failed) == (0, 8, 0), result.describe()
-    assert result.seconds < 2 * hold_ms / 1000, "the calls should overlap"
+    assert peak_calls(result.messages) == 8, "all eight calls should be up at once"
     assert all(log.invites for log in logs), "both workers should take calls"
     assert sum(len(log.byes) for log in logs) == 8
 
@@ -279,9 +286,11 @@ def test_stop_ends_kamailio_and_all_its_processes(settings: Settings, ports: lis
     ).stdout.split()
     assert len(children) > 1
     proxy.stop()
-    time.sleep(0.2)
-    still = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, check=False)
-    assert still.returncode == 1, "no process of Kamailio's group should remain"
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while subprocess.run(["pgrep", "-g", str(pid)], capture_output=True,
+                         check=False).returncode != 1:
+        assert time.monotonic() < deadline, "no process of Kamailio's group should remain"
+        time.sleep(0.1)
     with pytest.raises(KamailioError):
         proxy.poll()
 

@@ -16,15 +16,17 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from switchboard.processes import free_port
+
 BARESIP_MODULES = Path("/usr/lib/baresip/modules")
 
 
 def free_udp_port(step: int = 1) -> int:
-    """A UDP port on 127.0.0.1 with ``step - 1`` free ports after it (TCP too)."""
+    """A port on 127.0.0.1 free for UDP and TCP (SIP listens on both), with ``step - 1``
+    such ports after it (an RTP range). ``switchboard.processes.free_port`` finds one port
+    of one kind."""
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
+        port = free_port(socket.SOCK_DGRAM)
         if port + step < 65535 and all(_free(p) for p in range(port, port + step)):
             return port
     raise RuntimeError("no free port range on 127.0.0.1")

@@ -16,10 +16,11 @@ import soundfile
 
 from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
+from switchboard.processes import free_port
 from switchboard.storage.models import Call
 from switchboard.storage.repository import CallRepository
 from tests.audio_tools import normalize_digits, piper_speech, silence, write_wav
-from tests.sip.conftest import TRANSFER_URI, Worker
+from tests.sip.conftest import TRANSFER_URI
 from tests.sip.peers import (
     Baresip,
     free_udp_port,
@@ -33,12 +34,15 @@ from tests.sip.peers import (
     ulaw_wav,
 )
 from tests.sip.scenarios import write_scenario
+from tests.sip.workers import Worker
 
 pytestmark = pytest.mark.integration
 RATE = 8000
 GREETING_MS = 6000
 """Silence the caller keeps before speaking, while the greeting plays."""
 CALL_END_TIMEOUT_S = 30.0
+CALLS_UP_TIMEOUT_S = 15.0
+"""How long SIPp's held calls may take to be answered and stored as active."""
 
 
 def audio(parts: list[np.ndarray | int]) -> np.ndarray:
@@ -71,7 +75,6 @@ class OrderCall:
     phone: Baresip
     heard: np.ndarray
     heard_rate: int
-    setup_s: float
     call: Call
 
 
@@ -86,13 +89,11 @@ def order_call(
     wav = workdir / "caller.wav"
     write_wav(wav, audio([GREETING_MS, piper_speech(tts, "Hi, I'd like to check my order "
                                                            "status.", RATE), 16000]), RATE)
-    phone = Baresip(workdir, wav, sip_port=free_udp_port(3), ctrl_port=free_udp_port())
+    phone = Baresip(workdir, wav, sip_port=free_udp_port(3), ctrl_port=free_port())
     phone.start()
     try:
-        started = time.monotonic()
         phone.command("dial", f"sip:bot@127.0.0.1:{sip_worker.port}")
         assert phone.wait_for_log("Call established", 10), phone.log()
-        setup_s = time.monotonic() - started
         time.sleep(GREETING_MS / 1000 + 7)  # the question, then "what's your order number?"
         for digit in "48213#":
             phone.command("sndcode", digit)
@@ -101,7 +102,7 @@ def order_call(
         stored = stored_call(calls, "caller@127.0.0.1")
         assert stored, f"no stored call:\n{sip_worker.log()[-3000:]}"
         pcm, rate = phone.heard()
-        yield OrderCall(phone, pcm, rate, setup_s, stored[0])
+        yield OrderCall(phone, pcm, rate, stored[0])
     finally:
         phone.stop()
 
@@ -112,8 +113,6 @@ def test_caller_hears_the_greeting_and_is_asked_for_the_order_number(
     text = transcribe(stt, order_call.heard, order_call.heard_rate)
     assert "help" in text
     assert "order number" in text
-    print(f"call setup (INVITE → established, baresip): {order_call.setup_s * 1000:.0f} ms")
-    assert order_call.setup_s < 2.0
 
 
 def test_keypad_order_number_is_answered_with_its_status(
@@ -159,6 +158,13 @@ def test_recording_holds_both_legs(
 
 
 # ---------------------------------------------------------------------- SIPp callers
+
+
+def active_calls(calls: CallRepository, caller_part: str) -> int:
+    """How many SIP calls whose caller URI contains ``caller_part`` are in progress."""
+    return sum(1 for c in calls.list_calls(limit=200)
+               if c.transport == "sip" and caller_part in (c.caller or "")
+               and c.status == "active")
 
 
 def sipp_caller_wav(tts: PiperTTS, workdir: Path, name: str, text: str | None,
@@ -213,7 +219,11 @@ def test_four_concurrent_calls_are_greeted_and_a_fifth_is_busy(
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(2.0)
+        deadline = time.monotonic() + CALLS_UP_TIMEOUT_S
+        while active_calls(calls, f"sipp{local_port}@") < 4:
+            assert four.poll() is None, (tmp_path / "hold-errors.log").read_text()
+            assert time.monotonic() < deadline, f"4 calls not up:\n{sip_worker.log()[-3000:]}"
+            time.sleep(0.2)
         fifth = run_sipp(busy, sip_worker.port, tmp_path, local_port=free_udp_port(),
                          timeout_s=10)
         assert fifth.returncode == 0, (tmp_path / "busy-errors.log").read_text()

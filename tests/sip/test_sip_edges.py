@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +23,7 @@ import pytest
 
 from speech.stt import WhisperSTT
 from switchboard.pipeline.conversation import CallResult
+from switchboard.processes import free_port
 from switchboard.settings import PROJECT_ROOT
 from switchboard.storage.models import Call
 from switchboard.storage.repository import CallRepository
@@ -32,7 +31,6 @@ from telephony.sip import worker as worker_module
 from telephony.sip.call import CallLeg
 from telephony.sip.worker import SipWorker
 from tests.audio_tools import silence, write_wav
-from tests.sip.conftest import WORKER_START_TIMEOUT_S, Worker
 from tests.sip.peers import (
     Baresip,
     free_udp_port,
@@ -43,6 +41,7 @@ from tests.sip.peers import (
     stop_process,
 )
 from tests.sip.scenarios import write_scenario
+from tests.sip.workers import Worker, env_for, worker_process
 
 pytestmark = pytest.mark.integration
 RATE = 8000
@@ -56,47 +55,6 @@ UNANSWERED_TIMEOUT_S = 150.0
 """Model loading, then the INVITE's transaction timeout (Timer B, 32 s) or the ring limit."""
 RTP_TIMEOUT_S = 3.0
 STORED_TIMEOUT_S = 30.0
-
-
-def env_for(data_dir: Path, rasa_url: str, database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SWITCHBOARD_DATA_DIR": str(data_dir),
-        "SWITCHBOARD_RASA_URL": rasa_url,
-        "SWITCHBOARD_DATABASE_URL": database_url,
-        "SWITCHBOARD_REDIS_URL": "",
-        "SWITCHBOARD_SIP_HOST": "127.0.0.1",
-        "SWITCHBOARD_SIP_RTP_PORT": str(free_udp_port(40)),
-        "SWITCHBOARD_STT_DEVICE": "cpu",
-        "SWITCHBOARD_TTS_DEVICE": "cpu",
-        **extra,
-    }
-
-
-@contextmanager
-def worker_process(data_dir: Path, rasa_url: str, database_url: str,
-                   **extra: str) -> Iterator[Worker]:
-    """``python -m switchboard sip-worker`` with ``extra`` settings (environment variables),
-    up once it answers OPTIONS; stopped (SIGTERM, then SIGKILL) on exit."""
-    port = free_udp_port()
-    env = env_for(data_dir, rasa_url, database_url, SWITCHBOARD_SIP_PORT=str(port),
-                  SWITCHBOARD_SIP_RECORD="false", **extra)
-    log_path = data_dir / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "switchboard", "sip-worker"], cwd=PROJECT_ROOT, env=env,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    worker = Worker(proc, port, int(env["SWITCHBOARD_SIP_RTP_PORT"]), data_dir, log_path)
-    try:
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while options(port, 0.5) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the SIP worker did not start:\n{worker.log()[-3000:]}")
-        yield worker
-    finally:
-        code = stop_process(proc)
-        print(f"SIP worker exited with {code}; log: {log_path}")
 
 
 def sip_calls_from(calls: CallRepository, caller_part: str) -> list[Call]:
@@ -121,7 +79,7 @@ def test_call_command_talks_to_an_answering_phone_and_exits_0(
     wav = tmp_path / "callee.wav"
     write_wav(wav, silence(120_000, RATE), RATE)
     phone = Baresip(tmp_path / "phone", wav, sip_port=free_udp_port(3),
-                    ctrl_port=free_udp_port(), user="me", answermode="auto")
+                    ctrl_port=free_port(), user="me", answermode="auto")
     uri = f"sip:me@127.0.0.1:{phone.sip_port}"
     out, err = tmp_path / "call.out", tmp_path / "call.err"
     phone.start()

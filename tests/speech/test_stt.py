@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,24 @@ def test_spoken_digits_come_back_as_the_number(stt: WhisperSTT, tts: PiperTTS) -
 async def test_transcribe_runs_off_the_event_loop(stt: WhisperSTT, tts: PiperTTS) -> None:
     engine: SpeechToText = stt
     pcm = piper_speech(tts, "Hello.", 16000)
+    ticks = 0
 
-    transcript = await engine.transcribe(pcm, 16000)
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
 
+    ticking = asyncio.create_task(ticker())
+    try:
+        transcript = await engine.transcribe(pcm, 16000)
+        ticks_while_transcribing = ticks
+    finally:
+        ticking.cancel()
+
+    # The ticker first runs when transcribe() yields: a transcription that blocked the loop
+    # would leave it at 0 (at most 1 had it paused briefly before blocking).
+    assert ticks_while_transcribing >= 2
     assert "hello" in words(transcript)
     assert transcript.audio_ms == len(pcm) * 1000 // 16000
     assert transcript.elapsed_ms > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from switchboard.settings import Settings
 
 TWO_SENTENCES = "Thanks for calling. Your order shipped yesterday."
 MANY_SENTENCES = " ".join(f"This is sentence number {n}." for n in range(1, 9))
+FIRST_CHUNK_TIMEOUT_S = 30.0
 
 
 def count_sentences(monkeypatch: pytest.MonkeyPatch, tts: PiperTTS) -> list[int]:
@@ -53,17 +54,28 @@ async def test_chunks_come_at_the_requested_rate(tts: PiperTTS, rate: int) -> No
 
 
 async def test_the_first_sentence_arrives_before_the_rest_is_synthesized(
-    tts: PiperTTS,
+    tts: PiperTTS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    started = time.perf_counter()
-    stream = tts.stream("Sure. " + MANY_SENTENCES, 8000)
-    await anext(stream)
-    first = time.perf_counter() - started
-    async for _ in stream:
-        pass
-    total = time.perf_counter() - started
+    synthesized = count_sentences(monkeypatch, tts)
+    counting = tts.synthesize_sync
+    first_heard = threading.Event()
 
-    assert first < total / 4
+    def held_after_the_first(text: str, sample_rate: int) -> Iterator[np.ndarray]:
+        """The rest waits until the listener has the first chunk (or 30 s went by)."""
+        for pcm in counting(text, sample_rate):
+            yield pcm
+            first_heard.wait(FIRST_CHUNK_TIMEOUT_S)
+
+    monkeypatch.setattr(tts, "synthesize_sync", held_after_the_first)
+    stream = tts.stream("Sure. " + MANY_SENTENCES, 8000)
+    try:
+        await asyncio.wait_for(anext(stream), FIRST_CHUNK_TIMEOUT_S)
+        assert len(synthesized) == 1
+    finally:
+        first_heard.set()
+    rest = [chunk async for chunk in stream]
+
+    assert len(rest) == 8 and len(synthesized) == 9
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n"])

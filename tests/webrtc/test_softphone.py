@@ -191,7 +191,10 @@ def test_offer_with_an_unknown_token_is_refused(web_app: WebApp) -> None:
 
 
 def test_server_stays_healthy_after_bad_offers(web_app: WebApp) -> None:
-    post_offer(web_app, {"sdp": "m=audio 9 RTP/AVP 0\r\nnonsense", "type": "offer"})
+    refused = post_offer(web_app, {"sdp": "m=audio 9 RTP/AVP 0\r\nnonsense", "type": "offer"})
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error.startswith("cannot answer this offer: ") and "ICE" in error, error
     health = httpx.get(f"{web_app.url}/healthz", timeout=5, trust_env=False)
     assert health.status_code == 200
     assert health.json()["status"] == "ok" and health.json()["webrtc_calls"] == 0
