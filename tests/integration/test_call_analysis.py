@@ -15,8 +15,9 @@ from dialog.rasa_client import RasaClient
 from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
 from switchboard.node import Node
-from switchboard.simulate import simulate_call
+from switchboard.simulate import Simulation, simulate_call
 from switchboard.storage.database import prepare_database
+from switchboard.storage.models import CallAnalysis
 from switchboard.storage.repository import AnalysisRepository
 from tests.analytics.test_worker import Workers, redis_url, wait_for, workers_on
 from tests.audio_tools import piper_speech, silence
@@ -25,13 +26,12 @@ pytestmark = pytest.mark.integration
 __all__ = ["redis_url", "workers_on"]  # fixtures used below
 
 
-async def test_a_simulated_call_is_analysed_by_the_worker(
-    redis_url: str, workers_on: Callable[[str], Workers], stt: WhisperSTT, tts: PiperTTS,
-    rasa_server: object,
-) -> None:
-    workers = workers_on(redis_url)
-    workers.start("analytics")
-    settings = workers.settings.model_copy(update={"rasa_url": rasa_server.url})  # type: ignore[attr-defined]
+async def _handoff_call(workers: Workers, stt: WhisperSTT, tts: PiperTTS, rasa_url: str
+                       ) -> tuple[Simulation, CallAnalysis]:
+    """A caller asking for an agent, through the real pipeline on the workers' database;
+    returns the call and its analysis once the worker has stored it."""
+    settings = workers.settings.model_copy(update={
+        "rasa_url": rasa_url, "database_url": workers.database_url})
     dialog = RasaClient(settings.rasa_url)
     node = Node.create(settings, stt=stt, tts=tts, dialog=dialog)
     caller = np.concatenate([silence(7000), piper_speech(tts, "I want to talk to an agent."),
@@ -41,10 +41,19 @@ async def test_a_simulated_call_is_analysed_by_the_worker(
     finally:
         await node.aclose()
         await dialog.aclose()
-
     analyses = AnalysisRepository(workers.sessions)
     stored = await asyncio.to_thread(
         wait_for, lambda: analyses.get(sim.result.call_id), 20, "the call's analysis")
+    return sim, stored
+
+
+async def test_a_simulated_call_is_analysed_by_the_worker(
+    redis_url: str, workers_on: Callable[[str], Workers], stt: WhisperSTT, tts: PiperTTS,
+    rasa_server: object,
+) -> None:
+    workers = workers_on(redis_url)
+    workers.start("analytics")
+    sim, stored = await _handoff_call(workers, stt, tts, rasa_server.url)  # type: ignore[attr-defined]
     assert stored.outcome == "handed_off"
     assert stored.turns == len(sim.result.turns)
 
@@ -59,23 +68,9 @@ async def test_on_postgresql_a_call_is_stored_analysed_and_served_by_the_api(
     workers.database_url = postgres_url  # the worker reads this when it starts
     workers.sessions = prepare_database(postgres_url, demo_data=False)
     workers.start("analytics")
-    settings = workers.settings.model_copy(update={
-        "rasa_url": rasa_server.url, "database_url": postgres_url})  # type: ignore[attr-defined]
-    dialog = RasaClient(settings.rasa_url)
-    node = Node.create(settings, stt=stt, tts=tts, dialog=dialog)
-    caller = np.concatenate([silence(7000), piper_speech(tts, "I want to talk to an agent."),
-                             silence(500)])
-    try:
-        sim = await asyncio.wait_for(simulate_call(node, caller, 16000), 120)
-    finally:
-        await node.aclose()
-        await dialog.aclose()
-
-    analyses = AnalysisRepository(workers.sessions)
-    await asyncio.to_thread(
-        wait_for, lambda: analyses.get(sim.result.call_id), 20, "the call's analysis")
+    sim, _ = await _handoff_call(workers, stt, tts, rasa_server.url)  # type: ignore[attr-defined]
     app = FastAPI()
-    install_console(app, settings, workers.sessions)
+    install_console(app, workers.settings, workers.sessions)
     accounts = app.state.console.accounts
     admin = accounts.create_user("pg-admin", "postgres admin password", "admin")
     token, _ = accounts.create_token(admin.id, "test")
