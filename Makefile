@@ -45,9 +45,10 @@ train: $(VENV)/.installed rasa
 	$(BIN)/switchboard dialog train
 
 lint: $(VENV)/.installed-test
-	@echo "==> ruff and mypy"
+	@echo "==> ruff, mypy and the layers contract (.importlinter)"
 	$(BIN)/ruff check .
 	$(BIN)/mypy switchboard speech dialog telephony admin analytics
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(RASA_VENV) var test-artifacts

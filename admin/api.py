@@ -21,10 +21,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from admin.accounts import AccountError, UserView
 from admin.calls import call_detail, parse_filters, recording_response
 from admin.security import api_user, console_of, ensure_allowed
 from analytics.aggregates import compute_aggregates
-from switchboard.storage.accounts import AccountError, UserView
 from switchboard.storage.models import as_utc
 from switchboard.storage.repository import CallRow, CallSearch
 

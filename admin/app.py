@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from admin.console import install_console, problems_of, validation_error
 from admin.security import page_session
-from switchboard.node import Node
+from switchboard.conversation.host import CallHost
 from telephony.webrtc.gateway import OfferError, WebRTCGateway
 from telephony.webrtc.ice import rtc_configuration
 
@@ -42,7 +42,7 @@ class Offer(BaseModel):
     token: str | None = Field(default=None, max_length=200)
 
 
-def _browser_ice_servers(node: Node) -> list[dict[str, Any]]:
+def _browser_ice_servers(node: CallHost) -> list[dict[str, Any]]:
     servers = []
     for server in rtc_configuration(node.settings).iceServers or []:
         entry: dict[str, Any] = {"urls": server.urls}
@@ -53,7 +53,7 @@ def _browser_ice_servers(node: Node) -> list[dict[str, Any]]:
     return servers
 
 
-def create_app(node: Node) -> FastAPI:
+def create_app(node: CallHost) -> FastAPI:
     """The FastAPI app serving ``node``'s browser calls."""
     gateway = WebRTCGateway(node)
     templates = Jinja2Templates(directory=HERE / "templates")

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 
+from admin.accounts import SessionView
 from admin.security import allowed, console_of, ensure_allowed, page_session
 from analytics.analysis import (
     ABANDONED,
@@ -30,7 +31,6 @@ from analytics.analysis import (
     UNKNOWN,
     redact,
 )
-from switchboard.storage.accounts import SessionView
 from switchboard.storage.models import Call, CallAnalysis
 from switchboard.storage.repository import (
     AnalysisRepository,

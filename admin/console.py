@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from admin import api, calls, dashboard, users
+from admin.accounts import SessionView
 from admin.security import (
     FLASH_COOKIE,
     LOGIN_CSRF_COOKIE,
@@ -37,8 +38,7 @@ from admin.security import (
     take_flash,
 )
 from admin.templating import add_filters
-from switchboard.settings import Settings
-from switchboard.storage.accounts import SessionView
+from switchboard.base.settings import Settings
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent

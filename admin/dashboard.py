@@ -21,11 +21,11 @@ from fastapi.responses import Response
 from markupsafe import Markup
 
 from admin import charts
+from admin.accounts import SessionView
 from admin.security import console_of, ensure_allowed, page_session
 from admin.templating import percent, seconds
 from analytics.aggregates import Aggregates, compute_aggregates
 from analytics.analysis import ABANDONED, FAILED, HANDED_OFF, IN_PROGRESS, RESOLVED, UNKNOWN
-from switchboard.storage.accounts import SessionView
 
 router = APIRouter()
 

@@ -19,8 +19,8 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
 
-from switchboard.settings import Settings
-from switchboard.storage.accounts import AccountRepository, SessionView, UserView
+from admin.accounts import AccountRepository, SessionView, UserView
+from switchboard.base.settings import Settings
 
 SESSION_COOKIE = "switchboard_session"
 LOGIN_CSRF_COOKIE = "switchboard_login_csrf"

@@ -1,7 +1,7 @@
 """``switchboard web``: the web app alone, served by uvicorn until SIGTERM or Ctrl-C.
 
-The node (database, speech models, dialog client) is created first, so the port only
-opens once calls can be answered: ``GET /healthz`` answering means ready.
+The node (``create_host``: database, speech models, dialog client) is created first, so
+the port only opens once calls can be answered: ``GET /healthz`` answering means ready.
 """
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
 
+from admin.accounts import has_users
 from admin.app import create_app
-from switchboard.node import Node
-from switchboard.settings import Settings
-from switchboard.storage.accounts import has_users
+from switchboard.base.settings import Settings
+from switchboard.conversation.host import CallHost
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,11 @@ def _ignore_repeated_signal(signum: int, frame: FrameType | None) -> None:
     server is down and the node is closing, so there is nothing left to interrupt."""
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, create_host: Callable[[Settings], CallHost]) -> None:
     for noisy in ("aioice", "aiortc"):  # one line per ICE check otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     tls = _tls_options(settings)
-    node = await asyncio.to_thread(Node.create, settings)
+    node = await asyncio.to_thread(create_host, settings)
     try:
         config = uvicorn.Config(
             create_app(node),
@@ -73,6 +74,9 @@ async def _serve(settings: Settings) -> None:
         await node.aclose()
 
 
-def serve(settings: Settings) -> None:
-    """Run the web app in this process until SIGTERM/SIGINT; calls are hung up cleanly."""
-    asyncio.run(_serve(settings))
+def serve(settings: Settings, create_host: Callable[[Settings], CallHost]) -> None:
+    """Run the web app in this process until SIGTERM/SIGINT; calls are hung up cleanly.
+
+    ``create_host`` builds the node (database, speech models, dialog client) the calls of
+    this process share; it runs before the port opens."""
+    asyncio.run(_serve(settings, create_host))

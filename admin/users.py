@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 
+from admin.accounts import ROLES, AccountError, SessionView
 from admin.security import (
     FLASH_COOKIE,
     check_csrf,
@@ -19,7 +20,6 @@ from admin.security import (
     redirect_with_flash,
     take_flash,
 )
-from switchboard.storage.accounts import ROLES, AccountError, SessionView
 
 router = APIRouter()
 

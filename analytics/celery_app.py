@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery
 
-from switchboard.settings import Settings, get_settings
+from switchboard.base.settings import Settings, get_settings
 
 QUEUE = "switchboard-analytics"
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.analysis import analyze
 from analytics.celery_app import app
-from switchboard.settings import get_settings
+from switchboard.base.settings import get_settings
 from switchboard.storage.database import make_engine
 from switchboard.storage.models import utcnow
 from switchboard.storage.repository import AnalysisRepository, CallRepository

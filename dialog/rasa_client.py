@@ -5,74 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from dialog.text_normalizer import normalize_caller_text
+from switchboard.conversation.engines import BotMessage, DialogReply, DialogUnavailable
 
 log = logging.getLogger(__name__)
 
 KEYPAD_ENTITY = "order_number"
 INTENT_TIMEOUT_S = 1.0
-
-
-class DialogUnavailable(RuntimeError):
-    """The dialog engine could not be reached or answered with an error."""
-
-
-@dataclass(frozen=True)
-class BotMessage:
-    """One message of the bot's reply: something to say and/or a custom payload."""
-
-    text: str | None = None
-    custom: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class DialogReply:
-    messages: list[BotMessage]
-    elapsed_ms: float
-    sent_text: str = ""
-    intent: str | None = None
-    confidence: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def texts(self) -> list[str]:
-        return [m.text for m in self.messages if m.text]
-
-    @property
-    def handoff(self) -> dict[str, Any] | None:
-        for message in self.messages:
-            if message.custom and isinstance(message.custom.get("handoff"), dict):
-                return dict(message.custom["handoff"])
-        return None
-
-    @property
-    def hangup(self) -> bool:
-        return any(m.custom and m.custom.get("hangup") for m in self.messages)
-
-
-class DialogEngine(Protocol):
-    """What the conversation pipeline needs from a dialog manager."""
-
-    async def send(
-        self, conversation_id: str, text: str, metadata: dict[str, Any] | None = None
-    ) -> DialogReply: ...
-
-    async def send_event(
-        self,
-        conversation_id: str,
-        intent: str,
-        metadata: dict[str, Any] | None = None,
-        entities: dict[str, str] | None = None,
-    ) -> DialogReply: ...
-
-    async def send_keypad(
-        self, conversation_id: str, digits: str, metadata: dict[str, Any] | None = None
-    ) -> DialogReply: ...
 
 
 class RasaClient:

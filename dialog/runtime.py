@@ -1,6 +1,6 @@
 """Train, start, watch and stop the Rasa server and its action server.
 
-Rasa 3.6 lives in its own virtualenv (``settings.rasa_venv``, Python 3.10): this module
+Rasa 3.6 lives in its own virtualenv (``RasaConfig.venv``, Python 3.10): this module
 only runs its executables as child processes and never imports Rasa. Models are cached by
 a hash of the training inputs, so Rasa retrains only when the bot itself changes.
 """
@@ -25,8 +25,9 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from switchboard.settings import PROJECT_ROOT, Settings
+from dialog.config import RasaConfig
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BOT_DIR = PROJECT_ROOT / "dialog" / "bot"
 TRAINING_INPUTS = ("config.yml", "domain.yml", "data")
 INSTALL_SCRIPT = PROJECT_ROOT / "scripts" / "install-rasa-venv.sh"
@@ -75,57 +76,57 @@ def bot_hash(bot_dir: Path = BOT_DIR) -> str:
     return digest.hexdigest()[:16]
 
 
-def models_dir(settings: Settings) -> Path:
+def models_dir(config: RasaConfig) -> Path:
     """Where trained models are cached, one ``<bot_hash>.tar.gz`` per bot version."""
-    return settings.data_dir / "rasa" / "models"
+    return config.data_dir / "rasa" / "models"
 
 
-def logs_dir(settings: Settings) -> Path:
+def logs_dir(config: RasaConfig) -> Path:
     """Where the Rasa children write their logs."""
-    return settings.data_dir / "logs"
+    return config.data_dir / "logs"
 
 
-def rasa_executable(settings: Settings, name: str = "rasa") -> Path:
+def rasa_executable(config: RasaConfig, name: str = "rasa") -> Path:
     """``<rasa_venv>/bin/<name>``, or :class:`RasaNotInstalled` with what to do."""
-    path = settings.rasa_venv / "bin" / name
+    path = config.venv / "bin" / name
     if not os.access(path, os.X_OK):
         raise RasaNotInstalled(
             f"Rasa is not installed: {path} is missing. Run `make run` (it installs Rasa on "
-            f"first use) or `{INSTALL_SCRIPT.relative_to(PROJECT_ROOT)} {settings.rasa_venv}`, "
+            f"first use) or `{INSTALL_SCRIPT.relative_to(PROJECT_ROOT)} {config.venv}`, "
             "or point SWITCHBOARD_RASA_VENV at an existing Rasa 3.6 virtualenv."
         )
     return path
 
 
-def child_environment(settings: Settings, **extra: str) -> dict[str, str]:
+def child_environment(config: RasaConfig, **extra: str) -> dict[str, str]:
     """Environment of a Rasa child: this one minus the app's Python paths, plus Rasa's."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["VIRTUAL_ENV"] = str(settings.rasa_venv)
-    env["PATH"] = f"{settings.rasa_venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env["RASA_CACHE_DIRECTORY"] = str(settings.data_dir / "rasa" / "cache")
+    env["VIRTUAL_ENV"] = str(config.venv)
+    env["PATH"] = f"{config.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["RASA_CACHE_DIRECTORY"] = str(config.data_dir / "rasa" / "cache")
     env.update(CHILD_ENV)
     env.update(extra)
     return env
 
 
 def ensure_trained(
-    settings: Settings, *, force: bool = False, bot_dir: Path = BOT_DIR, echo: IO[str] | None = None
+    config: RasaConfig, *, force: bool = False, bot_dir: Path = BOT_DIR, echo: IO[str] | None = None
 ) -> Path:
     """The model for the bot as it is now, trained first if it is not cached yet.
 
     Rasa's progress is streamed to ``echo`` (default: stderr) and kept in
     ``data_dir/logs/rasa-train.log``. Concurrent callers wait for one training.
     """
-    model = models_dir(settings) / f"{bot_hash(bot_dir)}.tar.gz"
+    model = models_dir(config) / f"{bot_hash(bot_dir)}.tar.gz"
     if model.exists() and not force:
         return model
-    rasa = rasa_executable(settings)
+    rasa = rasa_executable(config)
     model.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(model.parent / ".train.lock"):
         if model.exists() and not force:
             return model  # trained by another process while we waited
         with tempfile.TemporaryDirectory(dir=model.parent, prefix=".training-") as out:
-            _run_training(settings, rasa, bot_dir, Path(out), model, echo or sys.stderr)
+            _run_training(config, rasa, bot_dir, Path(out), model, echo or sys.stderr)
             os.replace(Path(out) / model.name, model)
     return model
 
@@ -141,9 +142,9 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
 
 
 def _run_training(
-    settings: Settings, rasa: Path, bot_dir: Path, out: Path, model: Path, echo: IO[str]
+    config: RasaConfig, rasa: Path, bot_dir: Path, out: Path, model: Path, echo: IO[str]
 ) -> None:
-    log_path = logs_dir(settings) / "rasa-train.log"
+    log_path = logs_dir(config) / "rasa-train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
         str(rasa), "train",
@@ -163,7 +164,7 @@ def _run_training(
         subprocess.Popen(
             command,
             cwd=bot_dir,
-            env=child_environment(settings),
+            env=child_environment(config),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -192,11 +193,11 @@ def _last_lines(text: str) -> str:
     return "\n".join([line for line in lines if line.strip()][-LOG_TAIL_LINES:])
 
 
-def endpoints_yaml(settings: Settings, action_port: int) -> str:
+def endpoints_yaml(config: RasaConfig, action_port: int) -> str:
     """endpoints.yml: our action server, and Redis trackers when ``redis_url`` is set."""
     lines = ["action_endpoint:", f'  url: "http://{LOOPBACK}:{action_port}/webhook"']
-    if settings.redis_url:
-        url = urlsplit(settings.redis_url)
+    if config.redis_url:
+        url = urlsplit(config.redis_url)
         lines += [
             "tracker_store:",
             "  type: redis",
@@ -215,13 +216,13 @@ def endpoints_yaml(settings: Settings, action_port: int) -> str:
 class RasaServers:
     """The Rasa server and the action server as child processes bound to 127.0.0.1.
 
-    ``with RasaServers(settings, model) as servers:`` starts both, waits until they are
+    ``with RasaServers(config, model) as servers:`` starts both, waits until they are
     healthy and stops them on exit. Only this object's own children are ever signalled.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        config: RasaConfig,
         model: Path,
         *,
         rasa_port: int | None = None,
@@ -229,14 +230,14 @@ class RasaServers:
         database_url: str | None = None,
         bot_dir: Path = BOT_DIR,
     ) -> None:
-        self.settings = settings
+        self.config = config
         self.model = model
-        self.rasa_port = rasa_port or settings.rasa_port
-        self.action_port = action_port or settings.action_port
-        self.database_url = database_url or settings.effective_database_url
+        self.rasa_port = rasa_port or config.rasa_port
+        self.action_port = action_port or config.action_port
+        self.database_url = database_url or config.database_url
         self.bot_dir = bot_dir
-        self.rasa_log = logs_dir(settings) / "rasa.log"
-        self.action_log = logs_dir(settings) / "rasa-actions.log"
+        self.rasa_log = logs_dir(config) / "rasa.log"
+        self.action_log = logs_dir(config) / "rasa-actions.log"
         self._children: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
     @property
@@ -253,13 +254,13 @@ class RasaServers:
         """Start both children (returns at once; see :meth:`wait_healthy`)."""
         if self._children:
             raise RasaStartError("Rasa servers already started; call stop() first.")
-        rasa = rasa_executable(self.settings)
-        python = rasa_executable(self.settings, "python")
+        rasa = rasa_executable(self.config)
+        python = rasa_executable(self.config, "python")
         if not self.model.exists():
             raise RasaStartError(f"Rasa model {self.model} does not exist; train it first.")
-        endpoints = self.settings.data_dir / "rasa" / f"endpoints-{self.rasa_port}.yml"
+        endpoints = self.config.data_dir / "rasa" / f"endpoints-{self.rasa_port}.yml"
         endpoints.parent.mkdir(parents=True, exist_ok=True)
-        endpoints.write_text(endpoints_yaml(self.settings, self.action_port))
+        endpoints.write_text(endpoints_yaml(self.config, self.action_port))
         self._spawn(
             "action server",
             [str(python), "-m", "rasa_sdk", "--actions", "actions", "-p", str(self.action_port)],
@@ -282,8 +283,8 @@ class RasaServers:
                 str(endpoints),
                 "--credentials",
                 str(self.bot_dir / "credentials.yml"),
-                *(["--enable-api", "--auth-token", self.settings.rasa_api_token]
-                  if self.settings.rasa_api_token else []),
+                *(["--enable-api", "--auth-token", self.config.api_token]
+                  if self.config.api_token else []),
             ],
             self.rasa_log,
         )
@@ -296,7 +297,7 @@ class RasaServers:
             process = subprocess.Popen(
                 command,
                 cwd=self.bot_dir,
-                env=child_environment(self.settings, **env),
+                env=child_environment(self.config, **env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -316,11 +317,11 @@ class RasaServers:
         """Block until Rasa (GET /) and the action server (GET /health) answer.
 
         Returns the seconds waited. Raises :class:`RasaStartError` with the log tail when
-        a child exits or ``timeout`` (default ``settings.rasa_start_timeout_s``) passes.
+        a child exits or ``timeout`` (default ``config.start_timeout_s``) passes.
         """
         if not self._children:
             raise RasaStartError("Rasa servers are not started; call start() first.")
-        limit = self.settings.rasa_start_timeout_s if timeout is None else timeout
+        limit = self.config.start_timeout_s if timeout is None else timeout
         started = time.monotonic()
         probes = {"Rasa server": f"{self.url}/", "action server": f"{self.action_url}/health"}
         healthy: set[str] = set()

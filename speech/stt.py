@@ -7,18 +7,15 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from faster_whisper import WhisperModel
 
-from speech.audio import int16_to_float32, resample
+from speech.config import SttConfig
 from speech.models import WHISPER_TINY_EN, pick_compute_type, pick_device, resolve_whisper_model
-
-if TYPE_CHECKING:
-    from switchboard.settings import Settings
+from switchboard.conversation.audio import int16_to_float32, resample
+from switchboard.conversation.engines import Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -31,35 +28,8 @@ MIN_AVG_LOGPROB = -1.0
 """...and decoded with less confidence than this is dropped as a hallucination."""
 MAX_COMPRESSION_RATIO = 2.4
 """Segments more repetitive than this (gzip ratio) are dropped as hallucinations."""
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "switchboard" / "models"
-"""Where models joined from several packages are kept when no cache_dir is given."""
 SILENT_PEAK = 64
 """Audio whose peak stays below this (about -54 dBFS) is not sent to the model."""
-
-
-@dataclass(frozen=True)
-class Transcript:
-    """What was said in one utterance.
-
-    ``confidence`` is the mean token probability of the kept text (0 when empty);
-    ``no_speech_prob`` Whisper's belief that there was no speech (1 when nothing was
-    decoded); ``audio_ms`` the input's duration; ``elapsed_ms`` the time transcription took.
-    """
-
-    text: str
-    confidence: float
-    no_speech_prob: float
-    language: str
-    audio_ms: int
-    elapsed_ms: float
-
-
-class SpeechToText(Protocol):
-    """Anything that turns one utterance of int16 mono PCM into a ``Transcript``."""
-
-    async def transcribe(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
-        """Transcribe ``pcm`` (1-D int16 at ``sample_rate``)."""
-        ...
 
 
 class WhisperSTT:
@@ -73,7 +43,7 @@ class WhisperSTT:
         language: str = "en",
         beam_size: int = 1,
         cpu_threads: int = 2,
-        cache_dir: Path = DEFAULT_CACHE_DIR,
+        cache_dir: Path = SttConfig.cache_dir,
     ) -> None:
         path = resolve_whisper_model(model, cache_dir)
         self.language = language
@@ -83,16 +53,16 @@ class WhisperSTT:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-stt")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WhisperSTT:
-        """The model named by the ``stt_*`` settings; joined models cached in data_dir/models."""
+    def from_config(cls, config: SttConfig) -> WhisperSTT:
+        """The model ``config`` names, loaded where it says."""
         return cls(
-            model=settings.stt_model,
-            device=settings.stt_device,
-            compute_type=settings.stt_compute_type,
-            language=settings.stt_language,
-            beam_size=settings.stt_beam_size,
-            cpu_threads=settings.stt_cpu_threads,
-            cache_dir=settings.data_dir / "models",
+            model=config.model,
+            device=config.device,
+            compute_type=config.compute_type,
+            language=config.language,
+            beam_size=config.beam_size,
+            cpu_threads=config.cpu_threads,
+            cache_dir=config.cache_dir,
         )
 
     def _load(self, path: Path, compute_type: str, cpu_threads: int) -> WhisperModel:

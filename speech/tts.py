@@ -5,36 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from piper import PiperVoice
 
-from speech.audio import resample
+from speech.config import TtsConfig
 from speech.models import PIPER_JOE, pick_onnx_device, resolve_piper_voice
-
-if TYPE_CHECKING:
-    from switchboard.settings import Settings
+from switchboard.conversation.audio import resample
 
 logger = logging.getLogger(__name__)
-
-
-class TextToSpeech(Protocol):
-    """Anything that speaks text as a stream of int16 mono chunks."""
-
-    native_rate: int
-    """Rate the engine synthesizes at; other rates are resampled."""
-
-    def stream(self, text: str, sample_rate: int) -> AsyncIterator[np.ndarray]:
-        """Chunks of ``text`` spoken at ``sample_rate``, the first as soon as it is ready.
-
-        Closing it early (``aclose()`` where it is an async generator, or cancelling its
-        consumer: barge-in) stops synthesis after the current sentence.
-        """
-        ...
 
 
 class PiperTTS:
@@ -48,9 +30,9 @@ class PiperTTS:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper-tts")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PiperTTS:
-        """The voice and device named by ``tts_voice`` and ``tts_device``."""
-        return cls(voice=settings.tts_voice, device=settings.tts_device)
+    def from_config(cls, config: TtsConfig) -> PiperTTS:
+        """The voice ``config`` names, on the device it says."""
+        return cls(voice=config.voice, device=config.device)
 
     def _load(self, path: Path) -> PiperVoice:
         if self.device == "cuda":

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from switchboard.settings import Settings, get_settings
+from switchboard.base.settings import Settings, get_settings
 
 app = typer.Typer(
     help="Switchboard: a self-hosted contact-center voice agent.",
@@ -75,11 +75,12 @@ def web() -> None:
     Loads the speech models first; GET /healthz answers once calls can be taken.
     SIGTERM or Ctrl-C hangs up the browser calls and exits."""
     from admin.server import WebServerError, serve
+    from switchboard.node import Node
 
     settings = get_settings()
     _setup_logging(settings)
     try:
-        serve(settings)
+        serve(settings, Node.create)
     except WebServerError as exc:
         raise _fail(str(exc)) from None
 
@@ -128,12 +129,11 @@ async def _simulate(
 ) -> None:
     import numpy as np
 
-    from switchboard.dialog_service import dialog_available
-    from switchboard.node import Node
+    from switchboard.node import Node, dialog_ready
     from switchboard.simulate import simulate_call, write_outputs
 
     assert isinstance(pcm, np.ndarray)
-    async with dialog_available(settings) as settings:
+    async with dialog_ready(settings) as settings:
         node = Node.create(settings)
         try:
             sim = await simulate_call(node, pcm, rate, realtime=not fast, tail_s=tail)
@@ -215,11 +215,10 @@ def call(
 
 
 async def _call(settings: Settings, uri: str) -> None:
-    from switchboard.dialog_service import dialog_available
-    from switchboard.node import Node
+    from switchboard.node import Node, dialog_ready
     from telephony.sip.worker import SipWorker
 
-    async with dialog_available(settings) as settings:
+    async with dialog_ready(settings) as settings:
         node = Node.create(settings)
         worker = SipWorker(node)
         try:
@@ -245,11 +244,10 @@ def bench_pipeline(
 
 
 async def _bench(settings: Settings, utterances: int, rate: int) -> None:
-    from switchboard.bench import bench_pipeline as run_bench
-    from switchboard.dialog_service import dialog_available
-    from switchboard.node import Node
+    from switchboard.bench.pipeline import bench_pipeline as run_bench
+    from switchboard.node import Node, dialog_ready
 
-    async with dialog_available(settings) as settings:
+    async with dialog_ready(settings) as settings:
         node = Node.create(settings)
         try:
             rows = await run_bench(node, utterances, rate)
@@ -274,8 +272,8 @@ def bench_console(
              "temporary SQLite file.")] = None,
 ) -> None:
     """Console and API response times over a database of many calls (in-process)."""
-    from admin.bench import BenchError, format_report
-    from admin.bench import bench_console as run_bench
+    from switchboard.bench.console import BenchError, format_report
+    from switchboard.bench.console import bench_console as run_bench
 
     try:
         seeded_s, timings = run_bench(calls, requests, database_url)
@@ -290,8 +288,8 @@ def bench_webrtc(
 ) -> None:
     """Concurrent aiortc calls against the web app: connect time, voice-to-voice latency
     at the caller, CPU per call. Starts a web app for the run if none answers."""
-    from telephony.webrtc.bench import BenchError, format_report
-    from telephony.webrtc.bench import bench_webrtc as run_bench
+    from switchboard.bench.webrtc import BenchError, format_report
+    from switchboard.bench.webrtc import bench_webrtc as run_bench
 
     settings = get_settings()
     _setup_logging(settings, quiet=True)
@@ -319,7 +317,7 @@ def bench_sip(
     at the caller, call setup time, failed calls, CPU per call."""
     import json
 
-    from switchboard.sip_bench import bench_sip as run_bench
+    from switchboard.bench.sip import bench_sip as run_bench
 
     settings = get_settings()
     _setup_logging(settings, quiet=True)
@@ -382,7 +380,7 @@ def analytics_aggregates(
 
 
 def _accounts() -> Any:
-    from switchboard.storage.accounts import AccountRepository
+    from admin.accounts import AccountRepository
 
     settings = get_settings()
     return AccountRepository.from_settings(settings, _database(settings))
@@ -410,7 +408,7 @@ def users_create(
 ) -> None:
     """Create a console user. There is no default password: it is prompted for (twice) or
     read from standard input."""
-    from switchboard.storage.accounts import AccountError, validate_role, validate_username
+    from admin.accounts import AccountError, validate_role, validate_username
 
     try:  # check the cheap things before asking for a password
         validate_username(name)
@@ -443,7 +441,7 @@ def users_password(
         "--password-stdin", help="Read the new password from standard input.")] = False,
 ) -> None:
     """Set a user's password (ends their console sessions)."""
-    from switchboard.storage.accounts import AccountError
+    from admin.accounts import AccountError
 
     accounts = _accounts()
     user = accounts.find_user(name.strip())
@@ -462,7 +460,7 @@ def users_token(
     label: Annotated[str, typer.Option("--name", help="What uses the token.")] = "cli",
 ) -> None:
     """Create an API token for the REST API and print it (it is shown only once)."""
-    from switchboard.storage.accounts import AccountError
+    from admin.accounts import AccountError
 
     accounts = _accounts()
     user = accounts.find_user(name.strip())
@@ -481,11 +479,12 @@ def dialog_train(
 ) -> None:
     """Train the Rasa model if the bot's files changed (content hash)."""
     from dialog.runtime import RasaError, ensure_trained
+    from switchboard.node import rasa_config
 
     settings = get_settings()
     _setup_logging(settings)
     try:
-        model = ensure_trained(settings, force=force)
+        model = ensure_trained(rasa_config(settings), force=force)
     except RasaError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"model: {model}")
@@ -496,7 +495,7 @@ def show_settings(
     markdown: Annotated[bool, typer.Option(help="Print the README's settings table.")] = False,
 ) -> None:
     """Show every setting with its environment variable and current value."""
-    from switchboard.settings import settings_table
+    from switchboard.base.settings import settings_table
 
     if markdown:
         typer.echo(settings_table())

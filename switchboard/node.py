@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,17 +14,70 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.celery_app import create_app as create_celery_app
 from analytics.tasks import enqueue_call_analysis
-from dialog.rasa_client import DialogEngine, RasaClient
-from speech.stt import SpeechToText, WhisperSTT
-from speech.tts import PiperTTS, TextToSpeech
-from switchboard.pipeline.conversation import CallResult, ConversationPipeline, TurnTaking
-from switchboard.pipeline.media import AudioSink, AudioSource
-from switchboard.pipeline.recorder import CallRecorder
-from switchboard.settings import Settings
+from dialog.config import RasaConfig
+from dialog.rasa_client import RasaClient
+from dialog.service import dialog_available
+from speech.config import SttConfig, TtsConfig
+from speech.stt import WhisperSTT
+from speech.tts import PiperTTS
+from speech.vad import SileroDetector
+from switchboard.base.settings import Settings
+from switchboard.conversation.engines import DialogEngine, SpeechToText, TextToSpeech
+from switchboard.conversation.media import AudioSink, AudioSource
+from switchboard.conversation.pipeline import CallResult, ConversationPipeline, TurnTaking
+from switchboard.conversation.recorder import CallRecorder
+from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import prepare_database
-from switchboard.storage.repository import CallRepository, TurnRecord
+from switchboard.storage.repository import CallRepository
 
 log = logging.getLogger(__name__)
+
+
+def stt_config(settings: Settings) -> SttConfig:
+    """The ``stt_*`` settings; models joined from several packages cached in data_dir/models."""
+    return SttConfig(
+        model=settings.stt_model,
+        device=settings.stt_device,
+        compute_type=settings.stt_compute_type,
+        language=settings.stt_language,
+        beam_size=settings.stt_beam_size,
+        cpu_threads=settings.stt_cpu_threads,
+        cache_dir=settings.data_dir / "models",
+    )
+
+
+def tts_config(settings: Settings) -> TtsConfig:
+    """The ``tts_voice`` and ``tts_device`` settings."""
+    return TtsConfig(voice=settings.tts_voice, device=settings.tts_device)
+
+
+def rasa_config(settings: Settings) -> RasaConfig:
+    """The ``rasa_*`` settings, with the database and Redis the Rasa children use."""
+    return RasaConfig(
+        venv=settings.rasa_venv,
+        data_dir=settings.data_dir,
+        url=settings.rasa_url,
+        rasa_port=settings.rasa_port,
+        action_port=settings.action_port,
+        database_url=settings.effective_database_url,
+        redis_url=settings.redis_url,
+        api_token=settings.rasa_api_token,
+        timeout_s=settings.rasa_timeout_s,
+        start_timeout_s=settings.rasa_start_timeout_s,
+    )
+
+
+def with_rasa(settings: Settings, rasa: RasaConfig) -> Settings:
+    """``settings`` pointing at the Rasa server ``rasa`` names, with its API token."""
+    return settings.model_copy(update={"rasa_url": rasa.url, "rasa_api_token": rasa.api_token})
+
+
+@asynccontextmanager
+async def dialog_ready(settings: Settings) -> AsyncIterator[Settings]:
+    """``settings`` naming a Rasa server that answers: the configured one, or one started
+    for the duration (one-off commands: simulate, call, benches)."""
+    async with dialog_available(rasa_config(settings)) as rasa:
+        yield with_rasa(settings, rasa)
 
 
 @dataclass
@@ -57,18 +111,18 @@ class Node:
         sessions = prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
         owned: list[object] = []
         if stt is None:
-            whisper = WhisperSTT.from_settings(settings)
+            whisper = WhisperSTT.from_config(stt_config(settings))
             whisper.warm_up()
             stt = whisper
             owned.append(whisper)
         if tts is None:
-            piper = PiperTTS.from_settings(settings)
+            piper = PiperTTS.from_config(tts_config(settings))
             piper.warm_up()
             tts = piper
             owned.append(piper)
         if dialog is None:
-            dialog = RasaClient(settings.rasa_url, timeout_s=settings.rasa_timeout_s,
-                                api_token=settings.rasa_api_token)
+            rasa = rasa_config(settings)
+            dialog = RasaClient(rasa.url, timeout_s=rasa.timeout_s, api_token=rasa.api_token)
             owned.append(dialog)
         celery = create_celery_app(settings) if analytics else None
         return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned)
@@ -105,6 +159,7 @@ class Node:
                 stt=self.stt,
                 tts=self.tts,
                 dialog=self.dialog,
+                vad=SileroDetector,
                 recorder=CallRecorder(self.calls, call_id),
                 turn_taking=TurnTaking.from_settings(self.settings),
                 metadata=info,

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from speech.audio import FRAME_MS, frame_samples, resample
+from switchboard.conversation.audio import FRAME_MS, frame_samples, resample
+from switchboard.conversation.pipeline import CallResult, ConversationPipeline
 from switchboard.node import Node
-from switchboard.pipeline.conversation import CallResult, ConversationPipeline
 
 SUPPORTED_RATES = (8000, 16000)
 

@@ -19,11 +19,12 @@ from typing import Protocol
 
 import httpx
 
+from admin.accounts import has_users
 from dialog.runtime import RasaError, RasaServers, ensure_trained
-from switchboard.children import ChildError, ManagedChild
-from switchboard.dialog_service import publish_api_token, with_api_token
-from switchboard.settings import Settings
-from switchboard.storage.accounts import has_users
+from dialog.service import publish_api_token, with_api_token
+from switchboard.base.children import ChildError, ManagedChild
+from switchboard.base.settings import Settings
+from switchboard.node import rasa_config, with_rasa
 from switchboard.storage.database import DatabaseError, prepare_database
 from switchboard.storage.repository import CallRepository
 from telephony.kamailio import KamailioError, KamailioProxy, worker_ports
@@ -207,10 +208,11 @@ class Supervisor:
 
     def _start_all(self) -> None:
         settings = self.settings
-        settings = self.settings = with_api_token(settings)
-        publish_api_token(settings)
+        dialog = with_api_token(rasa_config(settings))
+        settings = self.settings = with_rasa(settings, dialog)
+        publish_api_token(dialog)
         try:
-            rasa = RasaServers(settings, ensure_trained(settings))
+            rasa = RasaServers(dialog, ensure_trained(dialog))
         except RasaError as exc:
             raise SupervisorError(str(exc)) from exc
         self._launch(Supervised(RasaComponent(rasa)))

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from switchboard.settings import PROJECT_ROOT, Settings
+from switchboard.base.settings import PROJECT_ROOT, Settings
 
 CONFIG_TEMPLATE = PROJECT_ROOT / "deploy" / "kamailio" / "kamailio.cfg"
 KAMAILIO_PACKAGE = "kamailio"

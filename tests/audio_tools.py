@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from speech.audio import resample
 from speech.tts import PiperTTS
+from switchboard.conversation.audio import resample
 
 _DIGIT_WORDS = {
     "zero": "0",

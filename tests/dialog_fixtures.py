@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from dialog.runtime import RasaNotInstalled, RasaServers, ensure_trained
-from switchboard.processes import free_port
-from switchboard.settings import PROJECT_ROOT, Settings
+from switchboard.base.processes import free_port
+from switchboard.base.settings import PROJECT_ROOT, Settings
+from switchboard.node import rasa_config
 
 TEST_API_TOKEN = "switchboard-test-token"
 RASA_START_TIMEOUT_S = 180.0
@@ -56,11 +57,13 @@ def rasa_server(
     temporary directory (``servers.rasa_log``, ``servers.action_log``).
     """
     try:
-        model = ensure_trained(rasa_test_settings(PROJECT_ROOT / "var"), echo=sys.stderr)
+        model = ensure_trained(
+            rasa_config(rasa_test_settings(PROJECT_ROOT / "var")), echo=sys.stderr
+        )
     except RasaNotInstalled as error:
         pytest.fail(f"{error} (`make test` installs it)")
     servers = RasaServers(
-        rasa_test_settings(tmp_path_factory.mktemp("rasa")),
+        rasa_config(rasa_test_settings(tmp_path_factory.mktemp("rasa"))),
         model,
         rasa_port=free_port(),
         action_port=free_port(),

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dialog.rasa_client import BotMessage, DialogReply, DialogUnavailable
-from speech.stt import Transcript
+from switchboard.conversation.engines import BotMessage, DialogReply, DialogUnavailable, Transcript
 
 WORD_MS = 150
 

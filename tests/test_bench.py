@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from switchboard.bench import stage_stats, voice_to_voice_ms
-from switchboard.pipeline.conversation import CallResult
-from switchboard.storage.repository import TurnRecord
+from switchboard.bench.pipeline import stage_stats, voice_to_voice_ms
+from switchboard.conversation.pipeline import CallResult
+from switchboard.conversation.turns import TurnRecord
 
 RATE = 8000
 

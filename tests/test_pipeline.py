@@ -8,11 +8,11 @@ import logging
 import numpy as np
 import pytest
 
-from dialog.rasa_client import BotMessage
-from speech.audio import FRAME_MS
+from switchboard.base.settings import Settings
+from switchboard.conversation.audio import FRAME_MS
+from switchboard.conversation.engines import BotMessage
+from switchboard.conversation.pipeline import ConversationPipeline
 from switchboard.node import Node
-from switchboard.pipeline.conversation import ConversationPipeline
-from switchboard.settings import Settings
 from switchboard.simulate import CaptureSink, FileSource, Simulation, simulate_call
 from tests.audio_tools import espeak, silence
 from tests.fakes import FakeDialog, FakeSTT, FakeTTS

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from switchboard.settings import settings_table
+from switchboard.base.settings import settings_table
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

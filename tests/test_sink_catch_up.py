@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from switchboard.pipeline.media import CATCH_UP_FRAMES
+from switchboard.conversation.media import CATCH_UP_FRAMES
 from telephony.sip.media_port import SipAudioSink
 from telephony.webrtc.media import PacedOutboundTrack
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import DatabaseError, prepare_database
-from switchboard.storage.repository import CallRepository, OrderRepository, TurnRecord
+from switchboard.storage.repository import CallRepository, OrderRepository
 
 
 def test_migrations_create_every_table_and_are_idempotent(url: str) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from switchboard.children import ChildError
-from switchboard.settings import Settings
+from switchboard.base.children import ChildError
+from switchboard.base.settings import Settings
 from switchboard.supervisor import MAX_RESTARTS, Supervised, Supervisor, SupervisorError
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -13,23 +13,33 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from switchboard.storage.models import Call, CallAnalysis, CallEvent, Order, Turn, utcnow
 
 
-@dataclass
-class TurnRecord:
-    """A turn as the pipeline produces it, before it is stored."""
+class StoredTurn(Protocol):
+    """What a turn gives the repository to store (the conversation core's ``TurnRecord``)."""
 
-    speaker: str
-    text: str
-    started_at: datetime
-    ended_at: datetime | None = None
-    intent: str | None = None
-    confidence: float | None = None
-    barge_in: bool = False
-    endpoint_ms: float | None = None
-    stt_ms: float | None = None
-    dialog_ms: float | None = None
-    tts_ms: float | None = None
-    response_ms: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    @property
+    def speaker(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def ended_at(self) -> datetime | None: ...
+    @property
+    def intent(self) -> str | None: ...
+    @property
+    def confidence(self) -> float | None: ...
+    @property
+    def barge_in(self) -> bool: ...
+    @property
+    def endpoint_ms(self) -> float | None: ...
+    @property
+    def stt_ms(self) -> float | None: ...
+    @property
+    def dialog_ms(self) -> float | None: ...
+    @property
+    def tts_ms(self) -> float | None: ...
+    @property
+    def response_ms(self) -> float | None: ...
 
 
 class CallRepository:
@@ -57,7 +67,7 @@ class CallRepository:
             session.commit()
             return call.id
 
-    def add_turn(self, call_id: str, turn: TurnRecord) -> int:
+    def add_turn(self, call_id: str, turn: StoredTurn) -> int:
         """Store a turn with the next sequence number; returns that number."""
         with self._sessions() as session:
             seq = session.scalar(

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pjsua2 as pj
 
-from switchboard.settings import Settings
+from switchboard.base.settings import Settings
 from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip.call import (
     CallEvents,

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import pjsua2 as pj
 
-from speech.audio import FRAME_MS, frame_samples
-from switchboard.pipeline.media import CATCH_UP_FRAMES
+from switchboard.conversation.audio import FRAME_MS, frame_samples
+from switchboard.conversation.media import CATCH_UP_FRAMES
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from switchboard.node import Node
-from switchboard.pipeline.conversation import CallResult, ConversationPipeline
+from switchboard.conversation.host import CallHost
+from switchboard.conversation.pipeline import CallResult, ConversationPipeline
 from telephony.sip.call import CallLeg
 from telephony.sip.endpoint import SipEndpoint
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
@@ -63,7 +63,7 @@ class _Session:
 class SipWorker:
     """Answers (or places) SIP calls and runs the conversation pipeline on each."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: CallHost) -> None:
         self.node = node
         self.settings = node.settings
         self.sessions: dict[int, _Session] = {}
@@ -313,7 +313,7 @@ class SipWorker:
                                     str(recording.path))
 
 
-async def run_worker(node: Node) -> None:
+async def run_worker(node: CallHost) -> None:
     """Serve calls until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -25,9 +25,9 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from switchboard.node import Node
-from switchboard.pipeline.conversation import ConversationPipeline
-from switchboard.storage.repository import TurnRecord
+from switchboard.conversation.host import CallHost
+from switchboard.conversation.pipeline import ConversationPipeline
+from switchboard.conversation.turns import TurnRecord
 from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
 from telephony.webrtc.media import PacedOutboundTrack, TrackSource
 
@@ -117,7 +117,7 @@ def turn_message(record: TurnRecord) -> dict[str, Any]:
 class WebRTCGateway:
     """Every browser call of one web process, sharing the process's node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: CallHost) -> None:
         self.node = node
         self.settings = node.settings
         restrict_host_candidates(parse_addresses(self.settings.webrtc_ice_addresses))

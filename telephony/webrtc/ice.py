@@ -8,7 +8,7 @@ import ipaddress
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
-from switchboard.settings import Settings
+from switchboard.base.settings import Settings
 
 _aioice_host_addresses = aioice.ice.get_host_addresses
 

@@ -18,8 +18,8 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from av import AudioFrame
 
-from speech.audio import FRAME_MS, StreamResampler, frame_samples
-from switchboard.pipeline.media import CATCH_UP_FRAMES
+from switchboard.conversation.audio import FRAME_MS, StreamResampler, frame_samples
+from switchboard.conversation.media import CATCH_UP_FRAMES
 
 CALL_RATE = 16000
 """Sample rate of a browser call inside the pipeline (wideband)."""

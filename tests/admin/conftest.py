@@ -15,9 +15,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from admin.accounts import AccountRepository, UserView
 from admin.console import install_console
-from switchboard.settings import Settings
-from switchboard.storage.accounts import AccountRepository, UserView
+from switchboard.base.settings import Settings
 from switchboard.storage.database import prepare_database
 
 if TYPE_CHECKING:  # the test client's responses

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from switchboard.storage.accounts import AccountRepository, UserView
+from admin.accounts import AccountRepository, UserView
 from tests.admin.conftest import BASE_URL, PASSWORD
 from tests.admin.test_console_pages import (
     BAD_LIST_INPUT,

@@ -22,12 +22,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount
 
+from admin.accounts import IP_FAILURE_FACTOR, AccountRepository, UserView
 from admin.app import create_app
 from admin.console import install_console
 from admin.security import SESSION_COOKIE
+from switchboard.base.settings import Settings
 from switchboard.node import Node
-from switchboard.settings import Settings
-from switchboard.storage.accounts import IP_FAILURE_FACTOR, AccountRepository, UserView
 from switchboard.storage.models import ApiToken, ConsoleSession, LoginFailure, User
 from switchboard.storage.repository import CallRepository
 from tests.admin.conftest import (

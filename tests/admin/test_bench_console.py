@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from admin.bench import BenchError, bench_console, seed
-from switchboard.settings import PROJECT_ROOT
+from switchboard.base.settings import PROJECT_ROOT
+from switchboard.bench.console import BenchError, bench_console, seed
 from switchboard.storage.database import prepare_database
 from switchboard.storage.models import Call, CallAnalysis, Turn
 

@@ -21,8 +21,8 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from speech.tts import PiperTTS
-from switchboard.processes import free_port
-from switchboard.settings import PROJECT_ROOT
+from switchboard.base.processes import free_port
+from switchboard.base.settings import PROJECT_ROOT
 from switchboard.storage.repository import CallRepository
 from tests.analytics.test_worker import Workers, redis_url, wait_for, workers_on
 from tests.audio_tools import piper_speech, silence, write_wav

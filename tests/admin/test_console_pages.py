@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from admin.accounts import AccountRepository, UserView
 from analytics.analysis import analyze
-from switchboard.storage.accounts import AccountRepository, UserView
 from switchboard.storage.models import Call
 from switchboard.storage.repository import AnalysisRepository, CallRepository
 from tests.admin.conftest import (

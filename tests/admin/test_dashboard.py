@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from admin import charts
+from admin.accounts import UserView
 from admin.dashboard import RangeError, parse_range, preset_range
 from analytics.analysis import analyze
-from switchboard.storage.accounts import UserView
 from switchboard.storage.repository import AnalysisRepository, CallRepository
 from tests.admin.conftest import BASE_URL
 from tests.analytics.calls import CallSpec, Said, order_call, store_call

@@ -15,8 +15,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from switchboard.storage.accounts import AccountError, AccountRepository, UserView
-from switchboard.storage.repository import CallRepository, TurnRecord
+from admin.accounts import AccountError, AccountRepository, UserView
+from switchboard.conversation.turns import TurnRecord
+from switchboard.storage.repository import CallRepository
 from tests.admin.conftest import BASE_URL, PASSWORD, csrf_of, sign_in
 
 ClientAs = Callable[[str], tuple[TestClient, UserView]]

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from admin.accounts import AccountError, AccountRepository
 from analytics.analysis import analyze
-from switchboard.storage.accounts import AccountError, AccountRepository
 from switchboard.storage.database import prepare_database
 from switchboard.storage.models import LoginFailure, User
 from switchboard.storage.repository import (

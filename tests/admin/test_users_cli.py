@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from admin.accounts import AccountRepository
 from admin.console import install_console
-from switchboard.settings import Settings
-from switchboard.storage.accounts import AccountRepository
+from switchboard.base.settings import Settings
 from switchboard.storage.database import prepare_database
 from switchboard.storage.models import User
 from tests.admin.conftest import BASE_URL, PASSWORD, can_sign_in, sign_in

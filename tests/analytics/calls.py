@@ -8,8 +8,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.models import Call
-from switchboard.storage.repository import CallRepository, TurnRecord
+from switchboard.storage.repository import CallRepository
 
 
 @dataclass

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.celery_app import create_app
 from analytics.tasks import enqueue_call_analysis
-from switchboard.processes import free_port
-from switchboard.settings import Settings
+from switchboard.base.processes import free_port
+from switchboard.base.settings import Settings
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import AnalysisRepository
 from tests.analytics.calls import order_call, store_call

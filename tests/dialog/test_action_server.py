@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from dialog.runtime import BOT_DIR, RasaNotInstalled, child_environment, rasa_executable
-from switchboard.processes import free_port
+from switchboard.base.processes import free_port
+from switchboard.node import rasa_config
 from tests.dialog_fixtures import rasa_test_settings
 
 START_TIMEOUT_S = 60.0
@@ -27,7 +28,7 @@ DOMAIN = {
 def dead_db_action_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An action server whose database URL points at a file that cannot exist."""
     tmp = tmp_path_factory.mktemp("actions")
-    settings = rasa_test_settings(tmp)
+    settings = rasa_config(rasa_test_settings(tmp))
     try:
         python = rasa_executable(settings, "python")
     except RasaNotInstalled as error:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dialog.config import RasaConfig
 from dialog.runtime import (
     BOT_DIR,
     RasaNotInstalled,
@@ -19,18 +20,20 @@ from dialog.runtime import (
     ensure_trained,
     models_dir,
 )
-from switchboard.settings import Settings
+from switchboard.base.settings import Settings
+from switchboard.node import rasa_config
 
 
-def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+def make_settings(tmp_path: Path, **overrides: object) -> RasaConfig:
+    """The Rasa config the node builds from these settings."""
     values: dict[str, object] = {"data_dir": tmp_path / "var", "rasa_venv": tmp_path / "venv"}
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]
+    return rasa_config(Settings(_env_file=None, **values))  # type: ignore[arg-type, call-arg]
 
 
-def fake_venv(settings: Settings, rasa_script: str, python_script: str = "exec sleep 30") -> None:
+def fake_venv(settings: RasaConfig, rasa_script: str, python_script: str = "exec sleep 30") -> None:
     """A virtualenv whose ``rasa`` and ``python`` are shell scripts."""
-    bin_dir = settings.rasa_venv / "bin"
+    bin_dir = settings.venv / "bin"
     bin_dir.mkdir(parents=True)
     for name, body in (("rasa", rasa_script), ("python", python_script)):
         path = bin_dir / name

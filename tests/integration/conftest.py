@@ -9,8 +9,8 @@ import pytest
 from dialog.rasa_client import RasaClient
 from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
+from switchboard.base.settings import Settings
 from switchboard.node import Node
-from switchboard.settings import Settings
 from tests.dialog_fixtures import TEST_API_TOKEN
 
 

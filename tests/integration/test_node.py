@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from switchboard.processes import descendants, free_port
+from switchboard.base.processes import descendants, free_port
 from telephony.sip_ping import options_ping
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from switchboard.settings import Settings
+from switchboard.base.settings import Settings
 from telephony import kamailio
 from telephony.kamailio import KamailioError, KamailioProxy, options_status, worker_ports
 from tests.kamailio.sipp import (

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from switchboard.processes import free_port
-from switchboard.settings import PROJECT_ROOT
+from switchboard.base.processes import free_port
+from switchboard.base.settings import PROJECT_ROOT
 from tests.sip.peers import free_udp_port, stop_process
 
 NODE_START_TIMEOUT_S = 240.0

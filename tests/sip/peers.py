@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from switchboard.processes import free_port
+from switchboard.base.processes import free_port
 
 BARESIP_MODULES = Path("/usr/lib/baresip/modules")
 
 
 def free_udp_port(step: int = 1) -> int:
     """A port on 127.0.0.1 free for UDP and TCP (SIP listens on both), with ``step - 1``
-    such ports after it (an RTP range). ``switchboard.processes.free_port`` finds one port
+    such ports after it (an RTP range). ``switchboard.base.processes.free_port`` finds one port
     of one kind."""
     for _ in range(200):
         port = free_port(socket.SOCK_DGRAM)

@@ -16,7 +16,7 @@ import soundfile
 
 from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
-from switchboard.processes import free_port
+from switchboard.base.processes import free_port
 from switchboard.storage.models import Call
 from switchboard.storage.repository import CallRepository
 from tests.audio_tools import normalize_digits, piper_speech, silence, write_wav

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from speech.stt import WhisperSTT
-from switchboard.pipeline.conversation import CallResult
-from switchboard.processes import free_port
-from switchboard.settings import PROJECT_ROOT
+from switchboard.base.processes import free_port
+from switchboard.base.settings import PROJECT_ROOT
+from switchboard.conversation.pipeline import CallResult
 from switchboard.storage.models import Call
 from switchboard.storage.repository import CallRepository
 from telephony.sip import worker as worker_module

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from switchboard.processes import descendants
+from switchboard.base.processes import descendants
 from switchboard.storage.repository import CallRepository
 from tests.integration.test_node import command_line
 from tests.sip.node import running_node

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from switchboard.settings import PROJECT_ROOT
+from switchboard.base.settings import PROJECT_ROOT
 from tests.sip.peers import free_udp_port, options, stop_process
 
 WORKER_START_TIMEOUT_S = 60.0

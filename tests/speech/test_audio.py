@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speech.audio import FRAME_MS, StreamResampler, frame_samples, int16_to_float32, resample
+from switchboard.conversation.audio import (
+    FRAME_MS,
+    StreamResampler,
+    frame_samples,
+    int16_to_float32,
+    resample,
+)
 
 RATES = (8000, 16000, 22050, 24000, 48000)
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speech.stt import SpeechToText, Transcript, WhisperSTT
+from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
-from switchboard.settings import Settings
+from switchboard.base.settings import Settings
+from switchboard.conversation.engines import SpeechToText, Transcript
+from switchboard.node import stt_config
 from tests.audio_tools import espeak, normalize_digits, piper_speech, silence, white_noise
 
 SENTENCE = "I'd like to check my order status"
@@ -103,10 +105,10 @@ def test_a_non_positive_rate_is_refused(stt: WhisperSTT) -> None:
         stt.transcribe_sync(silence(100), 0)
 
 
-def test_from_settings_uses_the_stt_settings(tmp_path: Path) -> None:
+def test_the_node_builds_whisper_from_the_stt_settings(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, stt_model="tiny.en", stt_device="cpu", stt_beam_size=2)
 
-    engine = WhisperSTT.from_settings(settings)
+    engine = WhisperSTT.from_config(stt_config(settings))
     engine.close()
 
     assert (engine.device, engine.beam_size, engine.language) == ("cpu", 2, "en")

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speech.tts import PiperTTS, TextToSpeech
-from switchboard.settings import Settings
+from speech.tts import PiperTTS
+from switchboard.base.settings import Settings
+from switchboard.conversation.engines import TextToSpeech
+from switchboard.node import tts_config
 
 TWO_SENTENCES = "Thanks for calling. Your order shipped yesterday."
 MANY_SENTENCES = " ".join(f"This is sentence number {n}." for n in range(1, 9))
@@ -128,8 +130,8 @@ async def test_a_synthesis_error_reaches_the_listener(
         await collect(tts, "Hello.", 8000)
 
 
-def test_from_settings_uses_the_tts_voice(tmp_path: Path) -> None:
+def test_the_node_builds_piper_from_the_tts_voice(tmp_path: Path) -> None:
     settings = Settings(tts_voice=str(tmp_path / "missing.onnx"))
 
     with pytest.raises(ValueError, match=r"missing\.onnx"):
-        PiperTTS.from_settings(settings)
+        PiperTTS.from_config(tts_config(settings))

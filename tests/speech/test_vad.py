@@ -5,15 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speech.audio import frame_samples
 from speech.tts import PiperTTS
-from speech.vad import Endpointer, VadEvent
+from speech.vad import SileroDetector
+from switchboard.conversation.audio import frame_samples
+from switchboard.conversation.endpointing import Endpointer, VadEvent
 from tests.audio_tools import espeak, piper_speech, silence, white_noise
 
 SENTENCE = "I'd like to check my order status"
 
 SILERO_END_LAG_MS = 150
 """Silero keeps scoring speech for about 100 ms after it stops; allowed on top of timings."""
+
+
+def silero_endpointer(rate: int, **options: object) -> Endpointer:
+    return Endpointer(rate, SileroDetector(rate), **options)  # type: ignore[arg-type]
 
 
 def feed(endpointer: Endpointer, pcm: np.ndarray) -> list[VadEvent]:
@@ -32,7 +37,7 @@ def kinds(events: list[VadEvent]) -> list[str]:
 def test_speech_in_silence_starts_then_ends_one_turn(rate: int) -> None:
     speech = espeak(SENTENCE, rate)
     speech_ms = len(speech) * 1000 // rate
-    endpointer = Endpointer(rate)
+    endpointer = silero_endpointer(rate)
 
     events = feed(endpointer, np.concatenate([silence(1000, rate), speech, silence(1500, rate)]))
 
@@ -55,14 +60,14 @@ def test_piper_speech_ends_its_turn(tts: PiperTTS, rate: int) -> None:
     speech = piper_speech(tts, "Yes, my order number is four eight two one three.", rate)
 
     events = feed(
-        Endpointer(rate), np.concatenate([silence(500, rate), speech, silence(800, rate)])
+        silero_endpointer(rate), np.concatenate([silence(500, rate), speech, silence(800, rate)])
     )
 
     assert kinds(events) == ["speech_start", "turn_end"]
 
 
 def test_in_speech_lasts_from_speech_start_to_turn_end() -> None:
-    endpointer = Endpointer(16000)
+    endpointer = silero_endpointer(16000)
     states: list[tuple[str, bool]] = []
     pcm = np.concatenate([silence(300, 16000), espeak("Hello there", 16000), silence(700, 16000)])
     for start in range(0, len(pcm) - 319, 320):
@@ -75,7 +80,7 @@ def test_in_speech_lasts_from_speech_start_to_turn_end() -> None:
 @pytest.mark.parametrize("rate", [8000, 16000])
 @pytest.mark.parametrize("level", [0.0, 0.003, 0.01])
 def test_silence_and_low_noise_cause_no_events(rate: int, level: float) -> None:
-    assert feed(Endpointer(rate), white_noise(5000, rate, level)) == []
+    assert feed(silero_endpointer(rate), white_noise(5000, rate, level)) == []
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
@@ -87,12 +92,12 @@ def test_a_100_ms_click_ends_no_turn(rate: int) -> None:
         [silence(500, rate), clicks, silence(1000, rate), burst, silence(1000, rate)]
     )
 
-    assert "turn_end" not in kinds(feed(Endpointer(rate), pcm))
+    assert "turn_end" not in kinds(feed(silero_endpointer(rate), pcm))
 
 
 def test_speech_shorter_than_min_utterance_is_dropped_silently() -> None:
     word = espeak("Hi", 16000)
-    endpointer = Endpointer(16000, min_utterance_ms=len(word) * 1000 // 16000 + 300)
+    endpointer = silero_endpointer(16000, min_utterance_ms=len(word) * 1000 // 16000 + 300)
 
     events = feed(endpointer, np.concatenate([silence(500, 16000), word, silence(1000, 16000)]))
 
@@ -104,7 +109,7 @@ def test_speech_shorter_than_min_utterance_is_dropped_silently() -> None:
 def test_early_end_pauses_and_the_turn_ends_with_the_same_audio(rate: int) -> None:
     pcm = np.concatenate([silence(500, rate), espeak(SENTENCE, rate), silence(1000, rate)])
 
-    events = feed(Endpointer(rate, early_end_ms=200), pcm)
+    events = feed(silero_endpointer(rate, early_end_ms=200), pcm)
 
     assert kinds(events) == ["speech_start", "speech_pause", "turn_end"]
     _, pause, end = events
@@ -128,7 +133,7 @@ def test_speech_after_a_pause_resumes_the_same_turn() -> None:
         ]
     )
 
-    events = feed(Endpointer(rate, early_end_ms=200), pcm)
+    events = feed(silero_endpointer(rate, early_end_ms=200), pcm)
 
     assert kinds(events) == [
         "speech_start",
@@ -153,7 +158,7 @@ def test_a_gap_longer_than_end_of_turn_splits_two_turns() -> None:
         [silence(500, rate), espeak("one", rate), silence(700, rate), espeak("two", rate)]
     )
 
-    events = feed(Endpointer(rate), np.concatenate([pcm, silence(1000, rate)]))
+    events = feed(silero_endpointer(rate), np.concatenate([pcm, silence(1000, rate)]))
 
     assert kinds(events) == ["speech_start", "turn_end", "speech_start", "turn_end"]
 
@@ -162,7 +167,7 @@ def test_a_long_utterance_is_cut_at_max_utterance() -> None:
     rate = 16000
     pcm = np.concatenate([silence(500, rate), espeak(SENTENCE, rate), silence(1000, rate)])
 
-    events = feed(Endpointer(rate, max_utterance_s=1.2), pcm)
+    events = feed(silero_endpointer(rate, max_utterance_s=1.2), pcm)
 
     assert kinds(events) == ["speech_start", "turn_end", "speech_start", "turn_end"]
     cut = events[1]
@@ -172,7 +177,7 @@ def test_a_long_utterance_is_cut_at_max_utterance() -> None:
 
 def test_reset_forgets_the_utterance_in_progress() -> None:
     rate = 16000
-    endpointer = Endpointer(rate)
+    endpointer = silero_endpointer(rate)
     feed(endpointer, np.concatenate([silence(200, rate), espeak(SENTENCE, rate)[:rate]]))
     assert endpointer.in_speech
 
@@ -184,10 +189,16 @@ def test_reset_forgets_the_utterance_in_progress() -> None:
 
 def test_frames_must_be_int16() -> None:
     with pytest.raises(ValueError, match="int16"):
-        Endpointer(16000).process(np.zeros(320, dtype=np.float32))
+        silero_endpointer(16000).process(np.zeros(320, dtype=np.float32))
 
 
 def test_early_end_must_come_before_end_of_turn() -> None:
     with pytest.raises(ValueError, match="early_end_ms"):
-        Endpointer(16000, early_end_ms=500, end_of_turn_ms=500)
+        silero_endpointer(16000, early_end_ms=500, end_of_turn_ms=500)
 
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.5])
+def test_a_threshold_outside_zero_to_one_is_refused(threshold: float) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        SileroDetector(16000, threshold)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from switchboard.processes import free_port
-from switchboard.settings import PROJECT_ROOT
+from switchboard.base.processes import free_port
+from switchboard.base.settings import PROJECT_ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 WEB_START_TIMEOUT_S = 90.0

@@ -12,21 +12,22 @@ from typing import Any
 import numpy as np
 
 from speech.tts import PiperTTS
-from switchboard.children import ManagedChild
-from switchboard.processes import free_port, process_tree_cpu_s
-from switchboard.settings import Settings
-from telephony.sip.bench import (
+from switchboard.base.children import ManagedChild
+from switchboard.base.processes import free_port, process_tree_cpu_s
+from switchboard.base.settings import Settings
+from switchboard.bench.sip_callers import (
     CALLER_LINES,
     CALLS_PER_PROCESS,
     RATE,
     run_sip_bench,
 )
+from switchboard.node import tts_config
 
 NODE_START_TIMEOUT_S = 300.0
 
 
 def _caller_lines(settings: Settings, turns: int) -> list[np.ndarray]:
-    tts = PiperTTS.from_settings(settings)
+    tts = PiperTTS.from_config(tts_config(settings))
     lines = []
     for text in (CALLER_LINES[i % len(CALLER_LINES)] for i in range(turns)):
         pcm = np.concatenate(list(tts.synthesize_sync(text, RATE)))

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from speech.audio import FRAME_MS, frame_samples
+from switchboard.conversation.audio import FRAME_MS, frame_samples
+from switchboard.conversation.pipeline import CallResult, ConversationPipeline
 from switchboard.node import Node
-from switchboard.pipeline.conversation import CallResult, ConversationPipeline
 from switchboard.simulate import CaptureSink
 
 CALLER_LINES = (

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from speech.audio import FRAME_MS
-from switchboard.processes import free_port
-from switchboard.settings import Settings
+from switchboard.base.processes import free_port
+from switchboard.base.settings import Settings
+from switchboard.conversation.audio import FRAME_MS
 from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip.call import CallLeg
 from telephony.sip.endpoint import SipEndpoint

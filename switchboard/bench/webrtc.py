@@ -26,10 +26,11 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
-from speech.audio import FRAME_MS, frame_samples
 from speech.tts import PiperTTS
-from switchboard.processes import process_tree_cpu_s
-from switchboard.settings import PROJECT_ROOT, Settings
+from switchboard.base.processes import process_tree_cpu_s
+from switchboard.base.settings import PROJECT_ROOT, Settings
+from switchboard.conversation.audio import FRAME_MS, frame_samples
+from switchboard.node import tts_config
 from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
 from telephony.webrtc.media import CALL_RATE, FrameClock, to_mono_int16
 
@@ -202,7 +203,7 @@ def _trimmed(pcm: np.ndarray) -> np.ndarray:
 
 def caller_lines(settings: Settings) -> list[np.ndarray]:
     """The caller's lines spoken by Piper at the call rate."""
-    tts = PiperTTS.from_settings(settings)
+    tts = PiperTTS.from_config(tts_config(settings))
     try:
         return [_trimmed(np.concatenate(list(tts.synthesize_sync(text, CALL_RATE))))
                 for text in CALLER_LINES]
@@ -227,11 +228,11 @@ async def web_app(settings: Settings) -> AsyncIterator[tuple[str, Settings, int]
     if health is not None:
         yield base_url, settings, int(health["pid"])
         return
-    from switchboard.dialog_service import dialog_available
+    from switchboard.node import dialog_ready
 
     print(f"no web app at {base_url}; starting one for the run...", flush=True)
     settings = settings.model_copy(update={"webrtc_ice_addresses": "127.0.0.1"})
-    async with dialog_available(settings) as settings:
+    async with dialog_ready(settings) as settings:
         env = {**os.environ, "SWITCHBOARD_RASA_URL": settings.rasa_url,
                "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
                "SWITCHBOARD_WEBRTC_ICE_ADDRESSES": "127.0.0.1",

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from admin.console import install_console
 from analytics.analysis import ABANDONED, FAILED, HANDED_OFF, RESOLVED
-from switchboard.settings import Settings
+from switchboard.base.settings import Settings
 from switchboard.storage.database import prepare_database
 from switchboard.storage.models import Call, CallAnalysis, CallEvent, Turn, new_id
 

@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.models import utcnow
-from switchboard.storage.repository import CallRepository, TurnRecord
+from switchboard.storage.repository import CallRepository
 
 log = logging.getLogger(__name__)
 

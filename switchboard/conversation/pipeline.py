@@ -30,15 +30,21 @@ from typing import Any
 
 import numpy as np
 
-from dialog.rasa_client import DialogEngine, DialogReply, DialogUnavailable
-from speech.audio import FRAME_MS
-from speech.stt import SpeechToText, Transcript
-from speech.tts import TextToSpeech
-from speech.vad import Endpointer, VadEvent
-from switchboard.pipeline.media import AudioSink, AudioSource, Playout
-from switchboard.pipeline.recorder import CallRecorder
-from switchboard.settings import Settings
-from switchboard.storage.repository import TurnRecord
+from switchboard.base.settings import Settings
+from switchboard.conversation.audio import FRAME_MS
+from switchboard.conversation.endpointing import Endpointer, VadEvent
+from switchboard.conversation.engines import (
+    DialogEngine,
+    DialogReply,
+    DialogUnavailable,
+    SpeechToText,
+    TextToSpeech,
+    Transcript,
+    VadFactory,
+)
+from switchboard.conversation.media import AudioSink, AudioSource, Playout
+from switchboard.conversation.recorder import CallRecorder
+from switchboard.conversation.turns import TurnRecord
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +128,7 @@ class ConversationPipeline:
         stt: SpeechToText,
         tts: TextToSpeech,
         dialog: DialogEngine,
+        vad: VadFactory,
         recorder: CallRecorder,
         turn_taking: TurnTaking,
         metadata: dict[str, Any] | None = None,
@@ -131,7 +138,8 @@ class ConversationPipeline:
     ) -> None:
         """``conversation_id`` is the dialog's sender id (default: the call id); a caller
         who reconnects passes the earlier one with ``greet=False`` to carry on where the
-        conversation was. ``on_turn`` sees every turn as it is stored (live transcripts)."""
+        conversation was. ``vad`` builds the speech detector for the call's rate and the
+        ``vad_threshold``. ``on_turn`` sees every turn as it is stored (live transcripts)."""
         if source.sample_rate != sink.sample_rate:
             raise ValueError(
                 f"source rate {source.sample_rate} Hz differs from sink rate {sink.sample_rate} Hz"
@@ -153,7 +161,7 @@ class ConversationPipeline:
         self.playout = Playout(self.rate)
         self.endpointer = Endpointer(
             self.rate,
-            threshold=turn_taking.vad_threshold,
+            vad(self.rate, turn_taking.vad_threshold),
             speech_start_ms=turn_taking.speech_start_ms,
             end_of_turn_ms=turn_taking.end_of_turn_ms,
             early_end_ms=turn_taking.early_transcribe_ms or None,

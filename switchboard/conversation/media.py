@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from speech.audio import FRAME_MS, frame_samples
+from switchboard.conversation.audio import FRAME_MS, frame_samples
 
 CATCH_UP_FRAMES = 2
 """A sink holding more bot frames than this (its event loop stalled) does not queue silent

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from switchboard.settings import Settings
+from switchboard.base.settings import Settings
 from switchboard.storage.models import ApiToken, ConsoleSession, LoginFailure, User, utcnow
 
 ROLES = ("admin", "supervisor", "agent")

@@ -1,0 +1,30 @@
+"""The speech engines' own settings, built by the node from ``Settings`` (README table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from speech.models import PIPER_JOE, WHISPER_TINY_EN
+
+
+@dataclass(frozen=True)
+class SttConfig:
+    """Which Whisper model, where and how it runs (``SWITCHBOARD_STT_*``)."""
+
+    model: str = WHISPER_TINY_EN
+    device: str = "auto"
+    compute_type: str = "auto"
+    language: str = "en"
+    beam_size: int = 1
+    cpu_threads: int = 2
+    cache_dir: Path = Path.home() / ".cache" / "switchboard" / "models"
+    """Where models joined from several packages are kept."""
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    """Which Piper voice, and where it runs (``SWITCHBOARD_TTS_*``)."""
+
+    voice: str = PIPER_JOE
+    device: str = "auto"

@@ -1,0 +1,1 @@
+"""``switchboard bench …``: commands that print figures (never tests)."""

@@ -1,0 +1,26 @@
+"""The records the conversation core produces: one per turn, stored as the call goes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class TurnRecord:
+    """A turn as the pipeline produces it, before it is stored."""
+
+    speaker: str
+    text: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    intent: str | None = None
+    confidence: float | None = None
+    barge_in: bool = False
+    endpoint_ms: float | None = None
+    stt_ms: float | None = None
+    dialog_ms: float | None = None
+    tts_ms: float | None = None
+    response_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
