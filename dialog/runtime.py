@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,9 +22,8 @@ from types import TracebackType
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
 from dialog.config import RasaConfig
+from switchboard.base.children import ChildProcess, http_probe, wait_all_healthy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BOT_DIR = PROJECT_ROOT / "dialog" / "bot"
@@ -36,7 +34,6 @@ LOG_TAIL_LINES = 40
 TAIL_BYTES = 16_384
 CHUNK_BYTES = 4096
 STOP_GRACE_S = 10.0
-HEALTH_POLL_S = 0.5
 TRACKER_RECORD_EXPIRY_S = 24 * 3600
 CHILD_ENV = {
     "RASA_TELEMETRY_ENABLED": "false",
@@ -220,6 +217,8 @@ class RasaServers:
     healthy and stops them on exit. Only this object's own children are ever signalled.
     """
 
+    name = "dialog servers"
+
     def __init__(
         self,
         config: RasaConfig,
@@ -238,7 +237,7 @@ class RasaServers:
         self.bot_dir = bot_dir
         self.rasa_log = logs_dir(config) / "rasa.log"
         self.action_log = logs_dir(config) / "rasa-actions.log"
-        self._children: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self._children: list[ChildProcess] = []
 
     @property
     def url(self) -> str:
@@ -261,57 +260,51 @@ class RasaServers:
         endpoints = self.config.data_dir / "rasa" / f"endpoints-{self.rasa_port}.yml"
         endpoints.parent.mkdir(parents=True, exist_ok=True)
         endpoints.write_text(endpoints_yaml(self.config, self.action_port))
-        self._spawn(
-            "action server",
-            [str(python), "-m", "rasa_sdk", "--actions", "actions", "-p", str(self.action_port)],
-            self.action_log,
-            SANIC_HOST=LOOPBACK,
-            SWITCHBOARD_DATABASE_URL=self.database_url,
-        )
-        self._spawn(
-            "Rasa server",
-            [
-                str(rasa),
-                "run",
-                "--model",
-                str(self.model),
-                "--interface",
-                LOOPBACK,
-                "--port",
-                str(self.rasa_port),
-                "--endpoints",
-                str(endpoints),
-                "--credentials",
-                str(self.bot_dir / "credentials.yml"),
-                *(["--enable-api", "--auth-token", self.config.api_token]
-                  if self.config.api_token else []),
-            ],
-            self.rasa_log,
+        self._children = [
+            self._child(
+                "action server",
+                [str(python), "-m", "rasa_sdk", "--actions", "actions",
+                 "-p", str(self.action_port)],
+                self.action_log,
+                f"{self.action_url}/health",
+                SANIC_HOST=LOOPBACK,
+                SWITCHBOARD_DATABASE_URL=self.database_url,
+            ),
+            self._child(
+                "Rasa server",
+                [
+                    str(rasa), "run", "--model", str(self.model),
+                    "--interface", LOOPBACK, "--port", str(self.rasa_port),
+                    "--endpoints", str(endpoints),
+                    "--credentials", str(self.bot_dir / "credentials.yml"),
+                    *(["--enable-api", "--auth-token", self.config.api_token]
+                      if self.config.api_token else []),
+                ],
+                self.rasa_log,
+                f"{self.url}/",
+            ),
+        ]  # fmt: skip
+        for child in self._children:
+            child.start()
+
+    def _child(
+        self, name: str, command: list[str], log_path: Path, health_url: str, **env: str
+    ) -> ChildProcess:
+        return ChildProcess(
+            name, command, log_path=log_path, healthy=http_probe(health_url, timeout_s=2.0),
+            base_env=child_environment(self.config, **env), cwd=self.bot_dir,
+            start_timeout_s=self.config.start_timeout_s, error=RasaStartError,
+            timeout_hint="Raise SWITCHBOARD_RASA_START_TIMEOUT_S on a slow machine.",
         )
 
-    def _spawn(self, name: str, command: list[str], log_path: Path, **env: str) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
-            log.flush()
-            process = subprocess.Popen(
-                command,
-                cwd=self.bot_dir,
-                env=child_environment(self.config, **env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self._children[name] = (process, log_path)
-
-    def poll(self) -> dict[str, int]:
+    def exited(self) -> dict[str, int]:
         """Children that have exited, with their exit codes; empty while all run."""
-        exited = {}
-        for name, (process, _) in self._children.items():
-            code = process.poll()
-            if code is not None:
-                exited[name] = code
-        return exited
+        codes = {child.name: child.poll() for child in self._children}
+        return {name: code for name, code in codes.items() if code is not None}
+
+    def poll(self) -> int | None:
+        """The exit code of the first child that exited; None while both run."""
+        return next(iter(self.exited().values()), None)
 
     def wait_healthy(self, timeout: float | None = None) -> float:
         """Block until Rasa (GET /) and the action server (GET /health) answer.
@@ -322,51 +315,13 @@ class RasaServers:
         if not self._children:
             raise RasaStartError("Rasa servers are not started; call start() first.")
         limit = self.config.start_timeout_s if timeout is None else timeout
-        started = time.monotonic()
-        probes = {"Rasa server": f"{self.url}/", "action server": f"{self.action_url}/health"}
-        healthy: set[str] = set()
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while True:
-                for name, code in self.poll().items():
-                    raise RasaStartError(
-                        f"The {name} exited with code {code} while starting. "
-                        + self._log_tail(name)
-                    )
-                for name, probe in probes.items():
-                    if name not in healthy and _answers(client, probe):
-                        healthy.add(name)
-                if len(healthy) == len(probes):
-                    return time.monotonic() - started
-                if time.monotonic() - started > limit:
-                    waiting = ", ".join(sorted(set(probes) - healthy))
-                    raise RasaStartError(
-                        f"Timed out after {limit:.0f} s waiting for the {waiting} "
-                        "(raise SWITCHBOARD_RASA_START_TIMEOUT_S on a slow machine). "
-                        + " ".join(self._log_tail(name) for name in probes if name not in healthy)
-                    )
-                time.sleep(HEALTH_POLL_S)
-
-    def _log_tail(self, name: str) -> str:
-        _, log_path = self._children[name]
-        try:
-            lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-        except OSError:
-            lines = []
-        return f"Last lines of {log_path}:\n" + "\n".join(lines)
+        return wait_all_healthy(self._children, limit)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM both children, SIGKILL whichever still runs after ``grace_s``."""
-        for process, _ in self._children.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for process, _ in self._children.values():
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._children.clear()
+        for child in self._children:
+            child.stop(grace_s)
+        self._children = []
 
     def __enter__(self) -> RasaServers:
         self.start()
@@ -384,10 +339,3 @@ class RasaServers:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _answers(client: httpx.Client, url: str) -> bool:
-    try:
-        return client.get(url).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
-import httpx
-
 from admin.accounts import has_users
 from dialog.runtime import RasaError, RasaServers, ensure_trained
 from dialog.service import publish_api_token, with_api_token
-from switchboard.base.children import ChildError, ManagedChild
+from switchboard.base.children import ChildError, ChildProcess, http_probe, log_probe
 from switchboard.base.settings import Settings
 from switchboard.node import rasa_config, with_rasa
 from switchboard.storage.database import DatabaseError, prepare_database
@@ -44,58 +42,18 @@ class SupervisorError(RuntimeError):
 
 
 class Component(Protocol):
+    """What the supervisor watches: a ``ChildProcess``, or a group of them (the Rasa
+    servers, Kamailio with its configuration)."""
+
     name: str
 
     def start(self) -> None: ...
 
-    def wait_healthy(self, timeout: float) -> float: ...
+    def wait_healthy(self, timeout: float | None = None) -> float: ...
 
     def poll(self) -> int | None: ...
 
-    def stop(self) -> None: ...
-
-
-class KamailioComponent:
-    """Kamailio in front of the SIP workers."""
-
-    name = "Kamailio"
-
-    def __init__(self, proxy: KamailioProxy) -> None:
-        self.proxy = proxy
-
-    def start(self) -> None:
-        self.proxy.start()
-
-    def wait_healthy(self, timeout: float) -> float:
-        return self.proxy.wait_healthy(timeout)
-
-    def poll(self) -> int | None:
-        return self.proxy.poll()
-
-    def stop(self) -> None:
-        self.proxy.stop()
-
-
-class RasaComponent:
-    """The Rasa server and action server, restarted together."""
-
-    name = "dialog servers"
-
-    def __init__(self, servers: RasaServers) -> None:
-        self.servers = servers
-
-    def start(self) -> None:
-        self.servers.start()
-
-    def wait_healthy(self, timeout: float) -> float:
-        return self.servers.wait_healthy(timeout)
-
-    def poll(self) -> int | None:
-        exited = self.servers.poll()
-        return next(iter(exited.values())) if exited else None
-
-    def stop(self) -> None:
-        self.servers.stop()
+    def stop(self) -> object: ...
 
 
 @dataclass
@@ -109,19 +67,12 @@ def python_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "switchboard", *args]
 
 
-def web_app(settings: Settings, rasa_url: str) -> ManagedChild:
+def web_app(settings: Settings, rasa_url: str) -> ChildProcess:
     scheme = "https" if settings.web_tls_cert else "http"
-    url = f"{scheme}://{settings.web_host}:{settings.web_port}/healthz"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(url, timeout=1.0, verify=False).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return ManagedChild(
+    return ChildProcess(
         "web app", python_command("web"),
-        log_path=settings.data_dir / "logs" / "web.log", healthy=healthy,
+        log_path=settings.data_dir / "logs" / "web.log",
+        healthy=http_probe(f"{scheme}://{settings.web_host}:{settings.web_port}/healthz"),
         env={
             "SWITCHBOARD_RASA_URL": rasa_url,
             "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
@@ -130,24 +81,18 @@ def web_app(settings: Settings, rasa_url: str) -> ManagedChild:
     )
 
 
-def analytics_worker(settings: Settings) -> ManagedChild:
+def analytics_worker(settings: Settings) -> ChildProcess:
     log_path = settings.data_dir / "logs" / "analytics.log"
-
-    def healthy() -> bool:
-        try:
-            return " ready." in log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return False
-
-    return ManagedChild(
+    return ChildProcess(
         "analytics worker", python_command("analytics", "worker"),
-        log_path=log_path, healthy=healthy, env={"SWITCHBOARD_WORKER_NAME": "analytics"},
+        log_path=log_path, healthy=log_probe(log_path, " ready."),
+        env={"SWITCHBOARD_WORKER_NAME": "analytics"},
     )
 
 
 def sip_worker(
     settings: Settings, index: int, port: int, rasa_url: str, *, behind_proxy: bool
-) -> ManagedChild:
+) -> ChildProcess:
     name = f"sip-{index}"
     env = {
         "SWITCHBOARD_RASA_URL": rasa_url,
@@ -160,11 +105,15 @@ def sip_worker(
     if behind_proxy:  # Kamailio filters callers; workers only ever see the proxy
         env["SWITCHBOARD_SIP_ALLOWED_NETWORKS"] = ""
         env["SWITCHBOARD_SIP_TRANSPORTS"] = "udp"
-    return ManagedChild(
+
+    def answers_options() -> str | None:
+        if options_ping(settings.sip_host, port):
+            return None
+        return f"no answer to OPTIONS at {settings.sip_host}:{port}"
+
+    return ChildProcess(
         f"SIP worker {index}", python_command("sip-worker"),
-        log_path=settings.data_dir / "logs" / f"{name}.log",
-        healthy=lambda: options_ping(settings.sip_host, port),
-        env=env,
+        log_path=settings.data_dir / "logs" / f"{name}.log", healthy=answers_options, env=env,
     )
 
 
@@ -215,7 +164,7 @@ class Supervisor:
             rasa = RasaServers(dialog, ensure_trained(dialog))
         except RasaError as exc:
             raise SupervisorError(str(exc)) from exc
-        self._launch(Supervised(RasaComponent(rasa)))
+        self._launch(Supervised(rasa))
         self._launch(Supervised(analytics_worker(settings)))
         self._launch(Supervised(web_app(settings, rasa.url), worker="web"))
         proxied = settings.sip_workers > 1
@@ -224,7 +173,7 @@ class Supervisor:
             worker = sip_worker(settings, index, port, rasa.url, behind_proxy=proxied)
             self._launch(Supervised(worker, worker=f"sip-{index}"))
         if proxied:
-            self._launch(Supervised(KamailioComponent(KamailioProxy(settings, ports))))
+            self._launch(Supervised(KamailioProxy(settings, ports)))
 
     def _launch(self, child: Supervised) -> None:
         self._children.append(child)

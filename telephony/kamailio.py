@@ -9,16 +9,13 @@ this module renders it into ``data_dir/kamailio/`` and runs Kamailio as a child 
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import json
 import os
 import pwd
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from switchboard.base.children import ChildProcess
 from switchboard.base.settings import PROJECT_ROOT, Settings
 
 CONFIG_TEMPLATE = PROJECT_ROOT / "deploy" / "kamailio" / "kamailio.cfg"
@@ -44,7 +42,6 @@ HEALTH_POLL_S = 0.1
 PROBE_TIMEOUT_S = 0.5
 RPC_TIMEOUT_S = 2.0
 RPC_BUFFER_BYTES = 65_536
-LOG_TAIL_LINES = 40
 TRANSPORTS = ("udp", "tcp")
 WILDCARD_PROBES = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 WORKER_STATES = {"A": "active", "T": "trying", "I": "inactive", "D": "disabled"}
@@ -158,6 +155,7 @@ class KamailioProxy:
     ) -> None:
         if not worker_ports:
             raise KamailioError("KamailioProxy needs at least one worker port.")
+        self.name = "Kamailio"
         self.settings = settings
         self.worker_ports = list(worker_ports)
         self.port = port or settings.sip_port
@@ -167,7 +165,7 @@ class KamailioProxy:
         self.config_path = self.config_dir / "kamailio.cfg"
         self.dispatcher_path = self.config_dir / "dispatcher.list"
         self.log_path = settings.data_dir / "logs" / "kamailio.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child: ChildProcess | None = None
         self._run_dir: Path | None = None
 
     @property
@@ -182,7 +180,7 @@ class KamailioProxy:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._child.pid if self._child else None
 
     @property
     def rpc_socket(self) -> Path:
@@ -192,7 +190,7 @@ class KamailioProxy:
 
     def start(self) -> None:
         """Render the configuration and start Kamailio (returns at once; see wait_healthy)."""
-        if self._process is not None:
+        if self._child is not None:
             raise KamailioError("Kamailio already started; call stop() first.")
         kamailio = kamailio_executable()
         user = _unprivileged_user()
@@ -224,58 +222,43 @@ class KamailioProxy:
         ]  # fmt: skip
         if user:
             command += ["-u", user[0].pw_name, "-g", user[1].gr_name]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: see stop()
-            )
+        self._child = ChildProcess(
+            "Kamailio", command, log_path=self.log_path, healthy=self._problem,
+            start_timeout_s=START_TIMEOUT_S, error=KamailioError,
+            timeout_hint=f"Expected workers on ports {self.worker_ports} behind {self.uri}.",
+        )
+        self._child.start()
 
     def poll(self) -> int | None:
         """Kamailio's exit code once it has exited, ``None`` while it runs."""
-        if self._process is None:
+        if self._child is None:
             raise KamailioError("Kamailio is not started; call start() first.")
-        return self._process.poll()
+        return self._child.poll()
 
-    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> float:
+    def wait_healthy(self, timeout: float | None = None) -> float:
         """Block until Kamailio answers OPTIONS and its dispatcher lists every worker.
 
         Returns the seconds waited; raises :class:`KamailioError` with the log tail when
         Kamailio exits or ``timeout`` passes. Workers need not be up yet: the dispatcher
         finds out by its own OPTIONS pings (see :meth:`wait_workers`).
         """
-        started = time.monotonic()
-        last_problem = "no answer to OPTIONS yet"
-        while True:
-            code = self.poll()
-            if code is not None:
-                raise KamailioError(
-                    f"Kamailio exited with code {code} while starting. {self._log_tail()}"
-                )
-            status = options_status(self.host, self.port, timeout=PROBE_TIMEOUT_S)
-            if status == 200:
-                try:
-                    listed = {worker.port for worker in self.workers()}
-                except KamailioError as exc:
-                    last_problem = str(exc)
-                else:
-                    if listed == set(self.worker_ports):
-                        return time.monotonic() - started
-                    last_problem = f"dispatcher lists ports {sorted(listed)}"
-            elif status is not None:
-                last_problem = f"OPTIONS answered {status}"
-            if time.monotonic() - started > timeout:
-                raise KamailioError(
-                    f"Kamailio at {self.uri} not healthy after {timeout:.0f} s "
-                    f"({last_problem}; expected workers on ports {self.worker_ports}). "
-                    + self._log_tail()
-                )
-            time.sleep(HEALTH_POLL_S)
+        if self._child is None:
+            raise KamailioError("Kamailio is not started; call start() first.")
+        return self._child.wait_healthy(timeout)
+
+    def _problem(self) -> str | None:
+        status = options_status(self.host, self.port, timeout=PROBE_TIMEOUT_S)
+        if status is None:
+            return "no answer to OPTIONS yet"
+        if status != 200:
+            return f"OPTIONS answered {status}"
+        try:
+            listed = {worker.port for worker in self.workers()}
+        except KamailioError as exc:
+            return str(exc)
+        return None if listed == set(self.worker_ports) else (
+            f"dispatcher lists ports {sorted(listed)}"
+        )
 
     def rpc(self, method: str, *params: Any) -> Any:
         """Call a Kamailio JSON-RPC command (e.g. ``dispatcher.list``); returns its result."""
@@ -331,27 +314,12 @@ class KamailioProxy:
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM Kamailio; SIGKILL its process group if it still runs after ``grace_s``."""
-        process, self._process = self._process, None
-        if process is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                # The group was created for this child by start(): only its processes.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop(grace_s)
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
-
-    def _log_tail(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-        except OSError:
-            lines = []
-        return f"Last lines of {self.log_path}:\n" + "\n".join(lines)
 
     def __enter__(self) -> KamailioProxy:
         self.start()

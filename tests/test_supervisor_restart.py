@@ -23,7 +23,7 @@ class NeverHealthy:
         self.starts += 1
         self.running = True
 
-    def wait_healthy(self, timeout: float) -> float:
+    def wait_healthy(self, timeout: float | None = None) -> float:
         raise ChildError("flaky child exited with code 1 while starting.")
 
     def poll(self) -> int | None:

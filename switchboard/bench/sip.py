@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from speech.tts import PiperTTS
-from switchboard.base.children import ManagedChild
+from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port, process_tree_cpu_s
 from switchboard.base.settings import Settings
 from switchboard.bench.sip_callers import (
@@ -46,10 +46,9 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
         sip_port = free_port(socket.SOCK_DGRAM)
         log_path = Path(tmp) / "node.log"
-        node = ManagedChild(
+        node = ChildProcess(
             "node", [sys.executable, "-m", "switchboard", "run", "--sip-workers", str(workers)],
-            log_path=log_path,
-            healthy=lambda: "node ready" in log_path.read_text(errors="replace"),
+            log_path=log_path, healthy=log_probe(log_path, "node ready"), stop_grace_s=30.0,
             env={
                 "SWITCHBOARD_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
                 "SWITCHBOARD_CELERY_BROKER_URL": f"sqla+sqlite:///{tmp}/broker.db",
@@ -66,12 +65,12 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
         node.start()
         try:
             node.wait_healthy(NODE_START_TIMEOUT_S)
-            assert node.process is not None
-            pid = node.process.pid
+            pid = node.pid
+            assert pid is not None
             result = run_sip_bench(f"sip:bot@127.0.0.1:{sip_port}", calls, concurrency, lines,
                                    node_cpu=lambda: process_tree_cpu_s(pid))
         finally:
-            node.stop(grace_s=30)
+            node.stop()
     summary = result.summary()
     summary["sip_workers"] = workers
     return summary

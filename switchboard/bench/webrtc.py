@@ -13,7 +13,6 @@ import contextlib
 import fractions
 import json
 import multiprocessing
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamT
 from av import AudioFrame
 
 from speech.tts import PiperTTS
+from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import process_tree_cpu_s
 from switchboard.base.settings import PROJECT_ROOT, Settings
 from switchboard.conversation.audio import FRAME_MS, frame_samples
@@ -233,28 +233,23 @@ async def web_app(settings: Settings) -> AsyncIterator[tuple[str, Settings, int]
     print(f"no web app at {base_url}; starting one for the run...", flush=True)
     settings = settings.model_copy(update={"webrtc_ice_addresses": "127.0.0.1"})
     async with dialog_ready(settings) as settings:
-        env = {**os.environ, "SWITCHBOARD_RASA_URL": settings.rasa_url,
-               "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
-               "SWITCHBOARD_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
-               "SWITCHBOARD_LOG_LEVEL": "WARNING"}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "switchboard", "web", cwd=PROJECT_ROOT, env=env
+        web = ChildProcess(
+            "web app", [sys.executable, "-m", "switchboard", "web"],
+            log_path=settings.data_dir / "logs" / "bench-web.log",
+            healthy=http_probe(f"{base_url}/healthz", timeout_s=2.0),
+            env={"SWITCHBOARD_RASA_URL": settings.rasa_url,
+                 "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
+                 "SWITCHBOARD_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
+                 "SWITCHBOARD_LOG_LEVEL": "WARNING"},
+            cwd=PROJECT_ROOT, start_timeout_s=WEB_START_TIMEOUT_S, error=BenchError,
         )
+        await asyncio.to_thread(web.start)
         try:
-            deadline = time.monotonic() + WEB_START_TIMEOUT_S
-            while await asyncio.to_thread(_health, base_url) is None:
-                if process.returncode is not None or time.monotonic() > deadline:
-                    raise BenchError(f"the web app did not start at {base_url}")
-                await asyncio.sleep(0.5)
-            yield base_url, settings, process.pid
+            await asyncio.to_thread(web.wait_healthy)
+            assert web.pid is not None
+            yield base_url, settings, web.pid
         finally:
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), 20)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await asyncio.to_thread(web.stop, 20.0)
 
 
 async def bench_webrtc(settings: Settings, calls: int) -> BenchReport:

@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from speech.tts import PiperTTS
+from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
 from switchboard.storage.repository import CallRepository
-from tests.analytics.test_worker import Workers, redis_url, wait_for, workers_on
+from tests.analytics.test_worker import Workers, redis_url, workers_on
 from tests.audio_tools import piper_speech, silence, write_wav
 from tests.dialog_fixtures import TEST_API_TOKEN
 from tests.webrtc.conftest import CHROMIUM, CHROMIUM_FLAGS
@@ -58,33 +57,13 @@ def _switchboard(env: dict[str, str], *args: str, stdin: str | None = None,
     return result
 
 
-def _start_web(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "switchboard", "web"], cwd=PROJECT_ROOT, env=env,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{env['SWITCHBOARD_WEB_PORT']}"
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"switchboard web exited; see {log}")
-        try:
-            return httpx.get(f"{url}/healthz", timeout=2, trust_env=False).is_success
-        except httpx.TransportError:
-            return False
-
-    wait_for(healthy, WEB_START_TIMEOUT_S, "the web app to answer /healthz")
-    return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+def _web_app(env: dict[str, str], log: Path) -> ChildProcess:
+    url = f"http://127.0.0.1:{env['SWITCHBOARD_WEB_PORT']}/healthz"
+    return ChildProcess(
+        "web app", [sys.executable, "-m", "switchboard", "web"], log_path=log,
+        healthy=http_probe(url, timeout_s=2.0), base_env=env, cwd=PROJECT_ROOT,
+        start_timeout_s=WEB_START_TIMEOUT_S, stop_grace_s=20.0,
+    )
 
 
 @pytest.fixture
@@ -125,12 +104,9 @@ def stack(redis_url: str, workers_on: object, rasa_server: object, tts: PiperTTS
     write_wav(recording, (np.sin(np.arange(16000) / 8000 * 2 * np.pi * 440) * 8000)
               .astype(np.int16), 8000, channels=2)
     CallRepository(workers.sessions).set_recording(found.group(1), str(recording))
-    web = _start_web(env, artifacts / "console-web-app.log")
-    try:
+    with _web_app(env, artifacts / "console-web-app.log"):
         yield Stack(f"http://127.0.0.1:{env['SWITCHBOARD_WEB_PORT']}", found.group(1), env,
                     artifacts)
-    finally:
-        _stop(web)
 
 
 @pytest.fixture

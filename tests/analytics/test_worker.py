@@ -6,9 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.celery_app import create_app
 from analytics.tasks import enqueue_call_analysis
+from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import Settings
 from switchboard.storage.database import prepare_database
@@ -43,17 +42,6 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _stop(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM our child's process group (it leads it), SIGKILL it if it does not exit."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(grace_s)
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A redis-server of our own on a free port, without persistence."""
@@ -61,18 +49,19 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     if binary is None:
         pytest.fail("redis-server is needed (apt-get install redis-server)")
     port = free_port()
-    server = subprocess.Popen(
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    server = ChildProcess(
+        "redis-server",
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        log_path=tmp_path / "redis.log",
+        healthy=lambda: None if _pings(client) else "no PONG yet", start_timeout_s=10.0,
     )
-    client = redis.Redis(port=port, socket_connect_timeout=1)
     try:
-        wait_for(lambda: _pings(client), 10, "redis-server to answer")
-        yield f"redis://127.0.0.1:{port}/0"
+        with server:
+            yield f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
-        _stop(server)
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -89,7 +78,7 @@ class Workers:
         self.tmp_path = tmp_path
         self.database_url = f"sqlite:///{tmp_path / 'switchboard.db'}"
         self.broker_url = broker_url
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[ChildProcess] = []
         self.sessions: sessionmaker[Session] = prepare_database(self.database_url,
                                                                 demo_data=False)
         self.settings = Settings(  # type: ignore[call-arg]
@@ -97,7 +86,7 @@ class Workers:
             celery_broker_url=broker_url, celery_visibility_timeout_s=VISIBILITY_TIMEOUT_S)
         self.celery = create_app(self.settings)
 
-    def start(self, name: str, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    def start(self, name: str, **env: str) -> tuple[ChildProcess, Path]:
         log_path = self.tmp_path / f"{name}.log"
         environment = {
             **os.environ,
@@ -111,21 +100,19 @@ class Workers:
             "SWITCHBOARD_WORKER_NAME": name,
             **env,
         }
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "switchboard", "analytics", "worker"],
-                cwd=self.tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = ChildProcess(
+            f"worker {name}", [sys.executable, "-m", "switchboard", "analytics", "worker"],
+            log_path=log_path, healthy=log_probe(log_path, " ready."), base_env=environment,
+            cwd=self.tmp_path, start_timeout_s=WORKER_START_TIMEOUT_S,
+        )
         self.processes.append(process)
-        wait_for(lambda: " ready." in log_path.read_text() or process.poll() is not None,
-                 WORKER_START_TIMEOUT_S, f"worker {name} to be ready")
-        assert process.poll() is None, log_path.read_text()
+        process.start()
+        process.wait_healthy()
         return process, log_path
 
     def close(self) -> None:
         for process in self.processes:
-            _stop(process)
+            process.stop()
         self.celery.close()
 
 
@@ -171,8 +158,7 @@ def test_a_task_whose_worker_is_killed_mid_task_completes_once_on_the_next_worke
 
     enqueue_call_analysis(call_id, celery=workers.celery)
     wait_for(lambda: started in slow_log.read_text(), ANALYSIS_TIMEOUT_S, "the slow task")
-    os.kill(slow.pid, signal.SIGKILL)
-    slow.wait(10)
+    slow.kill()  # as a crash would: SIGKILL, no warm shutdown
     assert analyses.get(call_id) is None
 
     _, next_log = workers.start("next", SWITCHBOARD_CELERY_WORKER_POOL="solo")

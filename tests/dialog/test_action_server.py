@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from dialog.runtime import BOT_DIR, RasaNotInstalled, child_environment, rasa_executable
+from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import free_port
 from switchboard.node import rasa_config
 from tests.dialog_fixtures import rasa_test_settings
@@ -37,31 +35,14 @@ def dead_db_action_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env = child_environment(
         settings, SANIC_HOST="127.0.0.1", SWITCHBOARD_DATABASE_URL=f"sqlite:///{tmp}/no/such/dir.db"
     )
-    with (tmp / "actions.log").open("wb") as log:
-        process = subprocess.Popen(
-            [str(python), "-m", "rasa_sdk", "--actions", "actions", "-p", str(port)],
-            cwd=BOT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{url}/health", process, tmp / "actions.log")
+    with ChildProcess(
+        "action server",
+        [str(python), "-m", "rasa_sdk", "--actions", "actions", "-p", str(port)],
+        log_path=tmp / "actions.log", healthy=http_probe(f"{url}/health"), base_env=env,
+        cwd=BOT_DIR, start_timeout_s=START_TIMEOUT_S,
+    ):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"action server not healthy after {START_TIMEOUT_S} s: {log.read_text()}")
 
 
 def run_action(url: str, action: str, slots: dict[str, Any]) -> dict[str, Any]:

@@ -112,7 +112,8 @@ def test_child_that_exits_at_start_is_reported_with_its_log(tmp_path: Path) -> N
     try:
         with pytest.raises(RasaStartError, match="address already in use"):
             servers.wait_healthy(timeout=20)
-        assert servers.poll() == {"Rasa server": 3}
+        assert servers.exited() == {"Rasa server": 3}
+        assert servers.poll() == 3
     finally:
         servers.stop()
 
@@ -129,7 +130,7 @@ def test_start_timeout_names_the_server_that_is_not_up(tmp_path: Path) -> None:
             servers.wait_healthy(timeout=1)
     finally:
         servers.stop(grace_s=1)
-    assert servers.poll() == {}
+    assert servers.exited() == {} and servers.poll() is None
 
 
 def test_endpoints_point_at_the_action_server_with_in_memory_trackers(tmp_path: Path) -> None:

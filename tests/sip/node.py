@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
-from tests.sip.peers import free_udp_port, stop_process
+from tests.sip.peers import free_udp_port
 
 NODE_START_TIMEOUT_S = 240.0
 
 
 @dataclass
 class RunningNode:
-    process: subprocess.Popen[bytes]
+    child: ChildProcess
     sip_port: int
     log_path: Path
 
@@ -46,22 +45,10 @@ def running_node(tmp_path: Path, database_url: str, *args: str,
         "SWITCHBOARD_ACTION_PORT": str(free_port()),
         **env,
     }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "switchboard", "run", *args], cwd=PROJECT_ROOT,
-            env=environment, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    node = RunningNode(process, sip_port, log_path)
-    try:
-        deadline = time.monotonic() + NODE_START_TIMEOUT_S
-        while "node ready" not in node.log():
-            assert process.poll() is None, node.log()
-            assert time.monotonic() < deadline, node.log()
-            time.sleep(0.5)
-        yield node
-    finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        finally:
-            stop_process(process)
+    child = ChildProcess(
+        "node", [sys.executable, "-m", "switchboard", "run", *args], log_path=log_path,
+        healthy=log_probe(log_path, "node ready"), base_env=environment, cwd=PROJECT_ROOT,
+        start_timeout_s=NODE_START_TIMEOUT_S, stop_grace_s=60.0,
+    )
+    with child:
+        yield RunningNode(child, sip_port, log_path)

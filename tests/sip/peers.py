@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from switchboard.base.children import ChildProcess
 from switchboard.base.processes import free_port
 
 BARESIP_MODULES = Path("/usr/lib/baresip/modules")
@@ -112,7 +113,7 @@ class Baresip:
     caller_wav: Path
     sip_port: int
     ctrl_port: int
-    proc: subprocess.Popen[bytes] | None = None
+    child: ChildProcess | None = None
     user: str = "caller"
     answermode: str = "manual"
 
@@ -137,17 +138,20 @@ class Baresip:
         (self.workdir / "accounts").write_text(
             f"<sip:{self.user}@127.0.0.1>;regint=0;answermode={self.answermode};"
             "audio_codecs=PCMU\n")
-        log = (self.workdir / "baresip.log").open("wb")
-        self.proc = subprocess.Popen(["baresip", "-f", str(self.workdir)], stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def ctrl_answers() -> str | None:
             try:
                 socket.create_connection(("127.0.0.1", self.ctrl_port), 0.5).close()
-                return
             except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"baresip did not start; see {self.workdir / 'baresip.log'}")
+                return f"ctrl_tcp not listening on {self.ctrl_port} yet"
+            return None
+
+        self.child = ChildProcess(
+            "baresip", ["baresip", "-f", str(self.workdir)],
+            log_path=self.workdir / "baresip.log", healthy=ctrl_answers, start_timeout_s=10.0,
+            stop_grace_s=5.0,
+        )
+        self.child.start()
+        self.child.wait_healthy()
 
     def command(self, command: str, params: str = "") -> None:
         body = json.dumps({"command": command, "params": params, "token": "t"}).encode()
@@ -181,8 +185,8 @@ class Baresip:
         return pcm, int(rate)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 5)
+        if self.child is not None:
+            self.child.stop()
 
 
 def sipp_command(scenario: Path, port: int, workdir: Path, *, local_port: int,

@@ -263,7 +263,7 @@ def test_worker_survives_garbage_and_rejects_unknown_codecs(
                         ("127.0.0.1", rtp_port))
     status = sip_request(port, invite(port, "3", "a=rtpmap:3 GSM/8000\r\n"))
     assert status is not None and status.startswith("SIP/2.0 488"), status
-    assert sip_worker.proc.poll() is None
+    assert sip_worker.child.poll() is None
     assert options(port) == "SIP/2.0 200 OK"
 
     wav = ulaw_wav(tmp_path / "quiet.wav", audio([5000]))

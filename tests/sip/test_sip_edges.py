@@ -198,7 +198,7 @@ def test_invite_from_outside_the_allowed_networks_is_forbidden(
     status = sip_request(port, invite(port, "0", "a=rtpmap:0 PCMU/8000\r\n"))
     assert status is not None and status.startswith("SIP/2.0 403"), status
 
-    assert filtered_worker.proc.poll() is None
+    assert filtered_worker.child.poll() is None
     assert options(port) == "SIP/2.0 200 OK"
     assert "rejecting call from 127.0.0.1" in filtered_worker.log()
     time.sleep(1.0)
@@ -270,7 +270,7 @@ def test_call_without_rtp_is_hung_up_after_the_rtp_timeout(
     assert events[0].data == {"timeout_s": RTP_TIMEOUT_S}
     assert call.status != "active" and call.end_reason == "rtp_timeout"
     assert f"no RTP for {RTP_TIMEOUT_S:.0f} s, hanging up" in impatient_worker.log()
-    assert impatient_worker.proc.poll() is None
+    assert impatient_worker.child.poll() is None
     assert options(impatient_worker.port) == "SIP/2.0 200 OK"
 
 

@@ -54,7 +54,7 @@ def test_a_dead_worker_is_restarted_and_its_call_ended(
                 return None
 
             call_id = wait_for(active_call, 20, "an active SIP call", node.log_path)
-            worker = next(p for p in descendants(node.process.pid)
+            worker = next(p for p in descendants(node.child.pid or 0)
                           if "sip-worker" in command_line(p))
             os.kill(worker, signal.SIGKILL)
 
@@ -66,7 +66,7 @@ def test_a_dead_worker_is_restarted_and_its_call_ended(
             wait_for(lambda: "SIP worker 0 healthy" in node.log().split("died")[-1],
                      120, "the worker restarted", node.log_path)
             assert options(node.sip_port) == "SIP/2.0 200 OK"
-            assert node.process.poll() is None
+            assert node.child.poll() is None
         finally:
             if caller is not None:
                 stop_process(caller)

@@ -4,25 +4,22 @@ free ports of 127.0.0.1; each is stopped by its PID."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
+from switchboard.base.children import ChildProcess
 from switchboard.base.settings import PROJECT_ROOT
-from tests.sip.peers import free_udp_port, options, stop_process
+from tests.sip.peers import free_udp_port, options
 
 WORKER_START_TIMEOUT_S = 60.0
 
 
 @dataclass
 class Worker:
-    proc: subprocess.Popen[bytes]
+    child: ChildProcess
     port: int
     rtp_port: int
     data_dir: Path
@@ -59,18 +56,15 @@ def worker_process(data_dir: Path, rasa_url: str, database_url: str,
     env = env_for(data_dir, rasa_url, database_url, SWITCHBOARD_SIP_PORT=str(port),
                   **{"SWITCHBOARD_SIP_RECORD": "false", **extra})
     log_path = data_dir / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "switchboard", "sip-worker"], cwd=PROJECT_ROOT, env=env,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    worker = Worker(proc, port, int(env["SWITCHBOARD_SIP_RTP_PORT"]), data_dir, log_path)
-    try:
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while options(port, 0.5) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the SIP worker did not start:\n{worker.log()[-3000:]}")
-        yield worker
-    finally:
-        code = stop_process(proc)
-        print(f"SIP worker exited with {code}; log: {log_path}")
+
+    def answers_options() -> str | None:
+        return None if options(port, 0.5) is not None else f"no OPTIONS answer on {port}"
+
+    child = ChildProcess(
+        "SIP worker", [sys.executable, "-m", "switchboard", "sip-worker"], log_path=log_path,
+        healthy=answers_options, base_env=env, cwd=PROJECT_ROOT,
+        start_timeout_s=WORKER_START_TIMEOUT_S,
+    )
+    with child:
+        yield Worker(child, port, int(env["SWITCHBOARD_SIP_RTP_PORT"]), data_dir, log_path)
+    print(f"SIP worker stopped; log: {log_path}")

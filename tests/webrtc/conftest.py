@@ -4,17 +4,14 @@ headless Chromium with a fake microphone, for the softphone's browser tests."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
 
@@ -39,7 +36,7 @@ CHROMIUM_FLAGS = [
 @dataclass
 class WebApp:
     url: str
-    process: subprocess.Popen[bytes]
+    child: ChildProcess
     log: Path
 
 
@@ -63,33 +60,13 @@ def web_app(
         "SWITCHBOARD_STT_DEVICE": "cpu",
         "SWITCHBOARD_TTS_DEVICE": "cpu",
     }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "switchboard", "web"],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    app = WebApp(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + WEB_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"switchboard web exited ({process.returncode}); see {log}")
-            try:
-                if httpx.get(f"{app.url}/healthz", timeout=2, trust_env=False).is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"switchboard web not healthy after {WEB_START_TIMEOUT_S} s; see {log}")
-            time.sleep(0.5)
-        yield app
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(WEB_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-                pytest.fail(f"switchboard web ignored SIGTERM for {WEB_STOP_TIMEOUT_S} s")
-    assert process.returncode == 0, f"switchboard web exited with {process.returncode}; see {log}"
+    child = ChildProcess(
+        "web app", [sys.executable, "-m", "switchboard", "web"], log_path=log,
+        healthy=http_probe(f"http://127.0.0.1:{port}/healthz", timeout_s=2.0), base_env=env,
+        cwd=PROJECT_ROOT, start_timeout_s=WEB_START_TIMEOUT_S,
+    )
+    with child:
+        yield WebApp(f"http://127.0.0.1:{port}", child, log)
+        code = child.stop(WEB_STOP_TIMEOUT_S)
+    assert code == 0, (f"switchboard web exited with {code} after SIGTERM (-9: it ignored "
+                       f"SIGTERM for {WEB_STOP_TIMEOUT_S:.0f} s); see {log}")
