@@ -47,6 +47,7 @@ class FileSource:
 
     def __init__(self, pcm: np.ndarray, rate: int, *, realtime: bool, tail_s: float) -> None:
         self.sample_rate = rate
+        self.end_reason: str | None = None
         self._pcm = pcm
         self._frame = frame_samples(rate)
         self._pos = 0
@@ -88,6 +89,9 @@ class CaptureSink:
 
     async def write(self, frame: np.ndarray) -> None:
         self.frames.append(frame)
+
+    def clear(self) -> None:
+        """Nothing to drop: every frame written counts as heard at once."""
 
     def audio(self) -> np.ndarray:
         return np.concatenate(self.frames) if self.frames else np.zeros(0, dtype=np.int16)

@@ -4,7 +4,7 @@ exercised in tests/integration)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ class FakeTTS:
     def __init__(self) -> None:
         self.spoken: list[str] = []
 
-    async def stream(self, text: str, sample_rate: int) -> AsyncIterator[np.ndarray]:
+    async def stream(self, text: str, sample_rate: int) -> AsyncGenerator[np.ndarray, None]:
         self.spoken.append(text)
         for sentence in [s for s in text.replace("?", ".").split(".") if s.strip()]:
             await asyncio.sleep(0.005)

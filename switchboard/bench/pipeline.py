@@ -35,6 +35,7 @@ class ScriptedCaller:
 
     def __init__(self, utterances: list[np.ndarray], rate: int, *, timeout_s: float) -> None:
         self.sample_rate = rate
+        self.end_reason: str | None = None
         self._frame = frame_samples(rate)
         self._pending = list(utterances)
         self._current: np.ndarray | None = None

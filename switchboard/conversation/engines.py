@@ -5,7 +5,7 @@ the pipeline and its tests see only the protocols (tests use the fakes in ``test
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,11 +43,11 @@ class TextToSpeech(Protocol):
     native_rate: int
     """Rate the engine synthesizes at; other rates are resampled."""
 
-    def stream(self, text: str, sample_rate: int) -> AsyncIterator[np.ndarray]:
+    def stream(self, text: str, sample_rate: int) -> AsyncGenerator[np.ndarray, None]:
         """Chunks of ``text`` spoken at ``sample_rate``, the first as soon as it is ready.
 
-        Closing it early (``aclose()`` where it is an async generator, or cancelling its
-        consumer: barge-in) stops synthesis after the current sentence.
+        Closing it early (``aclose()``, or cancelling its consumer: barge-in) stops
+        synthesis after the current sentence.
         """
         ...
 

@@ -9,16 +9,23 @@ import numpy as np
 
 from switchboard.conversation.audio import FRAME_MS, frame_samples
 
+INBOUND_BUFFER_MS = 120
+"""Caller audio a transport holds for the pipeline; beyond it (the event loop stalled) the
+oldest is dropped, so a stall cannot add lasting delay to what the bot hears."""
+
 CATCH_UP_FRAMES = 2
 """A sink holding more bot frames than this (its event loop stalled) does not queue silent
 frames: the backlog drains in the next pause instead of delaying the rest of the call."""
 
 
 class AudioSource(Protocol):
-    """The caller's audio. ``read`` returns one 20 ms int16 frame, or None when the caller
-    has gone (hangup, connection lost). Transports pace it at the network's rate."""
+    """The caller's audio, clocked: ``read`` returns one 20 ms int16 frame every 20 ms (a
+    frame of silence when no packet arrived in time), or None once the caller has gone."""
 
     sample_rate: int
+    end_reason: str | None
+    """Why ``read`` returned None, when the transport knows better than "caller_hangup"
+    (for example "rtp_timeout"); None otherwise."""
 
     async def read(self) -> np.ndarray | None: ...
 
@@ -29,6 +36,11 @@ class AudioSink(Protocol):
     sample_rate: int
 
     async def write(self, frame: np.ndarray) -> None: ...
+
+    def clear(self) -> None:
+        """Drop the bot audio written but not yet played (barge-in): the caller must hear
+        silence at once. A sink that buffers nothing does nothing."""
+        ...
 
 
 class Playout:

@@ -14,8 +14,8 @@ resumes where it stopped. Goodbyes, handoff announcements and apologies are not
 interruptible: the call ends after them.
 
 Sources must be clocked: a transport returns a frame of silence when no packet arrived in
-time, so that playback and timers never stall on a quiet or lossy network. A source that
-returns None may set ``end_reason`` (default: the caller hung up).
+time, so that playback and timers never stall on a quiet or lossy network. What a transport
+provides is declared in ``media.py`` (``end_reason``, ``clear``).
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ class ConversationPipeline:
                 frame = await self.source.read()
                 if frame is None:
                     # A transport may say why the media stopped (e.g. "rtp_timeout").
-                    reason = getattr(self.source, "end_reason", None) or "caller_hangup"
+                    reason = self.source.end_reason or "caller_hangup"
                     self._finish(_CallEnded(reason))
                     return
                 self._media_ms += FRAME_MS
@@ -349,9 +349,7 @@ class ConversationPipeline:
             return
         if self._hold_since_ms is None:
             self._hold_since_ms = self._media_ms
-            clear = getattr(self.sink, "clear", None)
-            if clear is not None:
-                clear()
+            self.sink.clear()
         if self.endpointer.speech_ms >= self.opts.min_utterance_ms:
             assert self._speaking is not None
             dropped = self.playout.clear()
@@ -586,9 +584,7 @@ class ConversationPipeline:
                 self.playout.push(chunk)
                 self._settle_update()
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await stream.aclose()
         self.playout.finish()
         self._settle_update()
         if self.playout:

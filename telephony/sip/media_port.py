@@ -17,9 +17,12 @@ import numpy as np
 import pjsua2 as pj
 
 from switchboard.conversation.audio import FRAME_MS, frame_samples
-from switchboard.conversation.media import CATCH_UP_FRAMES
+from switchboard.conversation.media import CATCH_UP_FRAMES, INBOUND_BUFFER_MS
 
 log = logging.getLogger(__name__)
+
+MAX_INBOUND_FRAMES = INBOUND_BUFFER_MS // FRAME_MS
+"""Caller frames waiting for the pipeline beyond this are dropped oldest first."""
 
 MAX_PLAYOUT_BACKLOG = 6
 """Bot frames queued beyond this many (120 ms) are dropped oldest first, so a stalled
@@ -35,11 +38,20 @@ class SipAudioSource:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._closed = False
         self.end_reason: str | None = None
+        self.dropped_frames = 0
         self.tap: Callable[[np.ndarray], None] | None = None
 
     def feed_threadsafe(self, frame: bytes) -> None:
         """Called by the media clock thread with one frame of caller PCM."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, frame)
+        self._loop.call_soon_threadsafe(self._feed, frame)
+
+    def _feed(self, frame: bytes) -> None:
+        if self._closed:
+            return
+        if self._queue.qsize() >= MAX_INBOUND_FRAMES:
+            self._queue.get_nowait()  # behind after a stall: drop the oldest frame
+            self.dropped_frames += 1
+        self._queue.put_nowait(frame)
 
     def close_threadsafe(self) -> None:
         self._loop.call_soon_threadsafe(self.close)

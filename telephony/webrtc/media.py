@@ -19,13 +19,10 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from av import AudioFrame
 
 from switchboard.conversation.audio import FRAME_MS, StreamResampler, frame_samples
-from switchboard.conversation.media import CATCH_UP_FRAMES
+from switchboard.conversation.media import CATCH_UP_FRAMES, INBOUND_BUFFER_MS
 
 CALL_RATE = 16000
 """Sample rate of a browser call inside the pipeline (wideband)."""
-
-INBOUND_BUFFER_MS = 120
-"""Most caller audio held between the network and the pipeline; older audio is dropped."""
 
 OUTBOUND_BUFFER_MS = 100
 """Most audio queued for the outbound track; older frames are dropped. The pipeline and
@@ -73,6 +70,7 @@ class TrackSource:
         self, track: MediaStreamTrack, *, media_timeout_s: float, rate: int = CALL_RATE
     ) -> None:
         self.sample_rate = rate
+        self.end_reason: str | None = None
         self.timed_out = False
         self._track = track
         self._frame = frame_samples(rate)
