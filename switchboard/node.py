@@ -24,8 +24,9 @@ from speech.vad import SileroDetector
 from switchboard.base.settings import Settings
 from switchboard.conversation.engines import DialogEngine, SpeechToText, TextToSpeech
 from switchboard.conversation.media import AudioSink, AudioSource
-from switchboard.conversation.pipeline import CallResult, ConversationPipeline, TurnTaking
+from switchboard.conversation.pipeline import CallResult, ConversationPipeline
 from switchboard.conversation.recorder import CallRecorder
+from switchboard.conversation.turn_detector import TurnTaking
 from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from switchboard.conversation.engines import BotMessage, DialogReply, DialogUnavailable, Transcript
+from switchboard.conversation.turns import TurnRecord
 
 WORD_MS = 150
 
@@ -77,3 +79,44 @@ class FakeDialog:
     async def send_keypad(self, conversation_id: str, digits: str,
                           metadata: dict[str, Any] | None = None) -> DialogReply:
         return await self._reply(f"/inform:{digits}", conversation_id)
+
+
+class LoudnessDetector:
+    """A speech detector for unit tests: a frame is speech when its mean level is high."""
+
+    LEVEL = 300
+
+    def __init__(self, sample_rate: int, threshold: float = 0.5) -> None:
+        self.sample_rate = sample_rate
+
+    def is_speech(self, frame: np.ndarray) -> bool:
+        return bool(np.abs(frame.astype(np.int32)).mean() > self.LEVEL)
+
+    def reset(self) -> None:
+        pass
+
+
+class MemoryRecorder:
+    """Keeps a call's turns, events and end in lists: pipeline tests need no database."""
+
+    def __init__(self) -> None:
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self.failed: list[tuple[str, Any]] = []
+        self.turns: list[TurnRecord] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.ended: dict[str, Any] | None = None
+
+    def turn(self, record: TurnRecord) -> None:
+        self.turns.append(record)
+
+    def event(self, kind: str, data: dict[str, Any] | None = None) -> None:
+        self.events.append((kind, data or {}))
+
+    def end(self, *, reason: str, status: str, handoff_target: str | None = None) -> None:
+        self.ended = {"reason": reason, "status": status, "handoff_target": handoff_target}
+
+    async def flush(self) -> None:
+        pass
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.events]

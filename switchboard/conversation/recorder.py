@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.models import utcnow
@@ -16,8 +16,28 @@ from switchboard.storage.repository import CallRepository
 log = logging.getLogger(__name__)
 
 
+class Recorder(Protocol):
+    """Where a call's turns, events and end go as they happen. The pipeline stamps events
+    and the end with ``clock`` (its media clock, set by the pipeline)."""
+
+    clock: Callable[[], datetime]
+    failed: list[tuple[str, Any]]
+    """What could not be stored: (kind, item)."""
+
+    def turn(self, record: TurnRecord) -> None: ...
+
+    def event(self, kind: str, data: dict[str, Any] | None = None) -> None: ...
+
+    def end(self, *, reason: str, status: str, handoff_target: str | None = None) -> None: ...
+
+    async def flush(self) -> None:
+        """Wait until everything recorded is stored."""
+        ...
+
+
 class CallRecorder:
-    """Writes through one thread so a call's rows land in the order they happened.
+    """The database's :class:`Recorder`: writes through one thread so a call's rows land
+    in the order they happened.
 
     A write that fails is logged with the call id and kept in ``failed`` — the pipeline's
     own turn list still holds every turn, so nothing said on the call is lost."""

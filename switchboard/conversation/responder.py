@@ -1,0 +1,224 @@
+"""Answers the caller, one input at a time: a caller turn is transcribed (reusing the
+speculative transcript when it covers the whole turn), keypad entries and events (the
+greeting, reprompts) go straight to the dialog; the reply is spoken sentence by sentence,
+and a hangup or handoff ends the call after its last words have been heard.
+
+Goodbyes, handoff announcements and apologies are not interruptible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from switchboard.conversation.engines import (
+    DialogEngine,
+    DialogReply,
+    DialogUnavailable,
+    SpeechToText,
+    Transcript,
+)
+from switchboard.conversation.recorder import Recorder
+from switchboard.conversation.speech_handle import SpeechTimings
+from switchboard.conversation.timers import CallTimers
+from switchboard.conversation.turns import TurnRecord
+
+log = logging.getLogger(__name__)
+
+END_OF_CALL_DRAIN_MS = 300
+"""Silence sent after the last words of a call, so transports' buffers play them out."""
+
+
+@dataclass(frozen=True)
+class CallerTurn:
+    """A finished caller turn waiting for an answer."""
+
+    audio: np.ndarray
+    speech_start_ms: int
+    speech_end_ms: int
+    endpoint_ms: int
+    endpoint_wall: float
+    early: asyncio.Task[Transcript] | None
+    """The speculative transcription, when one covers the whole turn."""
+    barge_in: bool
+
+
+@dataclass(frozen=True)
+class DialogInput:
+    """An event for the dialog (``call_start``, ``no_input``…) or a keypad entry."""
+
+    intent: str
+    keypad: str | None = None
+    keypad_started_ms: int = 0
+    started_wall: float = 0.0
+
+
+Input = CallerTurn | DialogInput
+
+
+class CallEnded(Exception):
+    """The call is over: how and why."""
+
+    def __init__(self, reason: str, status: str = "ended") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class Stage(Protocol):
+    """What the responder needs of the call it answers on (the pipeline)."""
+
+    call_id: str
+    conversation_id: str
+    metadata: dict[str, Any]
+    rate: int
+    recorder: Recorder
+    timers: CallTimers
+
+    @property
+    def media_ms(self) -> int: ...
+
+    def wall(self, media_ms: int) -> datetime: ...
+
+    def store(self, record: TurnRecord) -> None: ...
+
+    async def say(self, text: str, *, interruptible: bool) -> tuple[TurnRecord, SpeechTimings]:
+        """Speak ``text``; the bot's turn record (not stored yet) and the speech timings."""
+        ...
+
+    async def wait_media(self, ms: int) -> None: ...
+
+
+class Responder:
+    """Handles one input at a time; raises :class:`CallEnded` when the call is over."""
+
+    def __init__(self, stage: Stage, stt: SpeechToText, dialog: DialogEngine,
+                 apology_text: str) -> None:
+        self.stage = stage
+        self.stt = stt
+        self.dialog = dialog
+        self.apology_text = apology_text
+        self.handoff: dict[str, Any] | None = None
+
+    async def handle(self, item: Input) -> None:
+        """Answer ``item``. A dead dialog or a failing turn is apologised for and ends the
+        call as failed (:class:`CallEnded`); what was said so far is kept."""
+        try:
+            if isinstance(item, CallerTurn):
+                await self._caller_turn(item)
+            else:
+                await self._dialog_input(item)
+        except CallEnded:
+            raise
+        except DialogUnavailable as exc:
+            await self._fail("dialog_unavailable", "dialog", exc)
+        except Exception as exc:
+            log.exception("call %s: turn failed", self.stage.call_id)
+            await self._fail("turn_error", "turn", exc)
+
+    async def _caller_turn(self, turn: CallerTurn) -> None:
+        stage = self.stage
+        transcript = await self._transcribe(turn)
+        stt_ms = (time.perf_counter() - turn.endpoint_wall) * 1000
+        text = transcript.text.strip()
+        if not text:
+            stage.recorder.event("unintelligible", {"audio_ms": transcript.audio_ms,
+                                                    "barge_in": turn.barge_in})
+            if turn.barge_in:  # the caller stopped the bot; say we did not catch it
+                await self._dialog_input(DialogInput("nlu_fallback",
+                                                     started_wall=turn.endpoint_wall))
+            return
+        stage.timers.heard_caller()
+        said = TurnRecord(
+            speaker="caller", text=text, started_at=stage.wall(turn.speech_start_ms),
+            ended_at=stage.wall(turn.speech_end_ms), confidence=transcript.confidence,
+            barge_in=turn.barge_in, endpoint_ms=float(turn.endpoint_ms), stt_ms=round(stt_ms, 1),
+        )
+        log.info("call %s: caller said %r (stt %.0f ms)", stage.call_id, text, stt_ms)
+        dialog_started = time.perf_counter()
+        try:
+            reply = await self.dialog.send(stage.conversation_id, text, stage.metadata)
+        except BaseException:
+            stage.store(said)  # what the caller said is kept whatever the dialog did
+            raise
+        said.intent = reply.intent
+        stage.store(said)
+        await self._speak_reply(reply, origin_wall=turn.endpoint_wall,
+                                endpoint_ms=float(turn.endpoint_ms), stt_ms=stt_ms,
+                                dialog_started=dialog_started)
+
+    async def _transcribe(self, turn: CallerTurn) -> Transcript:
+        """Use the speculative transcript when there is one: it is dropped if the caller
+        resumed speaking, so a surviving one covers the whole utterance."""
+        if turn.early is not None:
+            try:
+                return await turn.early
+            except Exception:
+                log.warning("call %s: speculative transcription failed, retrying",
+                            self.stage.call_id)
+        return await self.stt.transcribe(turn.audio, self.stage.rate)
+
+    async def _dialog_input(self, item: DialogInput) -> None:
+        stage = self.stage
+        dialog_started = time.perf_counter()
+        if item.keypad is not None:
+            stage.timers.heard_caller()
+            stage.store(TurnRecord(
+                speaker="caller", text=f"[keypad] {item.keypad}",
+                started_at=stage.wall(item.keypad_started_ms), ended_at=stage.wall(stage.media_ms),
+                intent=item.intent, confidence=1.0,  # keypad input is exact
+            ))
+            reply = await self.dialog.send_keypad(stage.conversation_id, item.keypad,
+                                                  stage.metadata)
+        else:
+            reply = await self.dialog.send_event(stage.conversation_id, item.intent,
+                                                 stage.metadata)
+        await self._speak_reply(reply, origin_wall=item.started_wall, endpoint_ms=None,
+                                stt_ms=None, dialog_started=dialog_started)
+
+    async def _speak_reply(self, reply: DialogReply, *, origin_wall: float,
+                           endpoint_ms: float | None, stt_ms: float | None,
+                           dialog_started: float) -> None:
+        stage = self.stage
+        dialog_ms = (time.perf_counter() - dialog_started) * 1000
+        text = " ".join(reply.texts)
+        final = reply.hangup or reply.handoff is not None
+        if text:
+            record, timings = await stage.say(text, interruptible=not final)
+            record.endpoint_ms = endpoint_ms
+            record.stt_ms = round(stt_ms, 1) if stt_ms is not None else None
+            record.dialog_ms = round(dialog_ms, 1)
+            if timings.first_frame_wall is not None:
+                heard_after_ms = (timings.first_frame_wall - origin_wall) * 1000
+                record.response_ms = round((endpoint_ms or 0.0) + heard_after_ms, 1)
+            stage.store(record)
+            log.info("call %s: bot said %r (response %s ms)%s", stage.call_id, text,
+                     record.response_ms, " [interrupted]" if record.barge_in else "")
+        if final:
+            await stage.wait_media(END_OF_CALL_DRAIN_MS)
+        if reply.handoff is not None:
+            self.handoff = reply.handoff
+            stage.recorder.event("handoff", reply.handoff)
+            raise CallEnded("handoff")
+        if reply.hangup:
+            raise CallEnded("bot_hangup")
+
+    async def _fail(self, reason: str, stage_name: str, exc: BaseException) -> None:
+        """Something broke: say sorry, keep what was said, end the call as failed."""
+        stage = self.stage
+        log.error("call %s: %s failed, apologising and ending the call: %s",
+                  stage.call_id, stage_name, exc)
+        stage.recorder.event("error", {"stage": stage_name, "error": str(exc)})
+        try:
+            record, _ = await stage.say(self.apology_text, interruptible=False)
+            stage.store(record)
+            await stage.wait_media(END_OF_CALL_DRAIN_MS)
+        except Exception:
+            log.exception("call %s: could not play the apology", stage.call_id)
+        raise CallEnded(reason, "failed")
