@@ -6,16 +6,17 @@ import asyncio
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from faster_whisper import WhisperModel
 
 from speech.config import SttConfig
+from speech.inference import InferenceQueue
 from speech.models import WHISPER_TINY_EN, pick_compute_type, pick_device, resolve_whisper_model
 from switchboard.conversation.audio import int16_to_float32, resample
-from switchboard.conversation.engines import Transcript
+from switchboard.conversation.engines import Priority, Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class WhisperSTT:
         self.beam_size = beam_size
         self.device = pick_device(device)
         self._model = self._load(path, compute_type, cpu_threads)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-stt")
+        self._queue = InferenceQueue("whisper-stt")
 
     @classmethod
     def from_config(cls, config: SttConfig) -> WhisperSTT:
@@ -117,10 +118,18 @@ class WhisperSTT:
             elapsed_ms=(time.perf_counter() - started) * 1000,
         )
 
-    async def transcribe(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
-        """Transcribe ``pcm`` on the instance's worker thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.transcribe_sync, pcm, sample_rate)
+    async def transcribe(
+        self, pcm: np.ndarray, sample_rate: int, *, priority: Priority = Priority.FINAL,
+        deadline: float | None = None,
+    ) -> Transcript:
+        """Transcribe ``pcm`` on the instance's worker thread, best priority first; see
+        :class:`~switchboard.conversation.engines.SpeechToText`."""
+        timed = await self._queue.run(lambda: self.transcribe_sync(pcm, sample_rate),
+                                      priority=priority, deadline=deadline)
+        return replace(timed.value, queue_ms=round(timed.queue_ms, 1))
+
+    def health(self) -> str | None:
+        return None if self._queue.alive else "the Whisper worker thread is not running"
 
     def _decode(self, audio: np.ndarray, *, vad_filter: bool) -> tuple[str, float, float, str]:
         segments, info = self._model.transcribe(
@@ -150,5 +159,8 @@ class WhisperSTT:
         return " ".join(t for t in texts if t), confidence, no_speech_prob, info.language
 
     def close(self) -> None:
-        """Let the running transcription finish, cancel queued ones, stop the worker thread."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Let the running transcription finish, drop queued ones, stop the worker thread."""
+        self._queue.close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)

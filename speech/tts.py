@@ -93,6 +93,12 @@ class PiperTTS:
         finally:
             stop.set()
 
+    def health(self) -> str | None:
+        return "the Piper voice is closed" if self._executor._shutdown else None
+
     def close(self) -> None:
         """Stop the worker thread once its current sentence is done; queued work is dropped."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)

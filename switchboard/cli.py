@@ -152,6 +152,39 @@ async def _simulate(
     write_outputs(sim, reply_wav, json_path)
 
 
+@app.command("prepare-caller")
+def prepare_caller(
+    speech: Annotated[Path, typer.Argument(help="The caller's speech (WAV/FLAC/OGG).")],
+    out: Annotated[Path, typer.Argument(help="The caller recording to write (WAV).")],
+    rate: Annotated[
+        int, typer.Option(help="Sample rate of the line: 8000 for G.711 (PCMU/PCMA).")
+    ] = 8000,
+    lead: Annotated[
+        float, typer.Option(min=0.0, max=60.0, help="Seconds of silence first (the greeting).")
+    ] = 3.0,
+    trail: Annotated[
+        float, typer.Option(min=0.0, max=60.0, help="Seconds of silence after (the answer).")
+    ] = 6.0,
+) -> None:
+    """Turn SPEECH into a caller recording for a SIP phone (baresip's aufile, SIPp):
+    mono 16-bit PCM at the line's rate, with silence around the speech."""
+    import numpy as np
+    import soundfile
+
+    from switchboard.simulate import AudioFileError, load_caller_audio
+
+    try:
+        pcm = load_caller_audio(speech, rate)
+    except AudioFileError as exc:
+        raise _fail(str(exc), 2) from None
+    padded = np.concatenate([np.zeros(int(lead * rate), np.int16), pcm,
+                             np.zeros(int(trail * rate), np.int16)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(out), padded, rate, subtype="PCM_16")
+    typer.echo(f"{out}: {len(padded) / rate:.1f} s at {rate} Hz "
+               f"({lead:.1f} s silence, {len(pcm) / rate:.1f} s speech, {trail:.1f} s silence)")
+
+
 @app.command("sip-worker")
 def sip_worker(
     port: Annotated[

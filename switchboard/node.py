@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,12 +21,16 @@ from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
 from speech.vad import SileroDetector
 from switchboard.base.settings import Settings
-from switchboard.conversation.engines import DialogEngine, SpeechToText, TextToSpeech
-from switchboard.conversation.media import AudioSink, AudioSource
+from switchboard.conversation.call import CallHandle, CallRequest
+from switchboard.conversation.engines import (
+    DialogEngine,
+    SpeechToText,
+    TextToSpeech,
+    start_engine,
+)
 from switchboard.conversation.pipeline import CallResult, ConversationPipeline
 from switchboard.conversation.recorder import CallRecorder
 from switchboard.conversation.turn_detector import TurnTaking
-from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
 
@@ -92,7 +95,7 @@ class Node:
     tts: TextToSpeech
     dialog: DialogEngine
     analytics: Celery | None = None
-    owned: list[object] = field(default_factory=list)
+    owned: list[SpeechToText | TextToSpeech | DialogEngine] = field(default_factory=list)
     """Engines this node created, and so closes; engines passed in belong to the caller."""
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -110,17 +113,13 @@ class Node:
 
         With ``analytics``, every ended call is queued for post-call analysis (Celery)."""
         sessions = prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
-        owned: list[object] = []
+        owned: list[SpeechToText | TextToSpeech | DialogEngine] = []
         if stt is None:
-            whisper = WhisperSTT.from_config(stt_config(settings))
-            whisper.warm_up()
-            stt = whisper
-            owned.append(whisper)
+            stt = start_engine("Whisper", lambda: WhisperSTT.from_config(stt_config(settings)))
+            owned.append(stt)
         if tts is None:
-            piper = PiperTTS.from_config(tts_config(settings))
-            piper.warm_up()
-            tts = piper
-            owned.append(piper)
+            tts = start_engine("Piper", lambda: PiperTTS.from_config(tts_config(settings)))
+            owned.append(tts)
         if dialog is None:
             rasa = rasa_config(settings)
             dialog = RasaClient(rasa.url, timeout_s=rasa.timeout_s, api_token=rasa.api_token)
@@ -128,54 +127,38 @@ class Node:
         celery = create_celery_app(settings) if analytics else None
         return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned)
 
-    async def run_call(
-        self,
-        *,
-        source: AudioSource,
-        sink: AudioSink,
-        transport: str,
-        caller: str | None = None,
-        callee: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        pipeline_ready: Callable[[ConversationPipeline], None] | None = None,
-        conversation_id: str | None = None,
-        greet: bool = True,
-        on_turn: Callable[[TurnRecord], None] | None = None,
-    ) -> CallResult:
-        """Store a new call and run the conversation pipeline on the given media.
+    def start_call(self, request: CallRequest) -> CallHandle:
+        """Store a new call and run the conversation on the request's media; the handle
+        takes keypad keys, a hangup or a transfer at once and gives the result."""
+        handle = CallHandle(request)
+        handle.run(self._run_call)
+        return handle
 
-        ``pipeline_ready`` gets the pipeline before it starts (to deliver keypad digits);
-        ``conversation_id``/``greet``/``on_turn`` as in :class:`ConversationPipeline`."""
-        info = {"transport": transport, "caller": caller, "callee": callee, **(metadata or {})}
+    async def _run_call(self, handle: CallHandle) -> CallResult:
+        request = handle.request
+        info = {"transport": request.transport, "caller": request.caller,
+                "callee": request.callee, **request.metadata}
         call_id = await asyncio.to_thread(
             self.calls.create_call,
-            transport=transport, caller=caller, callee=callee, metadata=metadata,
-            worker=self.settings.worker_name or None,
+            transport=request.transport, caller=request.caller, callee=request.callee,
+            metadata=request.metadata, worker=self.settings.worker_name or None,
         )
         try:
             pipeline = ConversationPipeline(
-                call_id=call_id,
-                source=source,
-                sink=sink,
-                stt=self.stt,
-                tts=self.tts,
-                dialog=self.dialog,
-                vad=SileroDetector,
+                call_id=call_id, source=request.source, sink=request.sink,
+                stt=self.stt, tts=self.tts, dialog=self.dialog, vad=SileroDetector,
                 recorder=CallRecorder(self.calls, call_id),
-                turn_taking=TurnTaking.from_settings(self.settings),
-                metadata=info,
-                conversation_id=conversation_id,
-                greet=greet,
-                on_turn=on_turn,
+                turn_taking=TurnTaking.from_settings(self.settings), metadata=info,
+                conversation_id=request.conversation_id, greet=request.greet,
             )
         except Exception as exc:
             await asyncio.to_thread(
                 self.calls.end_call, call_id, reason=f"setup_failed: {exc}"[:64], status="failed"
             )
             raise
-        if pipeline_ready is not None:
-            pipeline_ready(pipeline)
-        log.info("call %s started (%s from %s)", call_id, transport, caller or "unknown")
+        handle.attach(call_id, pipeline)
+        log.info("call %s started (%s from %s)", call_id, request.transport,
+                 request.caller or "unknown")
         result = await pipeline.run()
         log.info("call %s ended: %s", call_id, result.reason)
         if self.analytics is not None:
@@ -194,9 +177,4 @@ class Node:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         for engine in self.owned:
-            close = getattr(engine, "aclose", None) or getattr(engine, "close", None)
-            if close is None:
-                continue
-            outcome = close()
-            if hasattr(outcome, "__await__"):
-                await outcome
+            await engine.aclose()

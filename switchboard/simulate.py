@@ -7,13 +7,14 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile
 
 from switchboard.conversation.audio import FRAME_MS, frame_samples, resample
-from switchboard.conversation.pipeline import CallResult, ConversationPipeline
+from switchboard.conversation.call import CallRequest
+from switchboard.conversation.pipeline import CallResult
 from switchboard.node import Node
 
 SUPPORTED_RATES = (8000, 16000)
@@ -39,6 +40,15 @@ def load_caller_audio(path: Path, rate: int) -> np.ndarray:
     return resample(mono, int(file_rate), rate) if file_rate != rate else mono
 
 
+class Settling(Protocol):
+    """A call that says when it has settled (see ``ConversationPipeline.settled``)."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    async def settled(self) -> None: ...
+
+
 class FileSource:
     """Plays the caller's audio, then silence until the bot is done (or the call ends).
 
@@ -55,15 +65,16 @@ class FileSource:
         self._tail_frames = int(tail_s * 1000 / FRAME_MS)
         self._idle_frames = 0
         self._next_deadline: float | None = None
-        self.pipeline: ConversationPipeline | None = None
+        self.call: Settling | None = None
+        """The call being fed (a handle, or the pipeline itself in unit tests)."""
 
     async def read(self) -> np.ndarray | None:
         if self._realtime:
             now = time.perf_counter()
             self._next_deadline = (self._next_deadline or now) + FRAME_MS / 1000
             await asyncio.sleep(max(0.0, self._next_deadline - now))
-        elif self.pipeline is not None:
-            await self.pipeline.settled()
+        elif self.call is not None:
+            await self.call.settled()
             await asyncio.sleep(0)
         if self._pos < len(self._pcm):
             frame = self._pcm[self._pos : self._pos + self._frame]
@@ -71,7 +82,7 @@ class FileSource:
             if len(frame) < self._frame:
                 frame = np.pad(frame, (0, self._frame - len(frame)))
             return frame
-        if self.pipeline is not None and self.pipeline.idle:
+        if self.call is not None and self.call.idle:
             self._idle_frames += 1
             if self._idle_frames >= self._tail_frames:
                 return None
@@ -133,13 +144,10 @@ async def simulate_call(
     source = FileSource(caller_pcm, rate, realtime=realtime, tail_s=tail_s)
     sink = CaptureSink(rate)
 
-    def attach(pipeline: ConversationPipeline) -> None:
-        source.pipeline = pipeline
-
     started = time.perf_counter()
-    result = await node.run_call(
-        source=source, sink=sink, transport="simulate", caller=caller, pipeline_ready=attach
-    )
+    handle = source.call = node.start_call(
+        CallRequest(transport="simulate", source=source, sink=sink, caller=caller))
+    result = await handle.result()
     return Simulation(result, sink.audio(), rate, time.perf_counter() - started)
 
 

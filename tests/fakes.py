@@ -10,28 +10,51 @@ from typing import Any
 
 import numpy as np
 
-from switchboard.conversation.engines import BotMessage, DialogReply, DialogUnavailable, Transcript
+from switchboard.conversation.engines import (
+    BotMessage,
+    DialogReply,
+    DialogUnavailable,
+    Priority,
+    Transcript,
+)
 from switchboard.conversation.turns import TurnRecord
 
 WORD_MS = 150
 
 
-class FakeSTT:
-    """Returns scripted transcripts, one per call."""
+class FakeEngine:
+    """The engine lifecycle, doing nothing."""
+
+    def warm_up(self) -> None:
+        pass
+
+    def health(self) -> str | None:
+        return None
+
+    async def aclose(self) -> None:
+        pass
+
+
+class FakeSTT(FakeEngine):
+    """Returns scripted transcripts, one per call; remembers each request's priority."""
 
     def __init__(self, texts: list[str]) -> None:
         self.texts = list(texts)
         self.calls = 0
+        self.priorities: list[Priority] = []
 
-    async def transcribe(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
+    async def transcribe(self, pcm: np.ndarray, sample_rate: int, *,
+                         priority: Priority = Priority.FINAL,
+                         deadline: float | None = None) -> Transcript:
         self.calls += 1
+        self.priorities.append(priority)
         await asyncio.sleep(0.01)
         text = self.texts.pop(0) if self.texts else ""
         return Transcript(text=text, confidence=0.9, no_speech_prob=0.0, language="en",
                           audio_ms=len(pcm) * 1000 // sample_rate, elapsed_ms=10.0)
 
 
-class FakeTTS:
+class FakeTTS(FakeEngine):
     """A 300 Hz tone, WORD_MS per word, one chunk per sentence."""
 
     native_rate = 16000
@@ -51,7 +74,7 @@ class FakeTTS:
 Script = Callable[[str], list[BotMessage]]
 
 
-class FakeDialog:
+class FakeDialog(FakeEngine):
     """Answers from a function of the message; can be switched off to simulate an outage."""
 
     def __init__(self, script: Script, *, fail_after: int | None = None) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from switchboard.base.settings import Settings
 from switchboard.conversation.audio import FRAME_MS
+from switchboard.conversation.call import CallRequest
 from switchboard.conversation.engines import BotMessage
-from switchboard.conversation.pipeline import ConversationPipeline
 from switchboard.node import Node
 from switchboard.simulate import CaptureSink, FileSource, Simulation, simulate_call
 from tests.audio_tools import espeak, silence
@@ -140,28 +140,15 @@ async def test_dialog_outage_apologises_and_keeps_the_turn_log(
 async def test_keypad_digits_reach_the_dialog(database_url: str) -> None:
     dialog = FakeDialog(scripted)
     node = make_node(database_url, FakeSTT([]), dialog)
-    caller = silence(6000)
-    pressed: list[asyncio.Task[None]] = []
-
-    async def press(pipeline: ConversationPipeline) -> None:
-        while pipeline.media_ms < 3000:
-            await asyncio.sleep(0.001)
-        for digit in "48213#":
-            pipeline.keypad(digit)
-
-    original = node.run_call
-
-    async def run_call(**kwargs: object) -> object:
-        ready = kwargs.pop("pipeline_ready")
-
-        def attach(pipeline: ConversationPipeline) -> None:
-            ready(pipeline)  # type: ignore[operator]
-            pressed.append(asyncio.create_task(press(pipeline)))
-
-        return await original(pipeline_ready=attach, **kwargs)  # type: ignore[arg-type]
-
-    node.run_call = run_call  # type: ignore[method-assign]
-    sim = await run(node, caller)
+    source = FileSource(silence(6000), RATE, realtime=False, tail_s=1.0)
+    sink = CaptureSink(RATE)
+    handle = source.call = node.start_call(CallRequest(transport="sip", source=source, sink=sink))
+    await handle.started()
+    while handle.media_ms < 3000:
+        await asyncio.sleep(0.001)
+    for digit in "48213#":
+        handle.keypad(digit)
+    sim = Simulation(await asyncio.wait_for(handle.result(), 120), sink.audio(), RATE, 0.0)
     assert "/inform:48213" in dialog.received
     [keyed] = [t for t in sim.result.turns if t.text == "[keypad] 48213"]
     assert keyed.intent == "inform" and keyed.confidence == 1.0  # in the intent sequence too
@@ -233,11 +220,11 @@ async def test_a_reconnecting_caller_continues_the_same_conversation(database_ur
     heard: list[str] = []
     caller = np.concatenate([silence(500), espeak("four eight two one three"), silence(500)])
     source = FileSource(caller, RATE, realtime=False, tail_s=1.0)
-    sim = await asyncio.wait_for(
-        node.run_call(source=source, sink=CaptureSink(RATE), transport="webrtc",
-                      conversation_id="conv-42", greet=False,
-                      pipeline_ready=lambda p: setattr(source, "pipeline", p),
-                      on_turn=lambda t: heard.append(f"{t.speaker}: {t.text}")), 60)
+    handle = source.call = node.start_call(CallRequest(
+        transport="webrtc", source=source, sink=CaptureSink(RATE), conversation_id="conv-42",
+        greet=False))
+    handle.on_turn(lambda t: heard.append(f"{t.speaker}: {t.text}"))
+    sim = await asyncio.wait_for(handle.result(), 60)
 
     assert dialog.received == ["four eight two one three"]
     assert dialog.senders == ["conv-42"]

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from switchboard.conversation.audio import FRAME_MS, frame_samples
-from switchboard.conversation.pipeline import CallResult, ConversationPipeline
+from switchboard.conversation.call import CallHandle, CallRequest
+from switchboard.conversation.pipeline import CallResult
 from switchboard.node import Node
 from switchboard.simulate import CaptureSink
 
@@ -45,7 +46,7 @@ class ScriptedCaller:
         self._next: float | None = None
         self._media_ms = 0
         self.speech_ends_ms: list[int] = []
-        self.pipeline: ConversationPipeline | None = None
+        self.call: CallHandle | None = None
 
     async def read(self) -> np.ndarray | None:
         now = time.perf_counter()
@@ -61,7 +62,7 @@ class ScriptedCaller:
                 self._current = None
                 self.speech_ends_ms.append(self._media_ms)
             return np.pad(frame, (0, self._frame - len(frame)))
-        idle = self.pipeline is not None and self.pipeline.idle
+        idle = self.call is not None and self.call.idle
         self._idle_ms = self._idle_ms + FRAME_MS if idle else 0
         if self._idle_ms >= GAP_MS:
             if not self._pending:
@@ -119,11 +120,9 @@ async def bench_pipeline(node: Node, utterances: int, rate: int) -> list[StageSt
     caller = ScriptedCaller(audio, rate, timeout_s=60 + 20 * utterances)
     sink = CaptureSink(rate)
 
-    def attach(pipeline: ConversationPipeline) -> None:
-        caller.pipeline = pipeline
-
-    result = await node.run_call(source=caller, sink=sink, transport="bench",
-                                 caller="bench", pipeline_ready=attach)
+    caller.call = node.start_call(
+        CallRequest(transport="bench", source=caller, sink=sink, caller="bench"))
+    result = await caller.call.result()
     heard = voice_to_voice_ms(caller.speech_ends_ms, sink.audio(), rate)
     rows = stage_stats([result])
     if heard:

@@ -7,9 +7,64 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from enum import IntEnum
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
+
+
+class EngineError(RuntimeError):
+    """A speech engine failed to start, or cannot serve a request."""
+
+
+class EngineClosed(EngineError):
+    """The engine was closed; it takes no more requests."""
+
+
+class DeadlineExceeded(EngineError):
+    """A request waited past its deadline and was dropped before it ran."""
+
+
+class Priority(IntEnum):
+    """Which requests an engine serves first (lower first)."""
+
+    FINAL = 0
+    """The caller stopped speaking and waits for the answer."""
+    SPECULATIVE = 1
+    """A guess at a pause: worth computing only when nothing more urgent waits."""
+
+
+class Engine(Protocol):
+    """The lifecycle every engine shares; the node builds engines through factories,
+    warms them up before taking calls, asks their health, and closes what it built."""
+
+    def warm_up(self) -> None:
+        """Run the model once so the first call pays no start-up cost (blocking)."""
+        ...
+
+    def health(self) -> str | None:
+        """None while the engine can serve requests, else what is wrong."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish the running request, drop queued ones, free the model."""
+        ...
+
+
+E = TypeVar("E", bound=Engine)
+
+
+def start_engine(name: str, factory: Callable[[], E]) -> E:
+    """Build an engine with ``factory``, warm it up and check its health."""
+    try:
+        engine = factory()
+        engine.warm_up()
+    except Exception as exc:
+        raise EngineError(f"{name} failed to start: {exc}") from exc
+    problem = engine.health()
+    if problem is not None:
+        raise EngineError(f"{name} is not healthy after warming up: {problem}")
+    return engine
 
 
 @dataclass(frozen=True)
@@ -18,7 +73,8 @@ class Transcript:
 
     ``confidence`` is the mean token probability of the kept text (0 when empty);
     ``no_speech_prob`` Whisper's belief that there was no speech (1 when nothing was
-    decoded); ``audio_ms`` the input's duration; ``elapsed_ms`` the time transcription took.
+    decoded); ``audio_ms`` the input's duration; ``elapsed_ms`` the time the model computed;
+    ``queue_ms`` the time the request waited for the model before that.
     """
 
     text: str
@@ -27,17 +83,23 @@ class Transcript:
     language: str
     audio_ms: int
     elapsed_ms: float
+    queue_ms: float = 0.0
 
 
-class SpeechToText(Protocol):
+class SpeechToText(Engine, Protocol):
     """Anything that turns one utterance of int16 mono PCM into a ``Transcript``."""
 
-    async def transcribe(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
-        """Transcribe ``pcm`` (1-D int16 at ``sample_rate``)."""
+    async def transcribe(
+        self, pcm: np.ndarray, sample_rate: int, *, priority: Priority = Priority.FINAL,
+        deadline: float | None = None,
+    ) -> Transcript:
+        """Transcribe ``pcm`` (1-D int16 at ``sample_rate``). Requests of a better
+        ``priority`` run first; one still queued at ``deadline`` (a ``time.monotonic()``)
+        is dropped with :class:`DeadlineExceeded`; cancelling the caller drops it too."""
         ...
 
 
-class TextToSpeech(Protocol):
+class TextToSpeech(Engine, Protocol):
     """Anything that speaks text as a stream of int16 mono chunks."""
 
     native_rate: int
@@ -107,6 +169,8 @@ class DialogEngine(Protocol):
     async def send_keypad(
         self, conversation_id: str, digits: str, metadata: dict[str, Any] | None = None
     ) -> DialogReply: ...
+
+    async def aclose(self) -> None: ...
 
 
 class SpeechDetector(Protocol):

@@ -7,40 +7,24 @@ need neither the engines nor the analytics wiring.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from switchboard.base.settings import Settings
-from switchboard.conversation.media import AudioSink, AudioSource
-from switchboard.conversation.pipeline import CallResult, ConversationPipeline
-from switchboard.conversation.turns import TurnRecord
+from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.storage.repository import CallRepository
 
 
 class CallHost(Protocol):
-    """Stores calls and runs the conversation pipeline on a transport's media."""
+    """Stores calls and runs the conversation on a transport's media."""
 
     settings: Settings
     sessions: sessionmaker[Session]
     calls: CallRepository
 
-    async def run_call(
-        self,
-        *,
-        source: AudioSource,
-        sink: AudioSink,
-        transport: str,
-        caller: str | None = None,
-        callee: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        pipeline_ready: Callable[[ConversationPipeline], None] | None = None,
-        conversation_id: str | None = None,
-        greet: bool = True,
-        on_turn: Callable[[TurnRecord], None] | None = None,
-    ) -> CallResult:
-        """Store a new call and run it to its end on ``source``/``sink``."""
+    def start_call(self, request: CallRequest) -> CallHandle:
+        """Store a new call and run it on the request's media; returns at once."""
         ...
 
     async def aclose(self) -> None:

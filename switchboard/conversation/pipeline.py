@@ -71,6 +71,8 @@ class CallResult:
     handoff: dict[str, Any] | None
     turns: list[TurnRecord] = field(default_factory=list)
     failed_writes: int = 0
+    transferred: bool | None = None
+    """After a transfer was asked: whether the far end accepted it."""
 
 
 class ConversationPipeline:
@@ -80,18 +82,18 @@ class ConversationPipeline:
                  stt: SpeechToText, tts: TextToSpeech, dialog: DialogEngine, vad: VadFactory,
                  recorder: Recorder, turn_taking: TurnTaking,
                  metadata: dict[str, Any] | None = None, conversation_id: str | None = None,
-                 greet: bool = True, on_turn: Callable[[TurnRecord], None] | None = None) -> None:
+                 greet: bool = True) -> None:
         """``conversation_id`` is the dialog's sender id (default: the call id); a caller
         who reconnects passes the earlier one with ``greet=False`` to carry on where the
         conversation was. ``vad`` builds the speech detector for the call's rate and the
-        ``vad_threshold``. ``on_turn`` sees every turn as it is stored (live transcripts)."""
+        ``vad_threshold``. ``on_turn``, when set, sees every turn as it is stored."""
         if source.sample_rate != sink.sample_rate:
             raise ValueError(
                 f"source rate {source.sample_rate} Hz differs from sink rate {sink.sample_rate} Hz"
             )
         self.call_id = call_id
         self.conversation_id = conversation_id or call_id
-        self.greet, self.on_turn = greet, on_turn
+        self.on_turn: Callable[[TurnRecord], None] | None = None
         self.rate = source.sample_rate
         self.source, self.sink, self.tts = source, sink, tts
         self.recorder = recorder
@@ -110,6 +112,8 @@ class ConversationPipeline:
         self.timers = CallTimers(turn_taking)
         self.responder = Responder(self, stt, dialog, turn_taking.apology_text)
         self._inputs: asyncio.Queue[Input] = asyncio.Queue()
+        if greet:  # first, before keys pressed before the call runs
+            self._inputs.put_nowait(DialogInput("call_start", started_wall=time.perf_counter()))
         self._media_ms = 0
         self._started = datetime.now(UTC)
         self.recorder.clock = lambda: self.wall(self._media_ms)
@@ -124,8 +128,6 @@ class ConversationPipeline:
         """Run the call to its end and return how it ended. Always stores the end of the
         call, also when the call is cancelled from outside (then re-raised) or a task fails."""
         self.recorder.event("answered", {"sample_rate": self.rate, **self.metadata})
-        if self.greet:
-            self._inputs.put_nowait(DialogInput("call_start", started_wall=time.perf_counter()))
         media = asyncio.create_task(self._media_loop(), name=f"media-{self.call_id[:8]}")
         respond = asyncio.create_task(self._respond(), name=f"respond-{self.call_id[:8]}")
         ended = asyncio.create_task(self._ended.wait())

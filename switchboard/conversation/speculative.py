@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from switchboard.conversation.engines import SpeechToText, Transcript
+from switchboard.conversation.engines import Priority, SpeechToText, Transcript
 
 
 class SpeculativeTranscriber:
@@ -24,7 +24,8 @@ class SpeculativeTranscriber:
     def start(self, audio: np.ndarray) -> None:
         """The caller paused after ``audio``: transcribe it, unless one is still running."""
         if self._inflight is None or self._inflight.done():
-            task = asyncio.create_task(self.stt.transcribe(audio, self.sample_rate))
+            task = asyncio.create_task(
+                self.stt.transcribe(audio, self.sample_rate, priority=Priority.SPECULATIVE))
             task.add_done_callback(_retrieve)
             self._current = self._inflight = task
 

@@ -1,9 +1,10 @@
 """One SIP media worker: a PJSUA2 endpoint, an asyncio loop and a node, ≤ 4 calls.
 
-Each call runs the node's conversation pipeline on the call's audio. When the pipeline
-ends, the worker transfers the caller (REFER to ``sip_transfer_uri``) after a handoff,
-or hangs up (BYE). DTMF digits go to the pipeline's keypad; every call is recorded as a
-stereo WAV when ``sip_record`` is on.
+Each call is started on the node as soon as it is answered; DTMF digits go to its handle.
+The worker is the call's :class:`~switchboard.conversation.call.CallControl`: a handoff (to
+``sip_transfer_uri``) or a transfer asked of the handle is a REFER; otherwise the call is
+hung up (BYE) when the conversation ends. Every call is recorded as a stereo WAV when
+``sip_record`` is on.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.host import CallHost
-from switchboard.conversation.pipeline import CallResult, ConversationPipeline
+from switchboard.conversation.pipeline import CallResult
 from telephony.sip.call import CallLeg
 from telephony.sip.endpoint import SipEndpoint
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
@@ -47,7 +49,8 @@ class SipCallFailed(RuntimeError):
 class _Session:
     leg: CallLeg
     task: asyncio.Task[CallResult | None] | None = None
-    pipeline: ConversationPipeline | None = None
+    handle: CallHandle | None = None
+    call_id: str | None = None
     recording: CallRecording | None = None
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -56,7 +59,6 @@ class _Session:
     end_reason: str = ""
     transfer_status: int = 0
     rtp_timed_out: bool = False
-    pending_digits: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -165,6 +167,8 @@ class SipWorker:
         session = self.sessions.get(leg.key)
         if session is None:
             session = self.sessions[leg.key] = _Session(leg)
+            if leg.direction == "inbound":  # answered: its keys must find a handle at once
+                session.handle = self._start_call(session)
             session.task = asyncio.create_task(self._run(session), name=f"sip-call-{leg.key}")
         return session
 
@@ -185,10 +189,10 @@ class SipWorker:
         session = self.sessions.get(key)
         if session is None:
             return
-        if session.pipeline is None:
-            session.pending_digits.append(digit)
+        if session.handle is None:  # an outbound call not answered yet
+            log.warning("SIP call %s: keypad %r before the answer, ignored", key, digit)
         else:
-            session.pipeline.keypad(digit)
+            session.handle.keypad(digit)
 
     def _on_transfer_status(self, key: int, status: int, final: bool) -> None:
         session = self.sessions.get(key)
@@ -231,38 +235,34 @@ class SipWorker:
             gone.cancel()
         return session.confirmed.is_set() and not session.disconnected.is_set()
 
-    async def _converse(self, session: _Session) -> CallResult:
+    def _start_call(self, session: _Session) -> CallHandle:
         leg = session.leg
         account_uri = f"sip:{self.settings.sip_username or 'switchboard'}@{self.settings.sip_host}"
         inbound = leg.direction == "inbound"
-        metadata = {"sip_call_id": leg.sip_call_id, "direction": leg.direction,
-                    "source_address": leg.source_address}
-
-        def ready(pipeline: ConversationPipeline) -> None:
-            session.pipeline = pipeline
-            log.info("SIP call %s is call %s (setup %.0f ms)", leg.key, pipeline.call_id,
-                     (time.perf_counter() - session.started) * 1000)
-            if self.settings.sip_record:
-                self._start_recording(session, pipeline.call_id)
-            for digit in session.pending_digits:
-                pipeline.keypad(digit)
-            session.pending_digits.clear()
-
-        result = await self.node.run_call(
-            source=leg.source,
-            sink=leg.sink,
-            transport="sip",
+        return self.node.start_call(CallRequest(
+            transport="sip", source=leg.source, sink=leg.sink,
             caller=leg.remote_uri if inbound else account_uri,
             callee=leg.local_uri if inbound else leg.remote_uri,
-            metadata=metadata,
-            pipeline_ready=ready,
-        )
+            metadata={"sip_call_id": leg.sip_call_id, "direction": leg.direction,
+                      "source_address": leg.source_address},
+            control=_SipControl(self, session),
+            handoff_target=self.settings.sip_transfer_uri or None,
+        ))
+
+    async def _converse(self, session: _Session) -> CallResult:
+        if session.handle is None:
+            session.handle = self._start_call(session)
+        handle = session.handle
+        with contextlib.suppress(Exception):  # a failed setup is raised by result()
+            session.call_id = await handle.started()
+            log.info("SIP call %s is call %s (setup %.0f ms)", session.leg.key,
+                     session.call_id, (time.perf_counter() - session.started) * 1000)
+            if self.settings.sip_record:
+                self._start_recording(session, session.call_id)
+        result = await handle.result()
         if session.rtp_timed_out:
             await asyncio.to_thread(self.node.calls.add_event, result.call_id, "rtp_timeout",
                                     {"timeout_s": self.settings.sip_rtp_timeout_s})
-        if (result.reason == "handoff" and self.settings.sip_transfer_uri
-                and not session.disconnected.is_set()):
-            await self._transfer(session, result.call_id)
         return result
 
     def _start_recording(self, session: _Session, call_id: str) -> None:
@@ -276,15 +276,17 @@ class SipWorker:
         session.leg.source.tap = recording.caller
         session.leg.sink.tap = recording.bot
 
-    async def _transfer(self, session: _Session, call_id: str) -> None:
+    async def transfer(self, session: _Session, call_id: str, uri: str) -> bool:
+        """REFER the caller to ``uri``; True once the transfer's final NOTIFY says 2xx."""
+        if session.disconnected.is_set():
+            return False
         endpoint = self._require_endpoint()
-        uri = self.settings.sip_transfer_uri
         key = session.leg.key
         try:
             await asyncio.wrap_future(endpoint.submit(lambda: endpoint.transfer(key, uri)))
         except RuntimeError as exc:
             log.warning("call %s: transfer to %s failed: %s", call_id, uri, exc)
-            return
+            return False
         transfer_done = asyncio.create_task(session.transfer_final.wait())
         gone = asyncio.create_task(session.disconnected.wait())
         await asyncio.wait({transfer_done, gone}, timeout=TRANSFER_WAIT_S,
@@ -295,6 +297,7 @@ class SipWorker:
                  session.transfer_status or "none")
         await asyncio.to_thread(self.node.calls.add_event, call_id, "transfer",
                                 {"uri": uri, "status": session.transfer_status})
+        return 200 <= session.transfer_status < 300
 
     async def _end(self, session: _Session) -> None:
         """Hang up if the call is still up, then close and store the recording."""
@@ -307,10 +310,21 @@ class SipWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.disconnected.wait(), HANGUP_WAIT_S)
         recording = session.recording
-        if recording is not None and session.pipeline is not None:
+        if recording is not None and session.call_id is not None:
             await asyncio.to_thread(recording.close)
-            await asyncio.to_thread(self.node.calls.set_recording, session.pipeline.call_id,
+            await asyncio.to_thread(self.node.calls.set_recording, session.call_id,
                                     str(recording.path))
+
+
+class _SipControl:
+    """What the worker can do to one SIP call beyond its media (REFER)."""
+
+    def __init__(self, worker: SipWorker, session: _Session) -> None:
+        self.worker = worker
+        self.session = session
+
+    async def transfer(self, call_id: str, target: str) -> bool:
+        return await self.worker.transfer(self.session, call_id, target)
 
 
 async def run_worker(node: CallHost) -> None:

@@ -25,8 +25,9 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
+from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.host import CallHost
-from switchboard.conversation.pipeline import ConversationPipeline
+from switchboard.conversation.timers import KEYPAD_KEYS
 from switchboard.conversation.turns import TurnRecord
 from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
 from telephony.webrtc.media import PacedOutboundTrack, TrackSource
@@ -68,7 +69,7 @@ class Conversation:
 
 @dataclass(eq=False)
 class BrowserCall:
-    """One peer connection and the pipeline that answers it."""
+    """One peer connection and the call that answers it."""
 
     pc: RTCPeerConnection
     sink: PacedOutboundTrack
@@ -76,7 +77,7 @@ class BrowserCall:
     caller: str | None
     source: TrackSource | None = None
     channel: RTCDataChannel | None = None
-    pipeline: ConversationPipeline | None = None
+    handle: CallHandle | None = None
     task: asyncio.Task[None] | None = None
     hung_up: bool = False
     outbox: list[str] = field(default_factory=list)
@@ -224,7 +225,8 @@ class WebRTCGateway:
             state = pc.connectionState
             log.debug("webrtc connection %s", state)
             if state == "connected" and call.task is None and not call.hung_up:
-                call.task = asyncio.create_task(self._run(call), name="webrtc-call")
+                call.handle = self._start_call(call)
+                call.task = asyncio.create_task(self._run(call, call.handle), name="webrtc-call")
             elif state in ("failed", "closed"):
                 call.hang_up()
                 if call.task is None:
@@ -239,40 +241,41 @@ class WebRTCGateway:
             return
         if kind == "dtmf":
             digit = str(data.get("digit", ""))
-            if len(digit) != 1 or digit not in "0123456789*#":
+            if len(digit) != 1 or digit not in KEYPAD_KEYS:
                 call.send({"type": "error", "message": f"not a keypad digit: {digit!r}"})
-            elif call.pipeline is not None:
-                call.pipeline.keypad(digit)
+            elif call.handle is None:
+                call.send({"type": "error", "message": "the call is not connected yet"})
+            else:
+                call.handle.keypad(digit)
         elif kind == "hangup":
             call.conversation.finished = "caller_hangup"
             call.hang_up()
         else:
             call.send({"type": "error", "message": f"unknown message type {kind!r}"})
 
-    async def _run(self, call: BrowserCall) -> None:
+    def _start_call(self, call: BrowserCall) -> CallHandle:
+        conversation = call.conversation
+        assert call.source is not None
+        resumed = conversation.conversation_id is not None
+        handle = self.node.start_call(CallRequest(
+            transport="webrtc", source=call.source, sink=call.sink, caller=call.caller,
+            metadata={"resumed": resumed}, conversation_id=conversation.conversation_id,
+            greet=not resumed,
+        ))
+        handle.on_turn(lambda record: call.send(turn_message(record)))
+        return handle
+
+    async def _run(self, call: BrowserCall, handle: CallHandle) -> None:
         conversation = call.conversation
         resumed = conversation.conversation_id is not None
         assert call.source is not None
-
-        def ready(pipeline: ConversationPipeline) -> None:
-            call.pipeline = pipeline
-            if conversation.conversation_id is None:
-                conversation.conversation_id = pipeline.conversation_id
-            call.send({"type": "call", "call_id": pipeline.call_id, "resumed": resumed})
-
         reason = "failed"
         try:
-            result = await self.node.run_call(
-                source=call.source,
-                sink=call.sink,
-                transport="webrtc",
-                caller=call.caller,
-                metadata={"resumed": resumed},
-                pipeline_ready=ready,
-                conversation_id=conversation.conversation_id,
-                greet=not resumed,
-                on_turn=lambda record: call.send(turn_message(record)),
-            )
+            call_id = await handle.started()
+            if conversation.conversation_id is None:
+                conversation.conversation_id = call_id
+            call.send({"type": "call", "call_id": call_id, "resumed": resumed})
+            result = await handle.result()
             reason = "media_timeout" if call.source.timed_out else result.reason
         except Exception:
             log.exception("browser call failed")

@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 
-from switchboard.conversation.engines import BotMessage
+from switchboard.conversation.engines import BotMessage, Priority
 from switchboard.conversation.pipeline import CallResult, ConversationPipeline
 from switchboard.conversation.turn_detector import TurnTaking
 from switchboard.simulate import CaptureSink, FileSource
@@ -43,7 +43,7 @@ async def call(caller: np.ndarray, stt: FakeSTT, dialog: FakeDialog, recorder: M
         dialog=dialog, vad=LoudnessDetector, recorder=recorder,
         turn_taking=TurnTaking(no_input_timeout_s=30, max_call_s=60),
     )
-    source.pipeline = pipeline
+    source.call = pipeline
     for key in keys:  # pressed before the call even runs: queued, never dropped
         pipeline.keypad(key)
     return await asyncio.wait_for(pipeline.run(), 30)
@@ -52,9 +52,12 @@ async def call(caller: np.ndarray, stt: FakeSTT, dialog: FakeDialog, recorder: M
 async def test_greets_answers_and_hangs_up_with_every_turn_recorded() -> None:
     recorder = MemoryRecorder()
     dialog = FakeDialog(script)
+    stt = FakeSTT(["my order", "bye"])
     caller = np.concatenate([silence(3000), tone(800), silence(3000), tone(600), silence(500)])
-    result = await call(caller, FakeSTT(["my order", "bye"]), dialog, recorder)
+    result = await call(caller, stt, dialog, recorder)
 
+    # each turn was transcribed once, speculatively at the pause, and that result was used
+    assert stt.priorities == [Priority.SPECULATIVE, Priority.SPECULATIVE]
     assert dialog.received == ["/call_start", "my order", "bye"]
     assert [(t.speaker, t.text) for t in recorder.turns] == [
         ("bot", "Hello there."), ("caller", "my order"), ("bot", "Tell me more."),

@@ -1,0 +1,94 @@
+"""The inference queue in front of a model: priority order, cancelled and late requests
+dropped before they run, queue wait reported apart from compute."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from speech.inference import InferenceQueue
+from switchboard.conversation.engines import DeadlineExceeded, EngineClosed
+
+
+@pytest.fixture
+def queue() -> Iterator[InferenceQueue]:
+    queue = InferenceQueue("test-model")
+    yield queue
+    queue.close()
+
+
+def blocker(queue: InferenceQueue) -> threading.Event:
+    """Occupy the worker until the returned event is set."""
+    release = threading.Event()
+    queue.submit(lambda: release.wait(10))
+    time.sleep(0.05)
+    return release
+
+
+def test_final_requests_run_before_speculative_ones(queue: InferenceQueue) -> None:
+    release = blocker(queue)
+    ran: list[str] = []
+    futures = [queue.submit(lambda name=name: ran.append(name), priority=priority)
+               for name, priority in [("spec-1", 1), ("final-1", 0), ("spec-2", 1),
+                                      ("final-2", 0)]]
+    release.set()
+    for future in futures:
+        future.result(5)
+    assert ran == ["final-1", "final-2", "spec-1", "spec-2"]
+
+
+async def test_a_cancelled_request_is_dropped_before_it_runs(queue: InferenceQueue) -> None:
+    release = blocker(queue)
+    ran: list[str] = []
+    stale = asyncio.create_task(queue.run(lambda: ran.append("stale")))
+    fresh = asyncio.create_task(queue.run(lambda: ran.append("fresh")))
+    await asyncio.sleep(0.01)
+    assert queue.pending == 2
+    stale.cancel()
+    await asyncio.sleep(0.01)
+    assert queue.pending == 1
+    release.set()
+    await fresh
+    assert ran == ["fresh"]
+
+
+def test_a_request_past_its_deadline_is_dropped(queue: InferenceQueue) -> None:
+    release = blocker(queue)
+    ran: list[str] = []
+    late = queue.submit(lambda: ran.append("late"), deadline=time.monotonic() + 0.05)
+    time.sleep(0.1)
+    release.set()
+    with pytest.raises(DeadlineExceeded, match="test-model: dropped after waiting"):
+        late.result(5)
+    assert ran == []
+
+
+def test_queue_wait_and_compute_are_reported_apart(queue: InferenceQueue) -> None:
+    release = blocker(queue)
+    future = queue.submit(lambda: time.sleep(0.1) or "done")
+    time.sleep(0.2)
+    release.set()
+    timed = future.result(5)
+    assert timed.value == "done"
+    assert timed.queue_ms >= 190 and timed.compute_ms >= 95  # waited 200 ms, computed 100
+
+
+def test_errors_reach_the_caller_and_the_worker_goes_on(queue: InferenceQueue) -> None:
+    def broken() -> None:
+        raise ValueError("bad audio")
+
+    with pytest.raises(ValueError, match="bad audio"):
+        queue.submit(broken).result(5)
+    assert queue.submit(lambda: 42).result(5).value == 42
+
+
+def test_a_closed_queue_refuses_work() -> None:
+    queue = InferenceQueue("closing")
+    queue.close()
+    assert not queue.alive
+    with pytest.raises(EngineClosed, match="closing is closed"):
+        queue.submit(lambda: None)
