@@ -18,12 +18,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
 from dialog.config import RasaConfig
-from switchboard.base.children import ChildProcess, http_probe, wait_all_healthy
+from switchboard.base.children import ChildProcess, Managed, http_probe, wait_all_healthy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BOT_DIR = PROJECT_ROOT / "dialog" / "bot"
@@ -210,7 +209,7 @@ def endpoints_yaml(config: RasaConfig, action_port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-class RasaServers:
+class RasaServers(Managed):
     """The Rasa server and the action server as child processes bound to 127.0.0.1.
 
     ``with RasaServers(config, model) as servers:`` starts both, waits until they are
@@ -322,20 +321,3 @@ class RasaServers:
         for child in self._children:
             child.stop(grace_s)
         self._children = []
-
-    def __enter__(self) -> RasaServers:
-        self.start()
-        try:
-            self.wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -6,11 +6,14 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from switchboard.base.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from switchboard.bench.kit import Report
 
 app = typer.Typer(
     help="Switchboard: a self-hosted contact-center voice agent.",
@@ -265,34 +268,39 @@ async def _call(settings: Settings, uri: str) -> None:
     typer.echo(f"call {result.call_id} ended: {result.reason}")
 
 
+JsonOption = Annotated[
+    Path | None, typer.Option("--json", help="Also write the figures here (JSON).")]
+
+
+def _report(report: Report, json_path: Path | None) -> None:
+    typer.echo(report.table())
+    if json_path is not None:
+        report.write_json(json_path)
+
+
 @bench_app.command("pipeline")
 def bench_pipeline(
     utterances: Annotated[int, typer.Option(min=1, max=200, help="Caller turns to time.")] = 12,
     rate: Annotated[int, typer.Option(help="Call sample rate (8000 or 16000).")] = 16000,
+    json_path: JsonOption = None,
 ) -> None:
-    """Per-stage latency percentiles of real turns (VAD, Whisper, Rasa, Piper) in real time."""
+    """Per-stage latency percentiles of real turns (VAD, Whisper, Rasa, Piper) in real time,
+    and voice-to-voice latency at the caller."""
     settings = get_settings()
     _setup_logging(settings, quiet=True)
-    asyncio.run(_bench(settings, utterances, rate))
+    _report(asyncio.run(_bench(settings, utterances, rate)), json_path)
 
 
-async def _bench(settings: Settings, utterances: int, rate: int) -> None:
+async def _bench(settings: Settings, utterances: int, rate: int) -> Report:
     from switchboard.bench.pipeline import bench_pipeline as run_bench
     from switchboard.node import Node, dialog_ready
 
     async with dialog_ready(settings) as settings:
         node = Node.create(settings)
         try:
-            rows = await run_bench(node, utterances, rate)
+            return await run_bench(node, utterances, rate)
         finally:
             await node.aclose()
-    typer.echo("endpoint: end of speech as the VAD saw it → end-of-turn decision; stt: → "
-               "transcript; dialog: Rasa; tts: → first bot frame; response: sum;\n"
-               "caller_heard: end of the caller's audio → first audible bot audio.")
-    typer.echo(f"{'stage':<14}{'n':>4}{'p50':>9}{'p90':>9}{'p95':>9}{'mean':>9}  (ms)")
-    for row in rows:
-        typer.echo(f"{row.stage:<14}{row.count:>4}{row.p50:>9.0f}{row.p90:>9.0f}"
-                   f"{row.p95:>9.0f}{row.mean:>9.0f}")
 
 
 @bench_app.command("console")
@@ -303,25 +311,27 @@ def bench_console(
     database_url: Annotated[str | None, typer.Option(
         help="An EMPTY database to seed (e.g. a fresh PostgreSQL database); default: a "
              "temporary SQLite file.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Console and API response times over a database of many calls (in-process)."""
-    from switchboard.bench.console import BenchError, format_report
+    from switchboard.bench.console import BenchError
     from switchboard.bench.console import bench_console as run_bench
 
     try:
-        seeded_s, timings = run_bench(calls, requests, database_url)
+        report = run_bench(calls, requests, database_url)
     except BenchError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(format_report(calls, seeded_s, timings))
+    _report(report, json_path)
 
 
 @bench_app.command("webrtc")
 def bench_webrtc(
     calls: Annotated[int, typer.Option(min=1, max=50, help="Concurrent browser-like calls.")] = 1,
+    json_path: JsonOption = None,
 ) -> None:
     """Concurrent aiortc calls against the web app: connect time, voice-to-voice latency
     at the caller, CPU per call. Starts a web app for the run if none answers."""
-    from switchboard.bench.webrtc import BenchError, format_report
+    from switchboard.bench.webrtc import BenchError
     from switchboard.bench.webrtc import bench_webrtc as run_bench
 
     settings = get_settings()
@@ -330,8 +340,7 @@ def bench_webrtc(
         report = asyncio.run(run_bench(settings, calls))
     except BenchError as exc:
         raise _fail(str(exc)) from None
-    for line in format_report(report):
-        typer.echo(line)
+    _report(report, json_path)
 
 
 @bench_app.command("sip")
@@ -344,21 +353,16 @@ def bench_sip(
         typer.Option(help="SIP URI of a running node; default: start one for the run "
                      "with enough workers (4 calls each) and Kamailio when needed."),
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write figures here.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Real SIP calls (PJSUA2 callers in other processes, G.711): voice-to-voice latency
     at the caller, call setup time, failed calls, CPU per call."""
-    import json
-
     from switchboard.bench.sip import bench_sip as run_bench
 
     settings = get_settings()
     _setup_logging(settings, quiet=True)
-    summary = run_bench(settings, calls=calls, concurrency=concurrency, turns=turns,
-                        target=target)
-    typer.echo(json.dumps(summary, indent=2))
-    if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=2))
+    _report(run_bench(settings, calls=calls, concurrency=concurrency, turns=turns,
+                      target=target), json_path)
 
 
 def _database(settings: Settings, *, demo_data: bool = False) -> Any:

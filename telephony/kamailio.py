@@ -20,10 +20,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from switchboard.base.children import ChildProcess
+from switchboard.base.children import ChildProcess, Managed
 from switchboard.base.settings import PROJECT_ROOT, Settings
 
 CONFIG_TEMPLATE = PROJECT_ROOT / "deploy" / "kamailio" / "kamailio.cfg"
@@ -136,7 +135,7 @@ def dispatcher_list(ports: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class KamailioProxy:
+class KamailioProxy(Managed):
     """Kamailio as a child process listening at ``sip_host:port`` (default ``sip_port``).
 
     ``with KamailioProxy(settings, worker_ports(settings)) as proxy:`` starts it, waits until
@@ -320,23 +319,6 @@ class KamailioProxy:
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
-
-    def __enter__(self) -> KamailioProxy:
-        self.start()
-        try:
-            self.wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def options_status(host: str, port: int, *, timeout: float = PROBE_TIMEOUT_S) -> int | None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
 
-pytest_plugins = ["tests.speech_fixtures", "tests.dialog_fixtures"]
+pytest_plugins = ["tests.support.speech_fixtures", "tests.support.dialog_fixtures"]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -64,7 +65,38 @@ def log_probe(path: Path, marker: str) -> Probe:
     return probe
 
 
-class ChildProcess:
+class Managed:
+    """Something started, probed and stopped like a child process (one child, or a group
+    such as the Rasa servers); ``with`` starts it, waits until healthy, and stops it."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def wait_healthy(self, timeout: float | None = None) -> float:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ChildProcess(Managed):
     """One child process, started with :meth:`start` or as a context manager.
 
     ``env`` is added to ``base_env`` (default: this process's environment). A child that
@@ -165,24 +197,6 @@ class ChildProcess:
         kept = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
         tail = [line for line in kept if line.strip()][-lines:]
         return f"Last lines of {self.log_path}:\n" + "\n".join(tail)
-
-    def __enter__(self) -> ChildProcess:
-        self.start()
-        try:
-            self.wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def wait_all_healthy(children: list[ChildProcess], timeout: float) -> float:
     """Block until every child's probe passes (probing them side by side); returns the

@@ -14,6 +14,15 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (exited processes not yet reaped, zombies, do not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below ``pid`` (Linux /proc)."""
     found: set[int] = set()

@@ -9,7 +9,6 @@ database, without a network), ``requests`` times each.
 from __future__ import annotations
 
 import random
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from admin.console import install_console
 from analytics.analysis import ABANDONED, FAILED, HANDED_OFF, RESOLVED
 from switchboard.base.settings import Settings
+from switchboard.bench.kit import Report
 from switchboard.storage.database import prepare_database
 from switchboard.storage.models import Call, CallAnalysis, CallEvent, Turn, new_id
 
@@ -49,10 +49,6 @@ class Timing:
     path: str
     status: int
     samples_ms: list[float]
-
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.samples_ms)
-        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def _rows(calls: int, now: datetime, rng: random.Random) -> Iterator[tuple[
@@ -129,7 +125,19 @@ def _database(database_url: str | None) -> Iterator[tuple[Settings, sessionmaker
         yield settings, sessions
 
 
-def bench_console(calls: int, requests: int, database_url: str | None = None
+def bench_console(calls: int, requests: int, database_url: str | None = None) -> Report:
+    """Seed, then time each console page and API request."""
+    seeded_s, timings = time_requests(calls, requests, database_url)
+    return Report(
+        title=f"bench console: {calls} calls seeded in {seeded_s:.1f} s; each request "
+              f"{requests} times, in-process (the app and the database, no network)",
+        series={timing.name: timing.samples_ms for timing in timings},
+        figures={"failed_requests": {timing.name: timing.status for timing in timings
+                                     if timing.status != 200}},
+    )
+
+
+def time_requests(calls: int, requests: int, database_url: str | None = None
                   ) -> tuple[float, list[Timing]]:
     """Seed, then time each console page and API request; returns the seeding time (s)
     and the timings."""
@@ -172,12 +180,3 @@ def bench_console(calls: int, requests: int, database_url: str | None = None
                     samples.append((time.perf_counter() - begin) * 1000)
                 timings.append(Timing(name, path, status, samples))
         return seeded_s, timings
-
-
-def format_report(calls: int, seeded_s: float, timings: list[Timing]) -> str:
-    lines = [f"{calls} calls seeded in {seeded_s:.1f} s; per request, in-process (ms):",
-             f"{'request':<26}{'status':>7}{'p50':>9}{'p95':>9}{'mean':>9}"]
-    for timing in timings:
-        lines.append(f"{timing.name:<26}{timing.status:>7}{timing.percentile(50):>9.1f}"
-                     f"{timing.percentile(95):>9.1f}{statistics.fmean(timing.samples_ms):>9.1f}")
-    return "\n".join(lines)

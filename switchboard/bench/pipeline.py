@@ -1,52 +1,47 @@
-"""``switchboard bench pipeline``: per-stage latency of real turns on this machine."""
+"""``switchboard bench pipeline``: per-stage latency of real turns on this machine.
+
+One call in real time through the node's pipeline (Whisper, Rasa, Piper, Silero), no
+transport: a scripted caller says the kit's lines, each after the bot has spoken and gone
+quiet, and hears the bot's frames on the pipeline's own media clock.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
+from switchboard.bench.kit import Report, VoiceToVoice, speak_lines
 from switchboard.conversation.audio import FRAME_MS, frame_samples
 from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.pipeline import CallResult
 from switchboard.node import Node
-from switchboard.simulate import CaptureSink
 
-CALLER_LINES = (
-    "Hi, I'd like to check my order status.",
-    "four eight two one three",
-    "I forgot my password and can't log in.",
-    "I have a question about my bill.",
-    "Can you repeat that?",
-    "What's the status of order five one zero zero seven?",
-    "Thanks, that helps.",
-    "I need help with my account.",
-)
 STAGES = ("endpoint_ms", "stt_ms", "dialog_ms", "tts_ms", "response_ms")
 GAP_MS = 400
-AUDIBLE = 200
-"""Mean absolute sample value above which a 20 ms frame counts as speech."""
+"""Silence after the bot spoke before the caller says its next line."""
 
 
 class ScriptedCaller:
-    """A caller that waits for the bot to finish, pauses, then says its next line,
-    in real time. Hangs up after its last line has been answered."""
+    """A caller that waits for the bot to finish, pauses, then says its next line, in real
+    time; hangs up after its last line has been answered. It is the call's source (its
+    mouth) and sink (its ear)."""
 
-    def __init__(self, utterances: list[np.ndarray], rate: int, *, timeout_s: float) -> None:
+    def __init__(self, lines: list[np.ndarray], rate: int, *, timeout_s: float) -> None:
         self.sample_rate = rate
         self.end_reason: str | None = None
+        self.voice = VoiceToVoice()
+        self.call: CallHandle | None = None
         self._frame = frame_samples(rate)
-        self._pending = list(utterances)
+        self._pending = list(lines)
         self._current: np.ndarray | None = None
         self._pos = 0
         self._idle_ms = 0
         self._deadline = time.perf_counter() + timeout_s
         self._next: float | None = None
         self._media_ms = 0
-        self.speech_ends_ms: list[int] = []
-        self.call: CallHandle | None = None
+        self._heard_ms = 0
 
     async def read(self) -> np.ndarray | None:
         now = time.perf_counter()
@@ -60,7 +55,7 @@ class ScriptedCaller:
             self._pos += self._frame
             if self._pos >= len(self._current):
                 self._current = None
-                self.speech_ends_ms.append(self._media_ms)
+                self.voice.speech_ended(self._media_ms)
             return np.pad(frame, (0, self._frame - len(frame)))
         idle = self.call is not None and self.call.idle
         self._idle_ms = self._idle_ms + FRAME_MS if idle else 0
@@ -70,67 +65,39 @@ class ScriptedCaller:
             self._current, self._pos, self._idle_ms = self._pending.pop(0), 0, 0
         return np.zeros(self._frame, dtype=np.int16)
 
+    async def write(self, frame: np.ndarray) -> None:
+        self.voice.heard(frame, self._heard_ms)
+        self._heard_ms += FRAME_MS
 
-@dataclass
-class StageStats:
-    stage: str
-    count: int
-    p50: float
-    p90: float
-    p95: float
-    mean: float
+    def clear(self) -> None:
+        """The caller hears every frame as it is written: nothing is buffered."""
 
 
-def voice_to_voice_ms(speech_ends_ms: list[int], bot_audio: np.ndarray, rate: int) -> list[int]:
-    """As the caller hears it: end of the caller's speech → first audible bot frame."""
-    frame = frame_samples(rate)
-    usable = len(bot_audio) // frame * frame
-    loud = np.abs(bot_audio[:usable].astype(np.int32)).reshape(-1, frame).mean(axis=1) > AUDIBLE
-    gaps = []
-    for end_ms in speech_ends_ms:
-        after = np.flatnonzero(loud[end_ms // FRAME_MS :])
-        if len(after):
-            gaps.append(int(after[0]) * FRAME_MS)
-    return gaps
-
-
-def _stats(stage: str, values: np.ndarray) -> StageStats:
-    p50, p90, p95 = (float(v) for v in np.percentile(values, [50, 90, 95]))
-    return StageStats(stage, len(values), p50, p90, p95, float(values.mean()))
-
-
-def stage_stats(results: list[CallResult]) -> list[StageStats]:
-    """Percentiles of each stage over the bot turns that answered a caller turn."""
-    rows = []
+def stage_series(results: list[CallResult]) -> dict[str, list[float]]:
+    """Each stage's times over the bot turns that answered a caller turn."""
     answered = [t for r in results for t in r.turns
                 if t.speaker == "bot" and t.endpoint_ms is not None and t.response_ms is not None]
-    for stage in STAGES:
-        values = np.array([getattr(t, stage) for t in answered if getattr(t, stage) is not None])
-        if len(values) == 0:
-            continue
-        rows.append(_stats(stage, values))
-    return rows
+    series = {stage: [float(v) for t in answered if (v := getattr(t, stage)) is not None]
+              for stage in STAGES}
+    return {stage: values for stage, values in series.items() if values}
 
 
-async def bench_pipeline(node: Node, utterances: int, rate: int) -> list[StageStats]:
+async def bench_pipeline(node: Node, utterances: int, rate: int) -> Report:
     """One real-time call with ``utterances`` caller turns through the whole pipeline."""
-    lines = [CALLER_LINES[i % len(CALLER_LINES)] for i in range(utterances)]
-    audio = [_trim(np.concatenate([chunk async for chunk in node.tts.stream(line, rate)]))
-             for line in lines]
-    caller = ScriptedCaller(audio, rate, timeout_s=60 + 20 * utterances)
-    sink = CaptureSink(rate)
-
+    caller = ScriptedCaller(await speak_lines(node.tts, utterances, rate), rate,
+                            timeout_s=60 + 20 * utterances)
     caller.call = node.start_call(
-        CallRequest(transport="bench", source=caller, sink=sink, caller="bench"))
+        CallRequest(transport="bench", source=caller, sink=caller, caller="bench"))
     result = await caller.call.result()
-    heard = voice_to_voice_ms(caller.speech_ends_ms, sink.audio(), rate)
-    rows = stage_stats([result])
-    if heard:
-        rows.append(_stats("caller_heard", np.array(heard, dtype=float)))
-    return rows
-
-
-def _trim(pcm: np.ndarray) -> np.ndarray:
-    """Cut the synthesizer's trailing silence so the caller's speech end is exact."""
-    loud = np.flatnonzero(np.abs(pcm) > AUDIBLE // 4)
-    return pcm[: loud[-1] + 1] if len(loud) else pcm
+    series = stage_series([result])
+    series["voice_to_voice"] = caller.voice.samples_ms
+    return Report(
+        title=f"bench pipeline: {utterances} caller turns at {rate} Hz, one call in real time",
+        series=series,
+        figures={"call_end": result.reason, "unanswered_turns": utterances - len(
+            caller.voice.samples_ms)},
+        notes=["endpoint: end of speech as the VAD saw it → end-of-turn decision; stt: → "
+               "transcript; dialog: Rasa; tts: → first bot frame; response: their sum;",
+               "voice_to_voice: end of the caller's speech → first audible bot frame at the "
+               "caller (the kit's definition, as in bench sip and bench webrtc)."],
+    )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -15,12 +15,8 @@ from speech.tts import PiperTTS
 from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port, process_tree_cpu_s
 from switchboard.base.settings import Settings
-from switchboard.bench.sip_callers import (
-    CALLER_LINES,
-    CALLS_PER_PROCESS,
-    RATE,
-    run_sip_bench,
-)
+from switchboard.bench.kit import Report, speak_lines
+from switchboard.bench.sip_callers import CALLS_PER_PROCESS, RATE, run_sip_bench
 from switchboard.node import tts_config
 
 NODE_START_TIMEOUT_S = 300.0
@@ -28,20 +24,17 @@ NODE_START_TIMEOUT_S = 300.0
 
 def _caller_lines(settings: Settings, turns: int) -> list[np.ndarray]:
     tts = PiperTTS.from_config(tts_config(settings))
-    lines = []
-    for text in (CALLER_LINES[i % len(CALLER_LINES)] for i in range(turns)):
-        pcm = np.concatenate(list(tts.synthesize_sync(text, RATE)))
-        loud = np.flatnonzero(np.abs(pcm) > 50)
-        lines.append(pcm[: loud[-1] + 1] if len(loud) else pcm)
-    tts.close()
-    return lines
+    try:
+        return asyncio.run(speak_lines(tts, turns, RATE))
+    finally:
+        tts.close()
 
 
 def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
-              target: str | None) -> dict[str, Any]:
+              target: str | None) -> Report:
     lines = _caller_lines(settings, turns)
     if target is not None:
-        return run_sip_bench(target, calls, concurrency, lines).summary()
+        return run_sip_bench(target, calls, concurrency, lines).report()
     workers = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
         sip_port = free_port(socket.SOCK_DGRAM)
@@ -71,6 +64,6 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
                                    node_cpu=lambda: process_tree_cpu_s(pid))
         finally:
             node.stop()
-    summary = result.summary()
-    summary["sip_workers"] = workers
-    return summary
+    report = result.report()
+    report.figures["sip_workers"] = workers
+    return report

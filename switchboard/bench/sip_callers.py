@@ -20,6 +20,7 @@ import numpy as np
 
 from switchboard.base.processes import free_port
 from switchboard.base.settings import Settings
+from switchboard.bench.kit import Report, VoiceToVoice, audible
 from switchboard.conversation.audio import FRAME_MS
 from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip.call import CallLeg
@@ -28,14 +29,6 @@ from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
 RATE = 16000
 CALLS_PER_PROCESS = 4
-CALLER_LINES = (
-    "Hi, I'd like to check my order status.",
-    "four eight two one three",
-    "I have a question about my bill.",
-    "Can you repeat that?",
-)
-AUDIBLE = 300
-"""Mean absolute sample value above which a received 20 ms frame counts as bot speech."""
 GAP_MS = 700
 """Silence after the bot spoke before the caller says its next line."""
 SETUP_TIMEOUT_S = 15.0
@@ -45,7 +38,7 @@ REPLY_TIMEOUT_S = 20.0
 @dataclass
 class CallStats:
     setup_ms: float | None = None
-    turns_ms: list[float] = field(default_factory=list)
+    voice_to_voice_ms: list[float] = field(default_factory=list)
     unanswered: int = 0
     failed: str | None = None
 
@@ -90,40 +83,42 @@ class _Events:
 
 
 async def _converse(leg: CallLeg, lines: list[np.ndarray], stats: CallStats) -> None:
-    """Speak each line when the bot has finished, and time its answer."""
+    """Speak each line when the bot has finished, and time its answer (on the caller's
+    media clock: one received frame every 20 ms)."""
     source, sink = leg.source, leg.sink
     pending = list(lines)
+    voice = VoiceToVoice()
     speaking: np.ndarray | None = None
     position = frames = silent = 0
     heard_bot = False
-    said_at: int | None = None
+    said_at_ms = 0
     silence = np.zeros(RATE * FRAME_MS // 1000, dtype=np.int16)
     step = len(silence)
     while (frame := await source.read()) is not None:
         frames += 1
-        loud = float(np.abs(frame.astype(np.int32)).mean()) > AUDIBLE
-        if loud:
+        now_ms = frames * FRAME_MS
+        voice.heard(frame, now_ms)
+        if audible(frame):
             heard_bot, silent = True, 0
-            if said_at is not None:
-                stats.turns_ms.append((frames - said_at) * FRAME_MS)
-                said_at = None
         else:
             silent += 1
-        if said_at is not None and (frames - said_at) * FRAME_MS > REPLY_TIMEOUT_S * 1000:
+        if voice.waiting and now_ms - said_at_ms > REPLY_TIMEOUT_S * 1000:
             stats.unanswered += 1
-            said_at = None
+            voice.give_up()
         if speaking is not None:
             chunk = speaking[position : position + step]
             position += step
             await sink.write(np.pad(chunk, (0, step - len(chunk))))
             if position >= len(speaking):
-                speaking, said_at, heard_bot = None, frames, False
+                speaking, said_at_ms, heard_bot = None, now_ms, False
+                voice.speech_ended(now_ms)
             continue
         await sink.write(silence)
-        if said_at is None and heard_bot and silent * FRAME_MS >= GAP_MS:
+        if not voice.waiting and heard_bot and silent * FRAME_MS >= GAP_MS:
             if not pending:
-                return
+                break
             speaking, position = pending.pop(0), 0
+    stats.voice_to_voice_ms = voice.samples_ms
 
 
 async def _one_call(endpoint: SipEndpoint, events: _Events, uri: str,
@@ -201,24 +196,26 @@ class SipBenchResult:
     failed: int
     unanswered_turns: int
     setup_ms: list[float]
-    turns_ms: list[float]
+    voice_to_voice_ms: list[float]
     caller_cpu_s: float
     node_cpu_s: float | None
     wall_s: float
 
-    def summary(self) -> dict[str, Any]:
-        def pct(values: list[float], p: float) -> float | None:
-            return float(np.percentile(values, p)) if values else None
-
-        return {
-            "calls": self.calls, "concurrency": self.concurrency, "failed_calls": self.failed,
-            "turns": len(self.turns_ms), "unanswered_turns": self.unanswered_turns,
-            "voice_to_voice_ms": {f"p{p}": pct(self.turns_ms, p) for p in (50, 95, 99)},
-            "setup_ms": {f"p{p}": pct(self.setup_ms, p) for p in (50, 95)},
-            "node_cpu_s_per_call": (self.node_cpu_s / self.calls) if self.node_cpu_s else None,
-            "caller_cpu_s_per_call": self.caller_cpu_s / max(1, self.calls),
-            "wall_s": self.wall_s,
-        }
+    def report(self) -> Report:
+        return Report(
+            title=f"bench sip: {self.calls} calls, {self.concurrency} at a time, G.711 "
+                  "from PJSUA2 callers in other processes",
+            series={"voice_to_voice": self.voice_to_voice_ms, "call_setup": self.setup_ms},
+            figures={
+                "failed_calls": self.failed, "unanswered_turns": self.unanswered_turns,
+                "node_cpu_s_per_call": (self.node_cpu_s / self.calls
+                                        if self.node_cpu_s is not None else None),
+                "caller_cpu_s_per_call": self.caller_cpu_s / max(1, self.calls),
+                "wall_s": self.wall_s,
+            },
+            notes=["voice_to_voice: end of the caller's speech → first audible bot frame at "
+                   "the caller (the kit's definition); call_setup: INVITE → answered."],
+        )
 
 
 def run_sip_bench(uri: str, calls: int, concurrency: int, lines: list[np.ndarray], *,
@@ -242,6 +239,6 @@ def run_sip_bench(uri: str, calls: int, concurrency: int, lines: list[np.ndarray
         failed=sum(1 for s in stats if s.failed),
         unanswered_turns=sum(s.unanswered for s in stats),
         setup_ms=[s.setup_ms for s in stats if s.setup_ms is not None],
-        turns_ms=[t for s in stats for t in s.turns_ms],
+        voice_to_voice_ms=[t for s in stats for t in s.voice_to_voice_ms],
         caller_cpu_s=sum(cpu for _, cpu in outputs), node_cpu_s=node_cpu_s, wall_s=wall,
     )

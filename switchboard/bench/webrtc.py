@@ -29,22 +29,18 @@ from speech.tts import PiperTTS
 from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import process_tree_cpu_s
 from switchboard.base.settings import PROJECT_ROOT, Settings
-from switchboard.conversation.audio import FRAME_MS, frame_samples
+from switchboard.bench.kit import Report, VoiceToVoice, speak_lines
+from switchboard.conversation.audio import frame_samples
 from switchboard.node import tts_config
 from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
 from telephony.webrtc.media import CALL_RATE, FrameClock, to_mono_int16
 
-CALLER_LINES = ("Hi, I'd like to check my order status.", "four eight two one three")
-"""What each benchmark caller says, one line per turn, after the greeting."""
-
-AUDIBLE = 200
-"""Mean absolute sample value above which a received frame counts as bot speech."""
-
+TURNS = 2
+"""Caller lines per call (the kit's first lines: the order status, then its number)."""
 PAUSE_BEFORE_SPEAKING_S = 0.4
 TURN_TIMEOUT_S = 40.0
 CONNECT_TIMEOUT_S = 20.0
 WEB_START_TIMEOUT_S = 120.0
-SILENCE_FLOOR = 10
 
 
 class BenchError(RuntimeError):
@@ -104,11 +100,13 @@ class CallerTrack(AudioStreamTrack):
 
 
 class Listener:
-    """Reads the bot's audio and notes when it first becomes audible after a moment."""
+    """The caller's ear: reads the bot's audio and times the answer to each line with the
+    kit's voice-to-voice measure (wall clock, ms)."""
 
     def __init__(self, track: MediaStreamTrack) -> None:
         self._track = track
-        self._waiting: tuple[float, asyncio.Future[float]] | None = None
+        self.voice = VoiceToVoice()
+        self._answered: asyncio.Future[None] | None = None
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -116,18 +114,15 @@ class Listener:
             while True:
                 frame = await self._track.recv()
                 assert isinstance(frame, AudioFrame)
-                now = time.perf_counter()
-                if self._waiting is None:
-                    continue
-                after, found = self._waiting
-                loud = np.abs(to_mono_int16(frame).astype(np.int32)).mean() > AUDIBLE
-                if now > after and loud and not found.done():
-                    found.set_result(now)
+                if (self.voice.heard(to_mono_int16(frame), time.perf_counter() * 1000)
+                        and self._answered is not None and not self._answered.done()):
+                    self._answered.set_result(None)
 
-    def audible_after(self, moment: float) -> asyncio.Future[float]:
-        found: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiting = (moment, found)
-        return found
+    def said(self, at: float) -> asyncio.Future[None]:
+        """The caller's line ended at ``at`` (``time.perf_counter``); done when answered."""
+        self._answered = asyncio.get_running_loop().create_future()
+        self.voice.speech_ended(at * 1000)
+        return self._answered
 
 
 async def _bot_turn(events: asyncio.Queue[dict[str, Any]]) -> dict[str, Any]:
@@ -174,9 +169,9 @@ async def place_call(base_url: str, settings: Settings, lines: list[np.ndarray])
         for line in lines:
             await asyncio.sleep(PAUSE_BEFORE_SPEAKING_S)
             said = await asyncio.wait_for(caller.say(line), TURN_TIMEOUT_S)
-            heard = await asyncio.wait_for(listeners[0].audible_after(said), TURN_TIMEOUT_S)
-            figures.voice_to_voice_ms.append((heard - said) * 1000)
+            await asyncio.wait_for(listeners[0].said(said), TURN_TIMEOUT_S)
             await asyncio.wait_for(_bot_turn(events), TURN_TIMEOUT_S)
+        figures.voice_to_voice_ms = listeners[0].voice.samples_ms
         channel.send(json.dumps({"type": "hangup"}))
         await asyncio.sleep(0.2)
     except (BenchError, TimeoutError, httpx.HTTPError) as exc:
@@ -196,17 +191,11 @@ def _client_process(base_url: str, settings: Settings, lines: list[np.ndarray]) 
     return figures
 
 
-def _trimmed(pcm: np.ndarray) -> np.ndarray:
-    loud = np.flatnonzero(np.abs(pcm) > SILENCE_FLOOR)
-    return pcm[loud[0] : loud[-1] + 1] if loud.size else pcm
-
-
 def caller_lines(settings: Settings) -> list[np.ndarray]:
     """The caller's lines spoken by Piper at the call rate."""
     tts = PiperTTS.from_config(tts_config(settings))
     try:
-        return [_trimmed(np.concatenate(list(tts.synthesize_sync(text, CALL_RATE))))
-                for text in CALLER_LINES]
+        return asyncio.run(speak_lines(tts, TURNS, CALL_RATE))
     finally:
         tts.close()
 
@@ -252,7 +241,7 @@ async def web_app(settings: Settings) -> AsyncIterator[tuple[str, Settings, int]
             await asyncio.to_thread(web.stop, 20.0)
 
 
-async def bench_webrtc(settings: Settings, calls: int) -> BenchReport:
+async def bench_webrtc(settings: Settings, calls: int) -> Report:
     """Place ``calls`` concurrent calls, one client process each."""
     lines = await asyncio.to_thread(caller_lines, settings)
     async with web_app(settings) as (base_url, settings, server_pid):
@@ -265,31 +254,27 @@ async def bench_webrtc(settings: Settings, calls: int) -> BenchReport:
             )
         wall_s = time.perf_counter() - started
         used = process_tree_cpu_s(server_pid) - server_cpu
-    return BenchReport(results, used, wall_s)
+    return report(BenchReport(results, used, wall_s))
 
 
-def percentiles(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    p50, p90, p95 = np.percentile(values, [50, 90, 95])
-    return f"n={len(values)} p50 {p50:.0f} p90 {p90:.0f} p95 {p95:.0f} max {max(values):.0f} ms"
-
-
-def format_report(report: BenchReport) -> list[str]:
-    ok = [c for c in report.calls if c.error is None]
-    lines = [f"calls: {len(report.calls)} placed, {len(ok)} completed "
-             f"in {report.wall_s:.1f} s"]
-    lines += [f"  failed: {c.error}" for c in report.calls if c.error is not None]
-    connect = [c.connect_ms for c in report.calls if c.connect_ms is not None]
-    lines.append(f"connect (offer → connected): {percentiles(connect)}")
-    v2v = [ms for c in report.calls for ms in c.voice_to_voice_ms]
-    lines.append(f"voice-to-voice (end of caller speech → first bot audio): {percentiles(v2v)}")
-    call_s = sum(c.wall_s for c in report.calls) or 1.0
-    if report.server_cpu_s is not None:
-        share = 100 * report.server_cpu_s / call_s
-        lines.append(f"server CPU: {report.server_cpu_s:.1f} s = {share:.1f} % of a core per "
-                     "call (models, dialog and media)")
-    client = sum(c.client_cpu_s for c in report.calls)
-    lines.append(f"client CPU: {100 * client / call_s:.1f} % of a core per call (aiortc caller)")
-    lines.append(f"frame: {FRAME_MS} ms; AUDIBLE mean |sample| > {AUDIBLE}")
-    return lines
+def report(bench: BenchReport) -> Report:
+    ok = [c for c in bench.calls if c.error is None]
+    call_s = sum(c.wall_s for c in bench.calls) or 1.0
+    figures: dict[str, Any] = {
+        "calls_completed": f"{len(ok)} of {len(bench.calls)}",
+        "wall_s": bench.wall_s,
+        "client_cpu_per_call_pct": 100 * sum(c.client_cpu_s for c in bench.calls) / call_s,
+    }
+    if bench.server_cpu_s is not None:
+        figures["server_cpu_per_call_pct"] = 100 * bench.server_cpu_s / call_s
+    return Report(
+        title=f"bench webrtc: {len(bench.calls)} concurrent aiortc calls (Opus) against the "
+              "web app",
+        series={"voice_to_voice": [ms for c in bench.calls for ms in c.voice_to_voice_ms],
+                "connect": [c.connect_ms for c in bench.calls if c.connect_ms is not None]},
+        figures=figures,
+        notes=[*(f"failed: {c.error}" for c in bench.calls if c.error is not None),
+               "voice_to_voice: end of the caller's speech → first audible bot frame at the "
+               "caller (the kit's definition); connect: offer → connected; server CPU: "
+               "models, dialog and media, % of a core per call."],
+    )

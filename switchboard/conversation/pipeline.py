@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from switchboard.conversation.audio import FRAME_MS
-from switchboard.conversation.endpointing import Endpointer
 from switchboard.conversation.engines import DialogEngine, SpeechToText, TextToSpeech, VadFactory
 from switchboard.conversation.media import AudioSink, AudioSource, Playout
 from switchboard.conversation.recorder import Recorder
@@ -36,7 +35,7 @@ from switchboard.conversation.responder import (
     Responder,
 )
 from switchboard.conversation.speculative import SpeculativeTranscriber
-from switchboard.conversation.speech_handle import SpeechHandle, SpeechTimings
+from switchboard.conversation.speech_handle import SpeechHandle
 from switchboard.conversation.timers import (
     KEYPAD_KEYS,
     CallTimers,
@@ -95,22 +94,16 @@ class ConversationPipeline:
         self.conversation_id = conversation_id or call_id
         self.on_turn: Callable[[TurnRecord], None] | None = None
         self.rate = source.sample_rate
-        self.source, self.sink, self.tts = source, sink, tts
+        self.source, self.sink = source, sink
         self.recorder = recorder
         self.metadata = {"call_id": call_id, **(metadata or {})}
         self.turns: list[TurnRecord] = []
         self.playout = Playout(self.rate)
-        self.detector = TurnDetector(Endpointer(
-            self.rate, vad(self.rate, turn_taking.vad_threshold),
-            speech_start_ms=turn_taking.speech_start_ms,
-            end_of_turn_ms=turn_taking.end_of_turn_ms,
-            early_end_ms=turn_taking.early_transcribe_ms or None,
-            min_utterance_ms=turn_taking.min_utterance_ms,
-            max_utterance_s=turn_taking.max_utterance_s,
-        ), turn_taking)
+        self.detector = TurnDetector.create(
+            self.rate, vad(self.rate, turn_taking.vad_threshold), turn_taking)
         self.speculative = SpeculativeTranscriber(stt, self.rate)
         self.timers = CallTimers(turn_taking)
-        self.responder = Responder(self, stt, dialog, turn_taking.apology_text)
+        self.responder = Responder(self, stt, tts, dialog, turn_taking.apology_text)
         self._inputs: asyncio.Queue[Input] = asyncio.Queue()
         if greet:  # first, before keys pressed before the call runs
             self._inputs.put_nowait(DialogInput("call_start", started_wall=time.perf_counter()))
@@ -118,11 +111,10 @@ class ConversationPipeline:
         self._started = datetime.now(UTC)
         self.recorder.clock = lambda: self.wall(self._media_ms)
         self._busy = False
-        self._speech: SpeechHandle | None = None
         self._settled = asyncio.Event()
         self._end: CallEnded | None = None
         self._ended = asyncio.Event()
-        self._settle_update()
+        self.settle_update()
 
     async def run(self) -> CallResult:
         """Run the call to its end and return how it ended. Always stores the end of the
@@ -190,10 +182,6 @@ class ConversationPipeline:
         return (not self._busy and self._inputs.empty() and not self.playout
                 and not self.detector.in_speech and not self.timers.keypad.digits)
 
-    @property
-    def ended(self) -> bool:
-        return self._ended.is_set()
-
     # ------------------------------------------------------------------ what the responder uses
 
     def wall(self, media_ms: int) -> datetime:
@@ -209,28 +197,10 @@ class ConversationPipeline:
             except Exception:
                 log.exception("call %s: turn listener failed", self.call_id)
 
-    async def say(self, text: str, *, interruptible: bool) -> tuple[TurnRecord, SpeechTimings]:
-        """Speak ``text`` until it has been heard or the caller barges in. If the call ends
-        meanwhile, what was being said is still stored."""
-        speech = self._speech = SpeechHandle(
-            text, tts=self.tts, playout=self.playout, interruptible=interruptible,
-            started_ms=self._media_ms, on_progress=self._settle_update,
-        )
-        record = TurnRecord(speaker="bot", text=text, started_at=self.wall(self._media_ms))
-        try:
-            timings = await speech.wait(lambda: self._media_ms)
-        except asyncio.CancelledError:
-            record.ended_at = self.wall(self._media_ms)
-            self.store(record)
-            raise
-        record.ended_at = self.wall(timings.ended_ms)
-        record.barge_in, record.tts_ms = timings.interrupted, timings.tts_ms
-        return record, timings
-
     async def wait_media(self, ms: int) -> None:
         """Wait until ``ms`` more of media time has passed (frames went out)."""
         waiter = self.timers.wait(self._media_ms, ms)
-        self._settle_update()
+        self.settle_update()
         await waiter
 
     # ------------------------------------------------------------------ media loop
@@ -243,7 +213,7 @@ class ConversationPipeline:
                     self._finish(CallEnded(self.source.end_reason or "caller_hangup"))
                     return
                 self._media_ms += FRAME_MS
-                speech = self._speech if self._speech is not None and self._speech.playing else None
+                speech = self.responder.speaking
                 for decision in self.detector.process(
                     frame, self._media_ms, bot_speaking=speech is not None,
                     interruptible=speech is not None and speech.interruptible,
@@ -257,7 +227,7 @@ class ConversationPipeline:
                 else:
                     await self.sink.write(self.playout.silence)
                 self._tick_timers()
-                self._settle_update()
+                self.settle_update()
         except Exception as exc:  # a transport error must still end the call cleanly
             log.exception("call %s: media loop failed", self.call_id)
             self.recorder.event("error", {"stage": "media", "error": repr(exc)})
@@ -311,7 +281,7 @@ class ConversationPipeline:
         while True:
             item = await self._inputs.get()
             self._busy = True
-            self._settle_update()
+            self.settle_update()
             try:
                 await self.responder.handle(item)
             except CallEnded as end:
@@ -320,9 +290,10 @@ class ConversationPipeline:
             finally:
                 self._busy = False
                 self.timers.activity()
-                self._settle_update()
+                self.settle_update()
 
-    def _settle_update(self) -> None:
+    def settle_update(self) -> None:
+        """Something was computed or queued: re-evaluate the settled signal."""
         computing = self._busy or not self._inputs.empty()
         if (not computing or self.playout.pending_ms or self.timers.waiting
                 or self._ended.is_set()):
@@ -344,8 +315,8 @@ class ConversationPipeline:
                 if item.early is not None:
                     item.early.cancel()
                 self.recorder.event("unanswered_turn", {"speech_end_ms": item.speech_end_ms})
-        if self._speech is not None:
-            self._speech.interrupt()
+        if self.responder.speech is not None:
+            self.responder.speech.interrupt()
         self.speculative.cancel()
         for task in tasks:
             if not task.done():

@@ -22,10 +22,12 @@ from switchboard.conversation.engines import (
     DialogReply,
     DialogUnavailable,
     SpeechToText,
+    TextToSpeech,
     Transcript,
 )
+from switchboard.conversation.media import Playout
 from switchboard.conversation.recorder import Recorder
-from switchboard.conversation.speech_handle import SpeechTimings
+from switchboard.conversation.speech_handle import SpeechHandle, SpeechTimings
 from switchboard.conversation.timers import CallTimers
 from switchboard.conversation.turns import TurnRecord
 
@@ -80,6 +82,7 @@ class Stage(Protocol):
     rate: int
     recorder: Recorder
     timers: CallTimers
+    playout: Playout
 
     @property
     def media_ms(self) -> int: ...
@@ -88,23 +91,51 @@ class Stage(Protocol):
 
     def store(self, record: TurnRecord) -> None: ...
 
-    async def say(self, text: str, *, interruptible: bool) -> tuple[TurnRecord, SpeechTimings]:
-        """Speak ``text``; the bot's turn record (not stored yet) and the speech timings."""
-        ...
-
     async def wait_media(self, ms: int) -> None: ...
+
+    def settle_update(self) -> None:
+        """Bot audio was queued (the settled signal of faster-than-real-time calls)."""
+        ...
 
 
 class Responder:
     """Handles one input at a time; raises :class:`CallEnded` when the call is over."""
 
-    def __init__(self, stage: Stage, stt: SpeechToText, dialog: DialogEngine,
-                 apology_text: str) -> None:
+    def __init__(self, stage: Stage, stt: SpeechToText, tts: TextToSpeech,
+                 dialog: DialogEngine, apology_text: str) -> None:
         self.stage = stage
         self.stt = stt
+        self.tts = tts
         self.dialog = dialog
         self.apology_text = apology_text
         self.handoff: dict[str, Any] | None = None
+        self.speech: SpeechHandle | None = None
+        """The bot's latest utterance."""
+
+    @property
+    def speaking(self) -> SpeechHandle | None:
+        """The utterance being synthesized or played, if any."""
+        return self.speech if self.speech is not None and self.speech.playing else None
+
+    async def say(self, text: str, *, interruptible: bool) -> tuple[TurnRecord, SpeechTimings]:
+        """Speak ``text`` until it has been heard or the caller barges in; the bot's turn
+        record (not stored yet) and the speech's timings. If the call ends meanwhile, what
+        was being said is still stored."""
+        stage = self.stage
+        speech = self.speech = SpeechHandle(
+            text, tts=self.tts, playout=stage.playout, interruptible=interruptible,
+            started_ms=stage.media_ms, on_progress=stage.settle_update,
+        )
+        record = TurnRecord(speaker="bot", text=text, started_at=stage.wall(stage.media_ms))
+        try:
+            timings = await speech.wait(lambda: stage.media_ms)
+        except asyncio.CancelledError:
+            record.ended_at = stage.wall(stage.media_ms)
+            stage.store(record)
+            raise
+        record.ended_at = stage.wall(timings.ended_ms)
+        record.barge_in, record.tts_ms = timings.interrupted, timings.tts_ms
+        return record, timings
 
     async def handle(self, item: Input) -> None:
         """Answer ``item``. A dead dialog or a failing turn is apologised for and ends the
@@ -190,7 +221,7 @@ class Responder:
         text = " ".join(reply.texts)
         final = reply.hangup or reply.handoff is not None
         if text:
-            record, timings = await stage.say(text, interruptible=not final)
+            record, timings = await self.say(text, interruptible=not final)
             record.endpoint_ms = endpoint_ms
             record.stt_ms = round(stt_ms, 1) if stt_ms is not None else None
             record.dialog_ms = round(dialog_ms, 1)
@@ -216,7 +247,7 @@ class Responder:
                   stage.call_id, stage_name, exc)
         stage.recorder.event("error", {"stage": stage_name, "error": str(exc)})
         try:
-            record, _ = await stage.say(self.apology_text, interruptible=False)
+            record, _ = await self.say(self.apology_text, interruptible=False)
             stage.store(record)
             await stage.wait_media(END_OF_CALL_DRAIN_MS)
         except Exception:

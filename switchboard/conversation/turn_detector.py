@@ -20,6 +20,7 @@ import numpy as np
 
 from switchboard.base.settings import Settings
 from switchboard.conversation.endpointing import Endpointer, VadEvent
+from switchboard.conversation.engines import SpeechDetector
 
 
 def _default(name: str) -> Any:
@@ -117,6 +118,16 @@ class TurnDetector:
         self._speech_start_ms = 0
         self._held_at_ms: int | None = None
         self._barged_in = False
+
+    @classmethod
+    def create(cls, rate: int, detector: SpeechDetector, options: TurnTaking) -> TurnDetector:
+        """A detector with an Endpointer set up from ``options``."""
+        return cls(Endpointer(
+            rate, detector, speech_start_ms=options.speech_start_ms,
+            end_of_turn_ms=options.end_of_turn_ms,
+            early_end_ms=options.early_transcribe_ms or None,
+            min_utterance_ms=options.min_utterance_ms, max_utterance_s=options.max_utterance_s,
+        ), options)
 
     @property
     def in_speech(self) -> bool:

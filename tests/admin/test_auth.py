@@ -40,7 +40,7 @@ from tests.admin.conftest import (
     signed_in,
 )
 from tests.analytics.calls import order_call, store_call
-from tests.fakes import FakeDialog, FakeSTT, FakeTTS
+from tests.support.fakes import FakeDialog, FakeSTT, FakeTTS
 
 if TYPE_CHECKING:  # the test client's responses
     from httpx2 import Response

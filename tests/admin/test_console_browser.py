@@ -24,9 +24,9 @@ from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
 from switchboard.storage.repository import CallRepository
 from tests.analytics.test_worker import Workers, redis_url, workers_on
-from tests.audio_tools import piper_speech, silence, write_wav
-from tests.dialog_fixtures import TEST_API_TOKEN
-from tests.webrtc.conftest import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.audio_tools import piper_speech, silence, write_wav
+from tests.support.dialog_fixtures import TEST_API_TOKEN
+from tests.telephony.webrtc.conftest import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.integration
 __all__ = ["redis_url", "workers_on"]  # fixtures used below

@@ -12,7 +12,7 @@ from dialog.runtime import BOT_DIR, RasaNotInstalled, child_environment, rasa_ex
 from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import free_port
 from switchboard.node import rasa_config
-from tests.dialog_fixtures import rasa_test_settings
+from tests.support.dialog_fixtures import rasa_test_settings
 
 START_TIMEOUT_S = 60.0
 DOMAIN = {

@@ -14,7 +14,7 @@ import pytest
 
 from dialog.runtime import RasaServers
 from dialog.text_normalizer import normalize_caller_text
-from tests.dialog_fixtures import say
+from tests.support.dialog_fixtures import say
 
 CALL_METADATA = {"call_id": "test-call", "caller": "+15550100", "transport": "sip"}
 HANDOFF = {"handoff": {"queue": "support", "reason": "caller_request"}}

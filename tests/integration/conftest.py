@@ -11,7 +11,7 @@ from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
 from switchboard.base.settings import Settings
 from switchboard.node import Node
-from tests.dialog_fixtures import TEST_API_TOKEN
+from tests.support.dialog_fixtures import TEST_API_TOKEN
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from switchboard.storage.database import prepare_database
 from switchboard.storage.models import CallAnalysis
 from switchboard.storage.repository import AnalysisRepository
 from tests.analytics.test_worker import Workers, redis_url, wait_for, workers_on
-from tests.audio_tools import piper_speech, silence
+from tests.support.audio_tools import piper_speech, silence
 
 pytestmark = pytest.mark.integration
 __all__ = ["redis_url", "workers_on"]  # fixtures used below

@@ -16,7 +16,7 @@ from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
 from switchboard.node import Node
 from switchboard.simulate import Simulation, simulate_call, write_outputs
-from tests.audio_tools import espeak, normalize_digits, piper_speech, silence
+from tests.support.audio_tools import espeak, normalize_digits, piper_speech, silence
 
 pytestmark = pytest.mark.integration
 RATE = 16000

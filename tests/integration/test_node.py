@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from switchboard.base.children import ChildProcess, log_probe
-from switchboard.base.processes import descendants, free_port
+from switchboard.base.processes import alive, descendants, free_port
 from telephony.sip_ping import options_ping
 
 pytestmark = pytest.mark.integration
@@ -28,14 +28,6 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
     except OSError:
         return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def wait_in_log(node: ChildProcess, text: str, timeout: float, *, after: str = "") -> None:

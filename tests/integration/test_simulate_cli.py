@@ -14,7 +14,7 @@ import soundfile
 
 from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
-from tests.audio_tools import normalize_digits, piper_speech, silence
+from tests.support.audio_tools import normalize_digits, piper_speech, silence
 
 SWITCHBOARD = [sys.executable, "-m", "switchboard"]
 

@@ -24,7 +24,7 @@ from speech.models import (
 )
 from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
-from tests.audio_tools import piper_speech
+from tests.support.audio_tools import piper_speech
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from speech.tts import PiperTTS
 from switchboard.base.settings import Settings
 from switchboard.conversation.engines import SpeechToText, Transcript
 from switchboard.node import stt_config
-from tests.audio_tools import espeak, normalize_digits, piper_speech, silence, white_noise
+from tests.support.audio_tools import espeak, normalize_digits, piper_speech, silence, white_noise
 
 SENTENCE = "I'd like to check my order status"
 

@@ -9,7 +9,7 @@ from speech.tts import PiperTTS
 from speech.vad import SileroDetector
 from switchboard.conversation.audio import frame_samples
 from switchboard.conversation.endpointing import Endpointer, VadEvent
-from tests.audio_tools import espeak, piper_speech, silence, white_noise
+from tests.support.audio_tools import espeak, piper_speech, silence, white_noise
 
 SENTENCE = "I'd like to check my order status"
 

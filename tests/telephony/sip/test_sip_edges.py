@@ -30,8 +30,8 @@ from switchboard.storage.repository import CallRepository
 from telephony.sip import worker as worker_module
 from telephony.sip.call import CallLeg
 from telephony.sip.worker import SipWorker
-from tests.audio_tools import silence, write_wav
-from tests.sip.peers import (
+from tests.support.audio_tools import silence, write_wav
+from tests.telephony.sip.peers import (
     Baresip,
     free_udp_port,
     invite,
@@ -40,8 +40,8 @@ from tests.sip.peers import (
     sip_request,
     stop_process,
 )
-from tests.sip.scenarios import write_scenario
-from tests.sip.workers import Worker, env_for, worker_process
+from tests.telephony.sip.scenarios import write_scenario
+from tests.telephony.sip.workers import Worker, env_for, worker_process
 
 pytestmark = pytest.mark.integration
 RATE = 8000

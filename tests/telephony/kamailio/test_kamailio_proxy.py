@@ -19,7 +19,7 @@ import pytest
 from switchboard.base.settings import Settings
 from telephony import kamailio
 from telephony.kamailio import KamailioError, KamailioProxy, options_status, worker_ports
-from tests.kamailio.sipp import (
+from tests.telephony.kamailio.sipp import (
     CallsResult,
     SilentPort,
     SippWorker,
@@ -28,7 +28,7 @@ from tests.kamailio.sipp import (
     place_calls,
     require_sipp,
 )
-from tests.sip.peers import free_udp_port
+from tests.telephony.sip.peers import free_udp_port
 
 PING_INTERVAL_S = 1
 FAILOVER_TIMEOUT_S = 1.0

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.sip.workers import Worker, worker_process
+from tests.telephony.sip.workers import Worker, worker_process
 
 TRANSFER_URI = "sip:agents@127.0.0.1:5999"
 

@@ -21,8 +21,8 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 from speech.tts import PiperTTS
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
-from tests.audio_tools import piper_speech, silence, write_wav
-from tests.webrtc.conftest import CHROMIUM, CHROMIUM_FLAGS, WebApp
+from tests.support.audio_tools import piper_speech, silence, write_wav
+from tests.telephony.webrtc.conftest import CHROMIUM, CHROMIUM_FLAGS, WebApp
 
 pytestmark = pytest.mark.integration
 MIC_RATE = 48000

@@ -14,10 +14,10 @@ import pytest
 from switchboard.base.processes import descendants
 from switchboard.storage.repository import CallRepository
 from tests.integration.test_node import command_line
-from tests.sip.node import running_node
-from tests.sip.peers import free_udp_port, options, sipp_command, stop_process, ulaw_wav
-from tests.sip.scenarios import write_scenario
-from tests.sip.test_sip_calls import audio
+from tests.telephony.sip.node import running_node
+from tests.telephony.sip.peers import free_udp_port, options, sipp_command, stop_process, ulaw_wav
+from tests.telephony.sip.scenarios import write_scenario
+from tests.telephony.sip.test_sip_calls import audio
 
 pytestmark = pytest.mark.integration
 

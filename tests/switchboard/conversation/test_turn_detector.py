@@ -17,7 +17,7 @@ from switchboard.conversation.turn_detector import (
     TurnDetector,
     TurnTaking,
 )
-from tests.conversation.test_endpointing import ScriptedDetector
+from tests.support.fakes import ScriptedDetector
 
 RATE = 8000
 OPTIONS = TurnTaking(speech_start_ms=60, end_of_turn_ms=400, early_transcribe_ms=120,

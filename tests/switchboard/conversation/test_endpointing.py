@@ -6,26 +6,10 @@ import numpy as np
 import pytest
 
 from switchboard.conversation.endpointing import Endpointer, VadEvent
+from tests.support.fakes import ScriptedDetector
 
 RATE = 8000
 FRAME = RATE // 50  # 20 ms
-
-
-class ScriptedDetector:
-    """Speech wherever the script says 1, one character per 20 ms frame."""
-
-    def __init__(self, script: str) -> None:
-        self.script = script
-        self.frames = 0
-        self.resets = 0
-
-    def is_speech(self, frame: np.ndarray) -> bool:
-        speech = self.frames < len(self.script) and self.script[self.frames] == "1"
-        self.frames += 1
-        return speech
-
-    def reset(self) -> None:
-        self.resets += 1
 
 
 def run(script: str, **options: float) -> list[VadEvent]:

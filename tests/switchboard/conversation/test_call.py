@@ -13,7 +13,7 @@ from switchboard.conversation.engines import BotMessage
 from switchboard.conversation.pipeline import CallResult, ConversationPipeline
 from switchboard.conversation.turn_detector import TurnTaking
 from switchboard.simulate import CaptureSink, FileSource
-from tests.fakes import FakeDialog, FakeSTT, FakeTTS, LoudnessDetector, MemoryRecorder
+from tests.support.fakes import FakeDialog, FakeSTT, FakeTTS, LoudnessDetector, MemoryRecorder
 
 RATE = 8000
 

@@ -10,19 +10,12 @@ from pathlib import Path
 import pytest
 
 from switchboard.base.children import ChildError, ChildProcess, log_probe, wait_all_healthy
+from switchboard.base.processes import alive
 
 
 def python_child(tmp_path: Path, code: str, name: str = "child", **options: object) -> ChildProcess:
     return ChildProcess(name, [sys.executable, "-c", code], log_path=tmp_path / f"{name}.log",
                         **options)  # type: ignore[arg-type]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 READY_THEN_WAIT = "import time; print('ready', flush=True); time.sleep(60)"

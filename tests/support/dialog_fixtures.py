@@ -1,6 +1,6 @@
 """Pytest plugin: the real Rasa bot and action server, shared by one test session.
 
-Load it with ``pytest_plugins = ["tests.dialog_fixtures"]``. It needs a session fixture
+Load it with ``pytest_plugins = ["tests.support.dialog_fixtures"]``. It needs a session fixture
 ``database_url`` (a migrated database holding the demo orders). The model is cached in
 the project's ``var/rasa/models`` by bot hash, so only the first run trains (~1 min).
 """

@@ -14,8 +14,8 @@ from switchboard.conversation.call import CallRequest
 from switchboard.conversation.engines import BotMessage
 from switchboard.node import Node
 from switchboard.simulate import CaptureSink, FileSource, Simulation, simulate_call
-from tests.audio_tools import espeak, silence
-from tests.fakes import FakeDialog, FakeSTT, FakeTTS
+from tests.support.audio_tools import espeak, silence
+from tests.support.fakes import FakeDialog, FakeSTT, FakeTTS
 
 RATE = 16000
 GREETING = "Hi, you've reached Acme support. How can I help you today?"

@@ -104,6 +104,23 @@ class FakeDialog(FakeEngine):
         return await self._reply(f"/inform:{digits}", conversation_id)
 
 
+class ScriptedDetector:
+    """Speech wherever the script says 1, one character per 20 ms frame."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.frames = 0
+        self.resets = 0
+
+    def is_speech(self, frame: np.ndarray) -> bool:
+        speech = self.frames < len(self.script) and self.script[self.frames] == "1"
+        self.frames += 1
+        return speech
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
 class LoudnessDetector:
     """A speech detector for unit tests: a frame is speech when its mean level is high."""
 

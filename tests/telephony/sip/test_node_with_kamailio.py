@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from switchboard.storage.repository import CallRepository
-from tests.sip.node import running_node
-from tests.sip.peers import free_udp_port, sipp_command, ulaw_wav
-from tests.sip.scenarios import write_scenario
-from tests.sip.test_sip_calls import audio, stored_call
+from tests.telephony.sip.node import running_node
+from tests.telephony.sip.peers import free_udp_port, sipp_command, ulaw_wav
+from tests.telephony.sip.scenarios import write_scenario
+from tests.telephony.sip.test_sip_calls import audio, stored_call
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from speech.tts import PiperTTS
 from switchboard.base.processes import free_port
 from switchboard.storage.models import Call
 from switchboard.storage.repository import CallRepository
-from tests.audio_tools import normalize_digits, piper_speech, silence, write_wav
-from tests.sip.conftest import TRANSFER_URI
-from tests.sip.peers import (
+from tests.support.audio_tools import normalize_digits, piper_speech, silence, write_wav
+from tests.telephony.sip.conftest import TRANSFER_URI
+from tests.telephony.sip.peers import (
     Baresip,
     free_udp_port,
     header,
@@ -33,8 +33,8 @@ from tests.sip.peers import (
     stop_process,
     ulaw_wav,
 )
-from tests.sip.scenarios import write_scenario
-from tests.sip.workers import Worker
+from tests.telephony.sip.scenarios import write_scenario
+from tests.telephony.sip.workers import Worker
 
 pytestmark = pytest.mark.integration
 RATE = 8000

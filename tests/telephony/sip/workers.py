@@ -12,7 +12,7 @@ from pathlib import Path
 
 from switchboard.base.children import ChildProcess
 from switchboard.base.settings import PROJECT_ROOT
-from tests.sip.peers import free_udp_port, options
+from tests.telephony.sip.peers import free_udp_port, options
 
 WORKER_START_TIMEOUT_S = 60.0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
-from tests.sip.peers import free_udp_port
+from tests.telephony.sip.peers import free_udp_port
 
 NODE_START_TIMEOUT_S = 240.0
 

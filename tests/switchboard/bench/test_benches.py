@@ -1,0 +1,70 @@
+"""Smoke tests of the latency benches: each runs end to end at its smallest size against
+real parts (models, Rasa, a SIP worker, the web app) and reports the kit's figures.
+Their numbers are not judged here: benches print figures, tests check behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from switchboard.base.processes import free_port
+from switchboard.base.settings import PROJECT_ROOT
+from tests.support.dialog_fixtures import TEST_API_TOKEN
+from tests.telephony.sip.workers import worker_process
+
+pytestmark = pytest.mark.integration
+BENCH_TIMEOUT_S = 300
+
+
+def bench(tmp_path: Path, rasa_server: Any, database_url: str, *args: str,
+          **settings: str) -> dict[str, Any]:
+    """Run ``switchboard bench ARGS --json`` (``settings``: more environment); its figures."""
+    out = tmp_path / "figures.json"
+    env = {**os.environ, **settings, "SWITCHBOARD_DATA_DIR": str(tmp_path),
+           "SWITCHBOARD_DATABASE_URL": database_url,
+           "SWITCHBOARD_RASA_URL": rasa_server.url, "SWITCHBOARD_RASA_API_TOKEN": TEST_API_TOKEN,
+           "SWITCHBOARD_STT_DEVICE": "cpu", "SWITCHBOARD_TTS_DEVICE": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "switchboard", "bench", *args, "--json",
+                           str(out)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=BENCH_TIMEOUT_S, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "voice_to_voice" in done.stdout
+    figures: dict[str, Any] = json.loads(out.read_text())
+    return figures
+
+
+def test_bench_pipeline_times_every_turn(tmp_path: Path, rasa_server: Any,
+                                         database_url: str) -> None:
+    figures = bench(tmp_path, rasa_server, database_url, "pipeline", "--utterances", "2",
+                    "--rate", "8000")
+    series = figures["series_ms"]
+    assert series["voice_to_voice"]["n"] == 2
+    assert series["response_ms"]["n"] == 2 and series["stt_ms"]["n"] == 2
+    assert figures["figures"]["unanswered_turns"] == 0
+
+
+def test_bench_sip_calls_a_worker_and_times_the_answers(tmp_path: Path, rasa_server: Any,
+                                                        database_url: str) -> None:
+    with worker_process(tmp_path / "worker", rasa_server.url, database_url) as worker:
+        figures = bench(tmp_path, rasa_server, database_url, "sip", "--calls", "1",
+                        "--turns", "2", "--target", f"sip:bot@127.0.0.1:{worker.port}")
+    assert figures["series_ms"]["voice_to_voice"]["n"] == 2
+    assert figures["series_ms"]["call_setup"]["n"] == 1
+    assert figures["figures"]["failed_calls"] == 0
+    assert figures["figures"]["unanswered_turns"] == 0
+
+
+def test_bench_webrtc_starts_a_web_app_and_times_the_answers(tmp_path: Path, rasa_server: Any,
+                                                             database_url: str) -> None:
+    figures = bench(tmp_path, rasa_server, database_url, "webrtc", "--calls", "1",
+                    SWITCHBOARD_WEB_HOST="127.0.0.1", SWITCHBOARD_WEB_PORT=str(free_port()),
+                    SWITCHBOARD_WEBRTC_ICE_ADDRESSES="127.0.0.1")
+    assert figures["series_ms"]["voice_to_voice"]["n"] == 2
+    assert figures["series_ms"]["connect"]["n"] == 1
+    assert figures["figures"]["calls_completed"] == "1 of 1"
