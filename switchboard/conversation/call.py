@@ -91,6 +91,12 @@ class CallHandle:
         self._transfer_to = target
         self.hang_up("transferred")
 
+    def cancel(self) -> None:
+        """The transport is going away (shutdown): stop the call; its end is stored as
+        cancelled."""
+        if self._task is not None:
+            self._task.cancel()
+
     def on_turn(self, listener: TurnListener) -> None:
         """Call ``listener`` with every turn as it is stored (live transcripts)."""
         self._listeners.append(listener)

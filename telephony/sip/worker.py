@@ -253,13 +253,17 @@ class SipWorker:
         if session.handle is None:
             session.handle = self._start_call(session)
         handle = session.handle
-        with contextlib.suppress(Exception):  # a failed setup is raised by result()
-            session.call_id = await handle.started()
-            log.info("SIP call %s is call %s (setup %.0f ms)", session.leg.key,
-                     session.call_id, (time.perf_counter() - session.started) * 1000)
-            if self.settings.sip_record:
-                self._start_recording(session, session.call_id)
-        result = await handle.result()
+        try:
+            with contextlib.suppress(Exception):  # a failed setup is raised by result()
+                session.call_id = await handle.started()
+                log.info("SIP call %s is call %s (setup %.0f ms)", session.leg.key,
+                         session.call_id, (time.perf_counter() - session.started) * 1000)
+                if self.settings.sip_record:
+                    self._start_recording(session, session.call_id)
+            result = await handle.result()
+        except asyncio.CancelledError:  # the worker is stopping
+            handle.cancel()
+            raise
         if session.rtp_timed_out:
             await asyncio.to_thread(self.node.calls.add_event, result.call_id, "rtp_timeout",
                                     {"timeout_s": self.settings.sip_rtp_timeout_s})
