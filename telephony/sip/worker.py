@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from switchboard.conversation.audio import FRAME_MS
 from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.host import CallHost
 from switchboard.conversation.pipeline import CallResult
@@ -267,6 +268,9 @@ class SipWorker:
         if session.rtp_timed_out:
             await asyncio.to_thread(self.node.calls.add_event, result.call_id, "rtp_timeout",
                                     {"timeout_s": self.settings.sip_rtp_timeout_s})
+        if session.leg.source.dropped_frames:
+            log.warning("call %s: %d ms of caller audio dropped after event-loop stalls",
+                        result.call_id, session.leg.source.dropped_frames * FRAME_MS)
         return result
 
     def _start_recording(self, session: _Session, call_id: str) -> None:
