@@ -1,9 +1,9 @@
 """One SIP media worker: a PJSUA2 endpoint, an asyncio loop and a node, ≤ 4 calls.
 
 Each call is started on the node as soon as it is answered; DTMF digits go to its handle.
-The worker is the call's :class:`~switchboard.conversation.call.CallControl`: a handoff (to
-``sip_transfer_uri``) or a transfer asked of the handle is a REFER; otherwise the call is
-hung up (BYE) when the conversation ends. Every call is recorded as a stereo WAV when
+Each call's :class:`~switchboard.conversation.call.CallControl` (``_SipControl``) turns a
+handoff (to ``sip_transfer_uri``) or a transfer asked of the handle into a REFER; otherwise
+the call is hung up (BYE) when the conversation ends. Every call is recorded as a stereo WAV when
 ``sip_record`` is on.
 """
 
@@ -114,7 +114,7 @@ class SipWorker:
 
     async def call(self, uri: str) -> CallResult:
         """Place one outbound call and run the bot on it until it ends."""
-        endpoint = self._require_endpoint()
+        endpoint = self.require_endpoint()
 
         def dial() -> CallLeg:
             leg = endpoint.dial(uri)
@@ -132,7 +132,7 @@ class SipWorker:
                 f"{uri} did not answer: SIP {session.end_status} {session.end_reason}".strip())
         return result
 
-    def _require_endpoint(self) -> SipEndpoint:
+    def require_endpoint(self) -> SipEndpoint:
         if self._endpoint is None:
             raise RuntimeError("the SIP worker is not started")
         return self._endpoint
@@ -284,29 +284,6 @@ class SipWorker:
         session.leg.source.tap = recording.caller
         session.leg.sink.tap = recording.bot
 
-    async def transfer(self, session: _Session, call_id: str, uri: str) -> bool:
-        """REFER the caller to ``uri``; True once the transfer's final NOTIFY says 2xx."""
-        if session.disconnected.is_set():
-            return False
-        endpoint = self._require_endpoint()
-        key = session.leg.key
-        try:
-            await asyncio.wrap_future(endpoint.submit(lambda: endpoint.transfer(key, uri)))
-        except RuntimeError as exc:
-            log.warning("call %s: transfer to %s failed: %s", call_id, uri, exc)
-            return False
-        transfer_done = asyncio.create_task(session.transfer_final.wait())
-        gone = asyncio.create_task(session.disconnected.wait())
-        await asyncio.wait({transfer_done, gone}, timeout=TRANSFER_WAIT_S,
-                           return_when=asyncio.FIRST_COMPLETED)
-        transfer_done.cancel()
-        gone.cancel()
-        log.info("call %s: transferred to %s (status %s)", call_id, uri,
-                 session.transfer_status or "none")
-        await asyncio.to_thread(self.node.calls.add_event, call_id, "transfer",
-                                {"uri": uri, "status": session.transfer_status})
-        return 200 <= session.transfer_status < 300
-
     async def _end(self, session: _Session) -> None:
         """Hang up if the call is still up, then close and store the recording."""
         leg = session.leg
@@ -325,14 +302,35 @@ class SipWorker:
 
 
 class _SipControl:
-    """What the worker can do to one SIP call beyond its media (REFER)."""
+    """What the worker can do to one SIP call beyond its media: REFER it elsewhere."""
 
     def __init__(self, worker: SipWorker, session: _Session) -> None:
         self.worker = worker
         self.session = session
 
     async def transfer(self, call_id: str, target: str) -> bool:
-        return await self.worker.transfer(self.session, call_id, target)
+        """REFER the caller to ``target``; True once the transfer's final NOTIFY says 2xx."""
+        session = self.session
+        if session.disconnected.is_set():
+            return False
+        endpoint = self.worker.require_endpoint()
+        key = session.leg.key
+        try:
+            await asyncio.wrap_future(endpoint.submit(lambda: endpoint.transfer(key, target)))
+        except RuntimeError as exc:
+            log.warning("call %s: transfer to %s failed: %s", call_id, target, exc)
+            return False
+        transfer_done = asyncio.create_task(session.transfer_final.wait())
+        gone = asyncio.create_task(session.disconnected.wait())
+        await asyncio.wait({transfer_done, gone}, timeout=TRANSFER_WAIT_S,
+                           return_when=asyncio.FIRST_COMPLETED)
+        transfer_done.cancel()
+        gone.cancel()
+        log.info("call %s: transferred to %s (status %s)", call_id, target,
+                 session.transfer_status or "none")
+        await asyncio.to_thread(self.worker.node.calls.add_event, call_id, "transfer",
+                                {"uri": target, "status": session.transfer_status})
+        return 200 <= session.transfer_status < 300
 
 
 async def run_worker(node: CallHost) -> None:
