@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -32,7 +32,11 @@ def blocker(queue: InferenceQueue) -> threading.Event:
 def test_final_requests_run_before_speculative_ones(queue: InferenceQueue) -> None:
     release = blocker(queue)
     ran: list[str] = []
-    futures = [queue.submit(lambda name=name: ran.append(name), priority=priority)
+
+    def job(name: str) -> Callable[[], None]:
+        return lambda: ran.append(name)
+
+    futures = [queue.submit(job(name), priority=priority)
                for name, priority in [("spec-1", 1), ("final-1", 0), ("spec-2", 1),
                                       ("final-2", 0)]]
     release.set()
@@ -69,7 +73,11 @@ def test_a_request_past_its_deadline_is_dropped(queue: InferenceQueue) -> None:
 
 def test_queue_wait_and_compute_are_reported_apart(queue: InferenceQueue) -> None:
     release = blocker(queue)
-    future = queue.submit(lambda: time.sleep(0.1) or "done")
+    def compute() -> str:
+        time.sleep(0.1)
+        return "done"
+
+    future = queue.submit(compute)
     time.sleep(0.2)
     release.set()
     timed = future.result(5)
