@@ -3,6 +3,7 @@ running the real pipeline (Whisper, Rasa, Piper). What the caller heard is trans
 
 from __future__ import annotations
 
+import difflib
 import socket
 import subprocess
 import time
@@ -118,10 +119,16 @@ def test_caller_hears_the_greeting_and_is_asked_for_the_order_number(
 def test_keypad_order_number_is_answered_with_its_status(
     order_call: OrderCall, stt: WhisperSTT
 ) -> None:
+    assert any(t.text == "[keypad] 48213" for t in order_call.call.turns)
+    [answer] = [t.text for t in order_call.call.turns if "shipped" in t.text]
+    assert "4 8 2 1 3" in answer  # what the bot said, exactly
+    # What the caller heard, through G.711 and Whisper tiny.en: the status, and the number
+    # with at most one digit misheard (tiny.en drops a spoken digit now and then).
     text = transcribe(stt, order_call.heard, order_call.heard_rate)
     assert "shipped" in text
-    assert "48213" in normalize_digits(text)
-    assert any(t.text == "[keypad] 48213" for t in order_call.call.turns)
+    heard = normalize_digits(text.split("shipped")[0])
+    assert any(difflib.SequenceMatcher(None, heard[i:i + 5], "48213").ratio() >= 0.8
+               for i in range(max(1, len(heard) - 3))), text
 
 
 def test_caller_bye_ends_the_call_as_caller_hangup(order_call: OrderCall) -> None:
