@@ -39,9 +39,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) 
                          stop_grace_s=0.5)
     child.start()
     child.wait_healthy(10)
-    started = time.monotonic()
-    assert child.stop() == -signal.SIGKILL
-    assert time.monotonic() - started < 10
+    assert child.stop() == -signal.SIGKILL  # it would have slept for 60 s
 
 
 def test_stop_also_ends_what_the_child_forked(tmp_path: Path) -> None:
@@ -86,16 +84,15 @@ def test_the_timeout_names_what_is_missing_and_the_hint(tmp_path: Path) -> None:
 
 
 def test_children_are_probed_side_by_side(tmp_path: Path) -> None:
-    """The second child's crash is reported at once, not after the first one's timeout."""
+    """The second child's crash is reported, not the first one's timeout (one after the
+    other, the wait would end with "slow did not become healthy")."""
     slow = python_child(tmp_path, READY_THEN_WAIT, name="slow", healthy=lambda: "never")
     broken = python_child(tmp_path, "raise SystemExit(5)", name="broken")
     for child in (slow, broken):
         child.start()
-    started = time.monotonic()
     try:
         with pytest.raises(ChildError, match="broken exited with code 5"):
             wait_all_healthy([slow, broken], 30)
-        assert time.monotonic() - started < 20
     finally:
         slow.stop()
         broken.stop()
