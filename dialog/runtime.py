@@ -22,7 +22,13 @@ from typing import IO
 from urllib.parse import unquote, urlsplit
 
 from dialog.config import RasaConfig
-from switchboard.base.children import ChildProcess, Managed, http_probe, wait_all_healthy
+from switchboard.base.children import (
+    ChildProcess,
+    Managed,
+    http_probe,
+    last_lines,
+    wait_all_healthy,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BOT_DIR = PROJECT_ROOT / "dialog" / "bot"
@@ -177,16 +183,10 @@ def _run_training(
         raise RasaTrainingError(
             f"`rasa train` failed (exit code {returncode}); full log: {log_path}. "
             "Check dialog/bot/ (run `rasa data validate` there). Last lines:\n"
-            + _last_lines(tail.decode(errors="replace"))
+            + last_lines(tail.decode(errors="replace"), LOG_TAIL_LINES)
         )
     echo.write(f"Trained {model.name} in {time.monotonic() - started:.0f} s.\n")
     echo.flush()
-
-
-def _last_lines(text: str) -> str:
-    """The last lines of a log, each progress-bar line reduced to its final state."""
-    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-    return "\n".join([line for line in lines if line.strip()][-LOG_TAIL_LINES:])
 
 
 def endpoints_yaml(config: RasaConfig, action_port: int) -> str:

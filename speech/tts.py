@@ -28,6 +28,7 @@ class PiperTTS:
         self._voice = self._load(path)
         self.native_rate: int = self._voice.config.sample_rate
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper-tts")
+        self._closed = False
 
     @classmethod
     def from_config(cls, config: TtsConfig) -> PiperTTS:
@@ -94,10 +95,11 @@ class PiperTTS:
             stop.set()
 
     def health(self) -> str | None:
-        return "the Piper voice is closed" if self._executor._shutdown else None
+        return "the Piper voice is closed" if self._closed else None
 
     def close(self) -> None:
         """Stop the worker thread once its current sentence is done; queued work is dropped."""
+        self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def aclose(self) -> None:

@@ -129,8 +129,8 @@ class ChildProcess(Managed):
         self._healthy = healthy
         self._env = {**(os.environ if base_env is None else base_env), **(env or {})}
         self._cwd = cwd
-        self._error = error
-        self._timeout_hint = timeout_hint
+        self.error = error
+        self.timeout_hint = timeout_hint
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -140,7 +140,7 @@ class ChildProcess(Managed):
     def start(self) -> None:
         """Start the child (returns at once; see :meth:`wait_healthy`)."""
         if self.process is not None and self.process.poll() is None:
-            raise self._error(f"{self.name} is already running (pid {self.process.pid}).")
+            raise self.error(f"{self.name} is already running (pid {self.process.pid}).")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"\n{START_HEADER}{time.strftime('%Y-%m-%d %H:%M:%S')} "
@@ -188,15 +188,22 @@ class ChildProcess(Managed):
             _kill_group(self.process.pid)
             self.process.wait()
 
+    def missing(self) -> str | None:
+        """What keeps the starting child from being healthy (None: healthy). Raises
+        ``error`` with the log tail if it exited."""
+        code = self.poll()
+        if self.process is None or code is not None:
+            raise self.error(f"The {self.name} exited with code {code} while starting. "
+                              + self.log_tail())
+        return None if self._healthy is None else self._healthy()
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` of the child's log, each progress-bar line at its final state."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             text = ""
-        kept = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-        tail = [line for line in kept if line.strip()][-lines:]
-        return f"Last lines of {self.log_path}:\n" + "\n".join(tail)
+        return f"Last lines of {self.log_path}:\n" + last_lines(text, lines)
 
 def wait_all_healthy(children: list[ChildProcess], timeout: float) -> float:
     """Block until every child's probe passes (probing them side by side); returns the
@@ -204,28 +211,24 @@ def wait_all_healthy(children: list[ChildProcess], timeout: float) -> float:
     raises its ``error`` with its log tail."""
     started = time.monotonic()
     while True:
-        unhealthy = []
-        for child in children:
-            code = child.poll()
-            if child.process is None or code is not None:
-                raise child._error(
-                    f"The {child.name} exited with code {code} while starting. "
-                    + child.log_tail()
-                )
-            missing = None if child._healthy is None else child._healthy()
-            if missing is not None:
-                unhealthy.append((child, missing))
+        unhealthy = [(child, missing) for child in children
+                     if (missing := child.missing()) is not None]
         if not unhealthy:
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
             waiting = " and the ".join(f"{child.name} ({missing})" for child, missing in unhealthy)
             first = unhealthy[0][0]
-            hint = f" {first._timeout_hint}" if first._timeout_hint else ""
-            raise first._error(
-                f"The {waiting} did not become healthy within {timeout:.0f} s.{hint} "
-                + " ".join(child.log_tail() for child, _ in unhealthy)
-            )
+            hint = f" {first.timeout_hint}" if first.timeout_hint else ""
+            raise first.error(f"The {waiting} did not become healthy within {timeout:.0f} s."
+                              f"{hint} " + " ".join(child.log_tail() for child, _ in unhealthy))
         time.sleep(HEALTH_POLL_S)
+
+
+def last_lines(text: str, count: int = LOG_TAIL_LINES) -> str:
+    """The last ``count`` non-blank lines of a log, each progress-bar line (redrawn with
+    carriage returns) reduced to its final state."""
+    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    return "\n".join([line for line in lines if line.strip()][-count:])
 
 
 def _wait_unreaped(pid: int, timeout_s: float) -> None:

@@ -10,6 +10,7 @@ figures comparable.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from speech.tts import PiperTTS
+from switchboard.base.settings import Settings
 from switchboard.conversation.engines import TextToSpeech
+from switchboard.node import tts_config
 
 CALLER_LINES = (
     "Hi, I'd like to check my order status.",
@@ -61,6 +65,16 @@ async def speak_lines(tts: TextToSpeech, count: int, rate: int) -> list[np.ndarr
         lines.append(trim_silence(np.concatenate(
             [chunk async for chunk in tts.stream(text, rate)])))
     return lines
+
+
+def piper_lines(settings: Settings, count: int, rate: int) -> list[np.ndarray]:
+    """:func:`speak_lines` with the node's Piper voice, for callers in other processes
+    (blocking; it loads the voice and frees it again)."""
+    tts = PiperTTS.from_config(tts_config(settings))
+    try:
+        return asyncio.run(speak_lines(tts, count, rate))
+    finally:
+        tts.close()
 
 
 class VoiceToVoice:

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import socket
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from speech.tts import PiperTTS
 from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port, process_tree_cpu_s
 from switchboard.base.settings import Settings
-from switchboard.bench.kit import Report, speak_lines
+from switchboard.bench.kit import Report, piper_lines
 from switchboard.bench.sip_callers import CALLS_PER_PROCESS, RATE, run_sip_bench
-from switchboard.node import tts_config
 
 NODE_START_TIMEOUT_S = 300.0
 
 
-def _caller_lines(settings: Settings, turns: int) -> list[np.ndarray]:
-    tts = PiperTTS.from_config(tts_config(settings))
-    try:
-        return asyncio.run(speak_lines(tts, turns, RATE))
-    finally:
-        tts.close()
-
-
 def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
               target: str | None) -> Report:
-    lines = _caller_lines(settings, turns)
+    lines = piper_lines(settings, turns, RATE)
     if target is not None:
         return run_sip_bench(target, calls, concurrency, lines).report()
     workers = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))

@@ -25,13 +25,11 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
-from speech.tts import PiperTTS
 from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import process_tree_cpu_s
 from switchboard.base.settings import PROJECT_ROOT, Settings
-from switchboard.bench.kit import Report, VoiceToVoice, speak_lines
+from switchboard.bench.kit import Report, VoiceToVoice, piper_lines
 from switchboard.conversation.audio import frame_samples
-from switchboard.node import tts_config
 from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
 from telephony.webrtc.media import CALL_RATE, FrameClock, to_mono_int16
 
@@ -191,15 +189,6 @@ def _client_process(base_url: str, settings: Settings, lines: list[np.ndarray]) 
     return figures
 
 
-def caller_lines(settings: Settings) -> list[np.ndarray]:
-    """The caller's lines spoken by Piper at the call rate."""
-    tts = PiperTTS.from_config(tts_config(settings))
-    try:
-        return asyncio.run(speak_lines(tts, TURNS, CALL_RATE))
-    finally:
-        tts.close()
-
-
 def _health(base_url: str) -> dict[str, Any] | None:
     try:
         response = httpx.get(f"{base_url}/healthz", timeout=2, trust_env=False, verify=False)
@@ -243,7 +232,7 @@ async def web_app(settings: Settings) -> AsyncIterator[tuple[str, Settings, int]
 
 async def bench_webrtc(settings: Settings, calls: int) -> Report:
     """Place ``calls`` concurrent calls, one client process each."""
-    lines = await asyncio.to_thread(caller_lines, settings)
+    lines = await asyncio.to_thread(piper_lines, settings, TURNS, CALL_RATE)
     async with web_app(settings) as (base_url, settings, server_pid):
         server_cpu = process_tree_cpu_s(server_pid)
         started = time.perf_counter()

@@ -124,7 +124,7 @@ class Responder:
         stage = self.stage
         speech = self.speech = SpeechHandle(
             text, tts=self.tts, playout=stage.playout, interruptible=interruptible,
-            started_ms=stage.media_ms, on_progress=stage.settle_update,
+            on_progress=stage.settle_update,
         )
         record = TurnRecord(speaker="bot", text=text, started_at=stage.wall(stage.media_ms))
         try:

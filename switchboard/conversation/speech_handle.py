@@ -18,11 +18,10 @@ from switchboard.conversation.media import Playout
 
 @dataclass(frozen=True)
 class SpeechTimings:
-    """How one utterance went: media times of its start and end, ``tts_ms`` from asking
+    """How one utterance went: the media time of its end, ``tts_ms`` from asking
     for synthesis to the first frame going out (None if nothing was heard), the wall clock
     (``time.perf_counter``) of that first frame, and whether the caller cut it short."""
 
-    started_ms: int
     ended_ms: int
     tts_ms: float | None
     first_frame_wall: float | None
@@ -39,14 +38,12 @@ class SpeechHandle:
         tts: TextToSpeech,
         playout: Playout,
         interruptible: bool,
-        started_ms: int,
         on_progress: Callable[[], None] = lambda: None,
     ) -> None:
         """``on_progress`` is called whenever audio was queued (the pipeline's settled
         signal for simulations faster than real time)."""
         self.text = text
         self.interruptible = interruptible
-        self.started_ms = started_ms
         self._tts = tts
         self._playout = playout
         self._on_progress = on_progress
@@ -84,7 +81,6 @@ class SpeechHandle:
             raise error
         first = self._first_frame_wall
         return SpeechTimings(
-            started_ms=self.started_ms,
             ended_ms=ended_ms(),
             tts_ms=None if first is None else round((first - self._requested) * 1000, 1),
             first_frame_wall=first,
