@@ -28,3 +28,5 @@ class TtsConfig:
 
     voice: str = PIPER_JOE
     device: str = "auto"
+    cpu_threads: int = 1
+    """onnxruntime's threads for one synthesis (0: all cores)."""

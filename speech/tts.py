@@ -3,39 +3,51 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import threading
 from collections.abc import AsyncGenerator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+import onnxruntime
 from piper import PiperVoice
+from piper.config import PiperConfig, SynthesisConfig
 
 from speech.config import TtsConfig
+from speech.inference import InferenceQueue
 from speech.models import PIPER_JOE, pick_onnx_device, resolve_piper_voice
 from switchboard.conversation.audio import resample
+from switchboard.conversation.engines import Priority
 
 logger = logging.getLogger(__name__)
 
+FIRST_SENTENCE = Priority.FINAL
+"""A reply's first sentence keeps its caller waiting: it goes before..."""
+LATER_SENTENCES = Priority.SPECULATIVE
+"""...the rest of any reply, which plays while the first one is heard."""
+_END = object()
+
 
 class PiperTTS:
-    """A Piper voice; synthesis runs on one worker thread owned by the instance."""
+    """A Piper voice; synthesis runs sentence by sentence on one thread owned by the
+    instance, each stream's first sentence ahead of other streams' later ones."""
 
-    def __init__(self, voice: str = PIPER_JOE, device: str = "auto") -> None:
+    def __init__(self, voice: str = PIPER_JOE, device: str = "auto", cpu_threads: int = 0
+                 ) -> None:
         path = resolve_piper_voice(voice)
         self.device = pick_onnx_device(device)
-        self._voice = self._load(path)
+        self._voice = self._load(path, cpu_threads)
+        self._synthesis = SynthesisConfig()
         self.native_rate: int = self._voice.config.sample_rate
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper-tts")
-        self._closed = False
+        self._queue = InferenceQueue("piper-tts")
 
     @classmethod
     def from_config(cls, config: TtsConfig) -> PiperTTS:
         """The voice ``config`` names, on the device it says."""
-        return cls(voice=config.voice, device=config.device)
+        return cls(voice=config.voice, device=config.device, cpu_threads=config.cpu_threads)
 
-    def _load(self, path: Path) -> PiperVoice:
+    def _load(self, path: Path, cpu_threads: int) -> PiperVoice:
         if self.device == "cuda":
             try:
                 voice = PiperVoice.load(path, use_cuda=True)
@@ -46,61 +58,71 @@ class PiperTTS:
                     return voice
                 logger.warning("onnxruntime gave Piper voice %s no CUDA; using the CPU", path)
             self.device = "cpu"
-        return PiperVoice.load(path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = cpu_threads  # 0: onnxruntime's choice (all cores)
+        options.inter_op_num_threads = 1
+        with open(f"{path}.json", encoding="utf-8") as config:
+            piper_config = PiperConfig.from_dict(json.load(config))
+        session = onnxruntime.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return PiperVoice(session=session, config=piper_config)
 
     def warm_up(self) -> None:
         """Synthesize a word so that the first real sentence pays no start-up cost."""
         for _ in self.synthesize_sync("Hello.", self.native_rate):
             pass
 
-    def synthesize_sync(self, text: str, sample_rate: int) -> Iterator[np.ndarray]:
-        """One int16 mono chunk per sentence of ``text``, at ``sample_rate``, lazily."""
-        for chunk in self._voice.synthesize(text):
-            yield resample(chunk.audio_int16_array, chunk.sample_rate, sample_rate)
+    def synthesize_sync(self, text: str, sample_rate: int, skip: int = 0
+                        ) -> Iterator[np.ndarray]:
+        """One int16 mono chunk per sentence of ``text``, at ``sample_rate``, lazily; the
+        first ``skip`` sentences are left out without being synthesized."""
+        sentences = [phonemes for phonemes in self._voice.phonemize(text) if phonemes]
+        for phonemes in sentences[skip:]:
+            ids = self._voice.phonemes_to_ids(phonemes)
+            audio = np.asarray(self._voice.phoneme_ids_to_audio(ids, self._synthesis))
+            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+            scaled = audio / peak if peak > 1e-8 else np.zeros_like(audio)
+            pcm = np.clip(scaled * 32767.0, -32767, 32767).astype(np.int16)
+            yield resample(pcm, self.native_rate, sample_rate)
 
-    async def stream(self, text: str, sample_rate: int) -> AsyncGenerator[np.ndarray, None]:
-        """Sentences synthesized on the worker thread, handed over as they are ready."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[np.ndarray | Exception | None] = asyncio.Queue()
-        stop = threading.Event()
-
-        def deliver(item: np.ndarray | Exception | None) -> bool:
-            if stop.is_set():
-                return False
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                return False
-            return True
-
-        def produce() -> None:
-            if stop.is_set():  # closed while waiting behind another stream
-                return
-            try:
-                for pcm in self.synthesize_sync(text, sample_rate):
-                    if not deliver(pcm):
-                        return
-            except Exception as exc:
-                deliver(exc)
-                return
-            deliver(None)
-
-        self._executor.submit(produce)
+    async def stream(self, text: str, sample_rate: int, *, skip: int = 0
+                     ) -> AsyncGenerator[np.ndarray, None]:
+        """Sentences synthesized on the worker thread, handed over as they are ready; the
+        next one is synthesized while the listener plays this one. ``skip`` leaves out
+        sentences another server already delivered."""
+        chunks: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
+        producer = asyncio.create_task(self._produce(text, sample_rate, skip, chunks))
         try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, Exception):
+            while (item := await chunks.get()) is not None:
+                if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            stop.set()
+            producer.cancel()  # drops a queued sentence; a running one finishes alone
+
+    async def _produce(self, text: str, sample_rate: int, skip: int,
+                       chunks: asyncio.Queue[np.ndarray | BaseException | None]) -> None:
+        try:
+            sentences = self.synthesize_sync(text, sample_rate, skip) if skip else \
+                self.synthesize_sync(text, sample_rate)
+            priority = FIRST_SENTENCE
+            while (timed := await self._queue.run(lambda: next(sentences, _END),
+                                                  priority=priority)).value is not _END:
+                chunks.put_nowait(cast(np.ndarray, timed.value))
+                priority = LATER_SENTENCES
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            chunks.put_nowait(exc)
+            return
+        chunks.put_nowait(None)
 
     def health(self) -> str | None:
-        return "the Piper voice is closed" if self._closed else None
+        return None if self._queue.alive else "the Piper worker thread is not running"
 
     def close(self) -> None:
         """Stop the worker thread once its current sentence is done; queued work is dropped."""
-        self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._queue.close()
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)

@@ -78,14 +78,54 @@ def web() -> None:
     Loads the speech models first; GET /healthz answers once calls can be taken.
     SIGTERM or Ctrl-C hangs up the browser calls and exits."""
     from admin.server import WebServerError, serve
+    from switchboard.conversation.engines import EngineError
     from switchboard.node import Node
 
     settings = get_settings()
     _setup_logging(settings)
     try:
         serve(settings, Node.create)
-    except WebServerError as exc:
+    except (WebServerError, EngineError) as exc:
         raise _fail(str(exc)) from None
+
+
+@app.command("speech-server")
+def speech_server(
+    bind: Annotated[str | None, typer.Option(
+        help="ipc:///path.sock or tcp://host:port (default: SWITCHBOARD_SPEECH_BIND, else "
+             "an ipc socket in data_dir/run).")] = None,
+) -> None:
+    """Serve speech to the node's processes: one Whisper and one Piper, on the GPU when
+    there is one. Runs until SIGTERM/Ctrl-C. On another host bind tcp://0.0.0.0:PORT
+    with SWITCHBOARD_SPEECH_SECRET set (the same on every node)."""
+    from speech.service.protocol import Address, AddressError
+    from speech.service.server import SecurityError, SpeechServer, serve_until_signalled
+    from speech.stt import WhisperSTT
+    from speech.tts import PiperTTS
+    from switchboard.conversation.engines import EngineError, start_engine
+    from switchboard.node import local_speech_address, stt_config, tts_config
+
+    settings = get_settings()
+    _setup_logging(settings)
+    try:
+        address = Address.parse(bind or settings.speech_bind) if (
+            bind or settings.speech_bind) else local_speech_address(settings, "speech-0")
+    except AddressError as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        stt = start_engine("Whisper", lambda: WhisperSTT.from_config(stt_config(settings)))
+        tts = start_engine("Piper", lambda: PiperTTS.from_config(tts_config(settings)))
+    except EngineError as exc:
+        raise _fail(str(exc)) from None
+    logging.getLogger(__name__).info("Whisper on %s, Piper on %s", stt.device, tts.device)
+    try:
+        server = SpeechServer(stt, tts, address, secret=settings.speech_secret)
+        asyncio.run(serve_until_signalled(server))
+    except (SecurityError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        stt.close()
+        tts.close()
 
 
 @app.command()
@@ -132,11 +172,11 @@ async def _simulate(
 ) -> None:
     import numpy as np
 
-    from switchboard.node import Node, dialog_ready
+    from switchboard.node import Node, services_ready
     from switchboard.simulate import simulate_call, write_outputs
 
     assert isinstance(pcm, np.ndarray)
-    async with dialog_ready(settings) as settings:
+    async with services_ready(settings) as settings:
         node = Node.create(settings)
         try:
             sim = await simulate_call(node, pcm, rate, realtime=not fast, tail_s=tail)
@@ -200,6 +240,7 @@ def sip_worker(
     """Run one SIP media worker: answer calls with the bot until SIGTERM/Ctrl-C.
 
     Uses the Rasa server at SWITCHBOARD_RASA_URL (`switchboard run` starts one)."""
+    from switchboard.conversation.engines import EngineError
     from telephony.sip.endpoint import SipSetupError
 
     settings = get_settings()
@@ -208,7 +249,7 @@ def sip_worker(
     _setup_logging(settings)
     try:
         asyncio.run(_sip_worker(settings))
-    except SipSetupError as exc:
+    except (SipSetupError, EngineError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -251,10 +292,10 @@ def call(
 
 
 async def _call(settings: Settings, uri: str) -> None:
-    from switchboard.node import Node, dialog_ready
+    from switchboard.node import Node, services_ready
     from telephony.sip.worker import SipWorker
 
-    async with dialog_ready(settings) as settings:
+    async with services_ready(settings) as settings:
         node = Node.create(settings)
         worker = SipWorker(node)
         try:
@@ -293,9 +334,9 @@ def bench_pipeline(
 
 async def _bench(settings: Settings, utterances: int, rate: int) -> Report:
     from switchboard.bench.pipeline import bench_pipeline as run_bench
-    from switchboard.node import Node, dialog_ready
+    from switchboard.node import Node, services_ready
 
-    async with dialog_ready(settings) as settings:
+    async with services_ready(settings) as settings:
         node = Node.create(settings)
         try:
             return await run_bench(node, utterances, rate)
@@ -363,6 +404,49 @@ def bench_sip(
     _setup_logging(settings, quiet=True)
     _report(run_bench(settings, calls=calls, concurrency=concurrency, turns=turns,
                       target=target), json_path)
+
+
+@bench_app.command("speech")
+def bench_speech(
+    streams: Annotated[str, typer.Option(
+        help="Comma list of stream counts to run in turn (each a busy call).")] = "1,2,4,8",
+    seconds: Annotated[float, typer.Option(min=1.0, max=600.0,
+                                           help="Seconds per stream count.")] = 10.0,
+    device: Annotated[str, typer.Option(
+        help="cpu or cuda for the speech server started for the run (ignored with "
+             "SWITCHBOARD_SPEECH_SERVERS).")] = "cpu",
+    json_path: JsonOption = None,
+) -> None:
+    """Requests per second and latency percentiles (client, queue wait, compute) of the
+    speech servers as concurrent streams grow."""
+    try:
+        counts = [int(part) for part in streams.split(",") if part.strip()]
+    except ValueError:
+        raise _fail(f"--streams must be a comma list of numbers, got {streams!r}", 2) from None
+    if not counts or not all(1 <= n <= 512 for n in counts):
+        raise _fail("--streams: each count must be from 1 to 512", 2)
+    if device not in ("cpu", "cuda"):
+        raise _fail(f"--device must be cpu or cuda, got {device!r}", 2)
+    settings = get_settings().model_copy(update={"stt_device": device, "tts_device": device})
+    _setup_logging(settings, quiet=True)
+    _report(asyncio.run(_bench_speech(settings, counts, seconds, device)), json_path)
+
+
+async def _bench_speech(settings: Settings, counts: list[int], seconds: float, device: str
+                        ) -> Report:
+    from switchboard.bench.kit import piper_lines
+    from switchboard.bench.speech import RATE
+    from switchboard.bench.speech import bench_speech as run_bench
+    from switchboard.node import speech_pool, speech_ready
+
+    lines = await asyncio.to_thread(piper_lines, settings, 8, RATE)
+    async with speech_ready(settings) as settings:
+        pool = speech_pool(settings)
+        try:
+            await asyncio.to_thread(pool.wait_ready)
+            return await run_bench(pool, lines, counts, seconds, device)
+        finally:
+            await asyncio.to_thread(pool.close)
 
 
 def _database(settings: Settings, *, demo_data: bool = False) -> Any:

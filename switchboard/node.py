@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,13 +23,17 @@ from dialog.config import RasaConfig
 from dialog.rasa_client import RasaClient
 from dialog.service import dialog_available
 from speech.config import SttConfig, TtsConfig
-from speech.stt import WhisperSTT
-from speech.tts import PiperTTS
+from speech.service.engines import RemoteSTT, RemoteTTS
+from speech.service.pool import SpeechPool
+from speech.service.protocol import Address, parse_addresses
+from speech.service.server import READY_LINE
 from speech.vad import SileroDetector
+from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.settings import Settings
 from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.engines import (
     DialogEngine,
+    EngineError,
     SpeechToText,
     TextToSpeech,
     start_engine,
@@ -51,8 +61,73 @@ def stt_config(settings: Settings) -> SttConfig:
 
 
 def tts_config(settings: Settings) -> TtsConfig:
-    """The ``tts_voice`` and ``tts_device`` settings."""
-    return TtsConfig(voice=settings.tts_voice, device=settings.tts_device)
+    """The ``tts_*`` settings."""
+    return TtsConfig(voice=settings.tts_voice, device=settings.tts_device,
+                     cpu_threads=settings.tts_cpu_threads)
+
+
+IPC_PATH_MAX = 100
+"""Unix socket paths are limited to about 107 bytes."""
+
+
+def local_speech_address(settings: Settings, name: str) -> Address:
+    """Where a speech server of this node listens: an ipc socket in data_dir/run (or in
+    the temporary directory when that path is too long for a Unix socket)."""
+    path = settings.data_dir / "run" / f"{name}.sock"
+    if len(str(path)) > IPC_PATH_MAX:
+        digest = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:12]
+        path = Path(tempfile.gettempdir()) / f"switchboard-{digest}" / f"{name}.sock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Address(f"ipc://{path}")
+
+
+def speech_server_process(settings: Settings, address: Address, name: str) -> ChildProcess:
+    """``switchboard speech-server`` on ``address``, healthy once its models are warm."""
+    log_path = settings.data_dir / "logs" / f"{name}.log"
+    return ChildProcess(
+        f"speech server {name}",
+        [sys.executable, "-m", "switchboard", "speech-server", "--bind", str(address)],
+        log_path=log_path, healthy=log_probe(log_path, READY_LINE),
+        env={"SWITCHBOARD_WORKER_NAME": name, "SWITCHBOARD_STT_DEVICE": settings.stt_device,
+             "SWITCHBOARD_TTS_DEVICE": settings.tts_device},
+    )
+
+
+@asynccontextmanager
+async def speech_ready(settings: Settings) -> AsyncIterator[Settings]:
+    """``settings`` naming speech servers: the configured ones, or one started for the
+    duration (one-off commands: simulate, call, benches)."""
+    if settings.speech_servers:
+        yield settings
+        return
+    address = local_speech_address(settings, f"speech-{os.getpid()}")
+    server = speech_server_process(settings, address, "speech")
+    print("no speech server configured (SWITCHBOARD_SPEECH_SERVERS); starting one for this "
+          "run...", flush=True)
+    await asyncio.to_thread(server.__enter__)
+    try:
+        yield settings.model_copy(update={"speech_servers": str(address)})
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@asynccontextmanager
+async def services_ready(settings: Settings) -> AsyncIterator[Settings]:
+    """:func:`dialog_ready` and :func:`speech_ready`: what a one-off command needs."""
+    async with dialog_ready(settings) as with_dialog, speech_ready(with_dialog) as ready:
+        yield ready
+
+
+def speech_pool(settings: Settings) -> SpeechPool:
+    """A client of the speech servers ``settings`` names."""
+    addresses = parse_addresses(settings.speech_servers)
+    if not addresses:
+        raise EngineError(
+            "no speech servers configured: set SWITCHBOARD_SPEECH_SERVERS "
+            "(e.g. tcp://10.0.0.5:7100) or start the node with `switchboard run`")
+    return SpeechPool(addresses, secret=settings.speech_secret,
+                      request_timeout_s=settings.speech_request_timeout_s,
+                      dead_after_s=settings.speech_dead_after_s)
 
 
 def rasa_config(settings: Settings) -> RasaConfig:
@@ -97,6 +172,8 @@ class Node:
     analytics: Celery | None = None
     owned: list[SpeechToText | TextToSpeech | DialogEngine] = field(default_factory=list)
     """Engines this node created, and so closes; engines passed in belong to the caller."""
+    speech: SpeechPool | None = None
+    """The speech servers' client, when this node made one."""
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
@@ -109,23 +186,30 @@ class Node:
         dialog: DialogEngine | None = None,
         analytics: bool = True,
     ) -> Node:
-        """Migrate the database and load the speech models (once per process).
+        """Migrate the database and connect to the speech servers (``speech_servers``):
+        this process loads no speech model. Engines passed in are used instead.
 
         With ``analytics``, every ended call is queued for post-call analysis (Celery)."""
         sessions = prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
         owned: list[SpeechToText | TextToSpeech | DialogEngine] = []
-        if stt is None:
-            stt = start_engine("Whisper", lambda: WhisperSTT.from_config(stt_config(settings)))
-            owned.append(stt)
-        if tts is None:
-            tts = start_engine("Piper", lambda: PiperTTS.from_config(tts_config(settings)))
-            owned.append(tts)
+        pool = speech_pool(settings) if stt is None or tts is None else None
+        if pool is not None:
+            try:
+                if stt is None:
+                    stt = start_engine("speech service (STT)", partial(RemoteSTT, pool))
+                if tts is None:
+                    tts = start_engine("speech service (TTS)", partial(RemoteTTS, pool))
+            except BaseException:
+                pool.close()
+                raise
+        assert stt is not None and tts is not None
         if dialog is None:
             rasa = rasa_config(settings)
             dialog = RasaClient(rasa.url, timeout_s=rasa.timeout_s, api_token=rasa.api_token)
             owned.append(dialog)
         celery = create_celery_app(settings) if analytics else None
-        return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned)
+        return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned,
+                   pool)
 
     def start_call(self, request: CallRequest) -> CallHandle:
         """Store a new call and run the conversation on the request's media; the handle
@@ -178,3 +262,5 @@ class Node:
             await asyncio.gather(*self._background, return_exceptions=True)
         for engine in self.owned:
             await engine.aclose()
+        if self.speech is not None:
+            await asyncio.to_thread(self.speech.close)

@@ -1,7 +1,8 @@
 """``switchboard run``: starts the node's processes, restarts the ones that die, and stops
 them all on Ctrl-C / SIGTERM.
 
-Children, in start order: the Rasa server and action server; the web app (console,
+Children, in start order: the speech servers (unless remote ones are configured); the
+Rasa server and action server; the analytics worker; the web app (console,
 softphone, WebRTC gateway); the SIP media workers; with more than one worker, Kamailio in
 front of them as the one SIP entry point."""
 
@@ -22,7 +23,12 @@ from dialog.runtime import RasaError, RasaServers, ensure_trained
 from dialog.service import publish_api_token, with_api_token
 from switchboard.base.children import ChildError, ChildProcess, http_probe, log_probe
 from switchboard.base.settings import Settings
-from switchboard.node import rasa_config, with_rasa
+from switchboard.node import (
+    local_speech_address,
+    rasa_config,
+    speech_server_process,
+    with_rasa,
+)
 from switchboard.storage.database import DatabaseError, prepare_database
 from switchboard.storage.repository import CallRepository
 from telephony.kamailio import KamailioError, KamailioProxy, worker_ports
@@ -76,6 +82,7 @@ def web_app(settings: Settings, rasa_url: str) -> ChildProcess:
         env={
             "SWITCHBOARD_RASA_URL": rasa_url,
             "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
+            "SWITCHBOARD_SPEECH_SERVERS": settings.speech_servers,
             "SWITCHBOARD_WORKER_NAME": "web",
         },
     )
@@ -97,6 +104,7 @@ def sip_worker(
     env = {
         "SWITCHBOARD_RASA_URL": rasa_url,
         "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
+        "SWITCHBOARD_SPEECH_SERVERS": settings.speech_servers,
         "SWITCHBOARD_WORKER_NAME": name,
         "SWITCHBOARD_SIP_PORT": str(port),
         "SWITCHBOARD_SIP_RTP_PORT": str(settings.sip_rtp_port + index * RTP_PORTS_PER_WORKER),
@@ -156,6 +164,15 @@ class Supervisor:
             log.info("stopped")
 
     def _start_all(self) -> None:
+        if not self.settings.speech_servers:
+            addresses = []
+            for index in range(self.settings.speech_server_count):
+                name = f"speech-{index}"
+                address = local_speech_address(self.settings, name)
+                self._launch(Supervised(speech_server_process(self.settings, address, name)))
+                addresses.append(str(address))
+            self.settings = self.settings.model_copy(
+                update={"speech_servers": ",".join(addresses)})
         settings = self.settings
         dialog = with_api_token(rasa_config(settings))
         settings = self.settings = with_rasa(settings, dialog)
@@ -221,6 +238,7 @@ class Supervisor:
         scheme = "https" if s.web_tls_cert else "http"
         web = f"{scheme}://{s.web_host}:{s.web_port}"
         return (f"SIP on {s.sip_host}:{s.sip_port} ({s.sip_workers} worker(s)), "
+                f"speech at {s.speech_servers}, "
                 f"console at {web}/, softphone at {web}/softphone")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:

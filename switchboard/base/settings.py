@@ -57,6 +57,41 @@ class Settings(BaseSettings):
         description="Piper voice: 'en_US-joe-medium' or a path to a voice .onnx file.",
     )
     tts_device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="TTS device.")
+    tts_cpu_threads: int = Field(
+        default=1, ge=0, description="onnxruntime threads for one Piper synthesis (0 = all).")
+
+    # --- speech service (speech servers host the models; every other process is a client)
+    speech_servers: str = Field(
+        default="",
+        description="Comma list of speech servers the node's processes use "
+        "(ipc:///path/speech.sock or tcp://host:port); empty: `switchboard run` starts "
+        "speech_server_count local ones, one-off commands (simulate, call, benches) start one "
+        "for their run.",
+    )
+    speech_server_count: int = Field(
+        default=1, ge=1, description="Local speech servers `switchboard run` starts."
+    )
+    speech_bind: str = Field(
+        default="",
+        description="Address `switchboard speech-server` serves on when --bind is not given; "
+        "empty: an ipc socket in data_dir/run. tcp://0.0.0.0:7100 serves other hosts (needs "
+        "speech_secret).",
+    )
+    speech_secret: str = Field(
+        default="",
+        description="Shared secret of the speech servers and their clients: traffic is "
+        "encrypted (CURVE) and only holders of the secret are served. Required for a server "
+        "bound to a non-loopback address.",
+    )
+    speech_request_timeout_s: float = Field(
+        default=5.0, gt=0,
+        description="A speech request unanswered this long is cancelled and asked of another "
+        "server.",
+    )
+    speech_dead_after_s: float = Field(
+        default=1.5, gt=0,
+        description="A speech server silent to pings this long is treated as dead.",
+    )
 
     # --- turn taking -------------------------------------------------------------------
     vad_threshold: float = Field(default=0.5, gt=0, lt=1, description="Speech probability.")

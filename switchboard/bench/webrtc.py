@@ -206,17 +206,18 @@ async def web_app(settings: Settings) -> AsyncIterator[tuple[str, Settings, int]
     if health is not None:
         yield base_url, settings, int(health["pid"])
         return
-    from switchboard.node import dialog_ready
+    from switchboard.node import services_ready
 
     print(f"no web app at {base_url}; starting one for the run...", flush=True)
     settings = settings.model_copy(update={"webrtc_ice_addresses": "127.0.0.1"})
-    async with dialog_ready(settings) as settings:
+    async with services_ready(settings) as settings:
         web = ChildProcess(
             "web app", [sys.executable, "-m", "switchboard", "web"],
             log_path=settings.data_dir / "logs" / "bench-web.log",
             healthy=http_probe(f"{base_url}/healthz", timeout_s=2.0),
             env={"SWITCHBOARD_RASA_URL": settings.rasa_url,
                  "SWITCHBOARD_RASA_API_TOKEN": settings.rasa_api_token,
+                 "SWITCHBOARD_SPEECH_SERVERS": settings.speech_servers,
                  "SWITCHBOARD_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
                  "SWITCHBOARD_LOG_LEVEL": "WARNING"},
             cwd=PROJECT_ROOT, start_timeout_s=WEB_START_TIMEOUT_S, error=BenchError,

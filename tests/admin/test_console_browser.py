@@ -68,7 +68,7 @@ def _web_app(env: dict[str, str], log: Path) -> ChildProcess:
 
 @pytest.fixture
 def stack(redis_url: str, workers_on: object, rasa_server: object, tts: PiperTTS,
-          tmp_path: Path, artifacts: Path) -> Iterator[Stack]:
+          tmp_path: Path, artifacts: Path, speech_server: object) -> Iterator[Stack]:
     """Worker, web app and users on one database and Redis broker, and one simulated call
     (the caller asks for a human: the bot hands off)."""
     workers: Workers = workers_on(redis_url)  # type: ignore[operator]

@@ -47,7 +47,8 @@ def test_run_supervises_every_child_and_stops_them_all_on_ctrl_c(
 ) -> None:
     rasa_port, action_port, web_port = free_port(), free_port(), free_port()
     sip_port = free_port(socket.SOCK_DGRAM)
-    env = {**os.environ, "SWITCHBOARD_DATABASE_URL": database_url,
+    env = {**{k: v for k, v in os.environ.items() if k != "SWITCHBOARD_SPEECH_SERVERS"},
+           "SWITCHBOARD_DATABASE_URL": database_url,
            "SWITCHBOARD_RASA_PORT": str(rasa_port), "SWITCHBOARD_ACTION_PORT": str(action_port),
            "SWITCHBOARD_WEB_PORT": str(web_port), "SWITCHBOARD_SIP_PORT": str(sip_port),
            "SWITCHBOARD_SIP_RTP_PORT": str(free_port(socket.SOCK_DGRAM)),
@@ -65,6 +66,8 @@ def test_run_supervises_every_child_and_stops_them_all_on_ctrl_c(
             assert httpx.get(f"http://127.0.0.1:{web_port}/healthz", timeout=5).status_code == 200
             assert options_ping("127.0.0.1", sip_port)
             assert any("analytics worker" in command_line(p) for p in children)
+            speech = [p for p in children if "speech-server" in command_line(p)]
+            assert len(speech) == 1  # its own: no SWITCHBOARD_SPEECH_SERVERS given
 
             action_server = next(p for p in children if "rasa_sdk" in command_line(p))
             os.kill(action_server, signal.SIGKILL)

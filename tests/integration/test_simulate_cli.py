@@ -56,6 +56,7 @@ def test_an_empty_wav_is_an_error_with_exit_code_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.usefixtures("speech_server")
 def test_stereo_44k_caller_is_converted_and_the_call_logged(
     tmp_path: Path, tts: PiperTTS, stt: WhisperSTT, rasa_server: object, database_url: str,
     artifacts: Path,

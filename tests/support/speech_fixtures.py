@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from speech.service.server import READY_LINE
 from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
+from switchboard.base.children import ChildProcess, log_probe
+from switchboard.base.settings import PROJECT_ROOT
+
+SERVERS_VARIABLE = "SWITCHBOARD_SPEECH_SERVERS"
+SPEECH_START_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +36,39 @@ def tts() -> Iterator[PiperTTS]:
     engine.warm_up()
     yield engine
     engine.close()
+
+
+@dataclass(frozen=True)
+class SpeechServer:
+    address: str
+    process: ChildProcess
+
+
+def speech_server_child(address: str, log_path: Path, **env: str) -> ChildProcess:
+    """``switchboard speech-server`` on ``address`` (CPU models), healthy once warm."""
+    return ChildProcess(
+        "speech server", [sys.executable, "-m", "switchboard", "speech-server", "--bind",
+                          address],
+        log_path=log_path, healthy=log_probe(log_path, READY_LINE), cwd=PROJECT_ROOT,
+        env={"SWITCHBOARD_STT_DEVICE": "cpu", "SWITCHBOARD_TTS_DEVICE": "cpu", **env},
+        start_timeout_s=SPEECH_START_TIMEOUT_S,
+    )
+
+
+@pytest.fixture(scope="session")
+def speech_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpeechServer]:
+    """One speech server for the session's SIP workers, web apps and commands: it is
+    named in ``SWITCHBOARD_SPEECH_SERVERS`` of this process, so every child started with
+    this environment uses it instead of starting its own."""
+    folder = tmp_path_factory.mktemp("speech")
+    address = f"ipc://{folder / 'speech.sock'}"
+    before = os.environ.get(SERVERS_VARIABLE)
+    with speech_server_child(address, folder / "speech-server.log") as child:
+        os.environ[SERVERS_VARIABLE] = address
+        try:
+            yield SpeechServer(address, child)
+        finally:
+            if before is None:
+                os.environ.pop(SERVERS_VARIABLE, None)
+            else:
+                os.environ[SERVERS_VARIABLE] = before

@@ -18,7 +18,7 @@ from switchboard.base.settings import PROJECT_ROOT
 from tests.support.dialog_fixtures import TEST_API_TOKEN
 from tests.telephony.sip.workers import worker_process
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("speech_server")]
 BENCH_TIMEOUT_S = 300
 
 

@@ -11,6 +11,11 @@ from tests.telephony.sip.workers import Worker, worker_process
 TRANSFER_URI = "sip:agents@127.0.0.1:5999"
 
 
+@pytest.fixture(autouse=True)
+def _speech(speech_server: object) -> None:
+    """Every SIP worker, node and command of these tests uses the session's speech server."""
+
+
 @pytest.fixture(scope="session")
 def sip_worker(
     rasa_server: object, database_url: str, tmp_path_factory: pytest.TempPathFactory

@@ -43,7 +43,7 @@ class WebApp:
 @pytest.fixture(scope="module")
 def web_app(
     rasa_server: object, database_url: str, tmp_path_factory: pytest.TempPathFactory,
-    artifacts: Path,
+    artifacts: Path, speech_server: object,
 ) -> Iterator[WebApp]:
     """``switchboard web`` offering only 127.0.0.1 to ICE; stopped with SIGTERM, which
     must make it exit cleanly."""
