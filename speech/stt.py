@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from faster_whisper import WhisperModel
 
-from speech.config import SttConfig
+from speech.config import WHISPER_TINY_EN, SttConfig
 from speech.inference import InferenceQueue
-from speech.models import WHISPER_TINY_EN, pick_compute_type, pick_device, resolve_whisper_model
+from speech.models import pick_compute_type, pick_device, resolve_whisper_model
 from switchboard.conversation.audio import int16_to_float32, resample
 from switchboard.conversation.engines import Priority, Transcript
 

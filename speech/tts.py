@@ -14,9 +14,9 @@ import onnxruntime
 from piper import PiperVoice
 from piper.config import PiperConfig, SynthesisConfig
 
-from speech.config import TtsConfig
+from speech.config import PIPER_JOE, TtsConfig
 from speech.inference import InferenceQueue
-from speech.models import PIPER_JOE, pick_onnx_device, resolve_piper_voice
+from speech.models import pick_onnx_device, resolve_piper_voice
 from switchboard.conversation.audio import resample
 from switchboard.conversation.engines import Priority
 

@@ -47,6 +47,8 @@ def test_run_supervises_every_child_and_stops_them_all_on_ctrl_c(
 ) -> None:
     rasa_port, action_port, web_port = free_port(), free_port(), free_port()
     sip_port = free_port(socket.SOCK_DGRAM)
+    while sip_port in (rasa_port, action_port, web_port):  # SIP listens on UDP and TCP
+        sip_port = free_port(socket.SOCK_DGRAM)
     env = {**{k: v for k, v in os.environ.items() if k != "SWITCHBOARD_SPEECH_SERVERS"},
            "SWITCHBOARD_DATABASE_URL": database_url,
            "SWITCHBOARD_RASA_PORT": str(rasa_port), "SWITCHBOARD_ACTION_PORT": str(action_port),

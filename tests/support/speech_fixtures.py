@@ -72,3 +72,14 @@ def speech_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpeechSe
                 os.environ.pop(SERVERS_VARIABLE, None)
             else:
                 os.environ[SERVERS_VARIABLE] = before
+
+
+MODEL_LIBRARIES = ("ctranslate2", "espeakbridge")
+"""Shared libraries that Whisper (CTranslate2) and Piper (its espeak bridge) map."""
+
+
+def speech_models_mapped(pid: int) -> list[str]:
+    """The Whisper or Piper libraries process ``pid`` has mapped (none for a client)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return sorted({line.split()[-1] for line in maps.splitlines()
+                   if any(name in line for name in MODEL_LIBRARIES)})

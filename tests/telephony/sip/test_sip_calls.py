@@ -21,6 +21,7 @@ from switchboard.base.processes import free_port
 from switchboard.storage.models import Call
 from switchboard.storage.repository import CallRepository
 from tests.support.audio_tools import normalize_digits, piper_speech, silence, write_wav
+from tests.support.speech_fixtures import speech_models_mapped
 from tests.telephony.sip.conftest import TRANSFER_URI
 from tests.telephony.sip.peers import (
     Baresip,
@@ -106,6 +107,13 @@ def order_call(
         yield OrderCall(phone, pcm, rate, stored[0])
     finally:
         phone.stop()
+
+
+def test_the_worker_holds_no_speech_model(order_call: OrderCall, sip_worker: Worker) -> None:
+    """After a whole call the media process has mapped neither Whisper nor Piper: the
+    session's speech server did that work."""
+    assert sip_worker.child.pid is not None
+    assert speech_models_mapped(sip_worker.child.pid) == []
 
 
 def test_caller_hears_the_greeting_and_is_asked_for_the_order_number(

@@ -22,6 +22,7 @@ from speech.tts import PiperTTS
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
 from tests.support.audio_tools import piper_speech, silence, write_wav
+from tests.support.speech_fixtures import speech_models_mapped
 from tests.telephony.webrtc.conftest import CHROMIUM, CHROMIUM_FLAGS, WebApp
 
 pytestmark = pytest.mark.integration
@@ -188,6 +189,11 @@ def test_offer_with_an_unknown_token_is_refused(web_app: WebApp) -> None:
                                     "token": "no-such-conversation"})
     assert response.status_code == 410
     assert "without a token" in response.json()["error"]
+
+
+def test_the_web_app_holds_no_speech_model(web_app: WebApp) -> None:
+    assert web_app.child.pid is not None
+    assert speech_models_mapped(web_app.child.pid) == []
 
 
 def test_server_stays_healthy_after_bad_offers(web_app: WebApp) -> None:
