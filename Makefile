@@ -4,6 +4,9 @@ VENV := .venv
 RASA_VENV := .venv-rasa
 SYSTEM_PACKAGES := python3-venv espeak-ng libsndfile1 sip-tester baresip-core kamailio chromium
 BIN := $(VENV)/bin
+# Packages used for one data file each, installed without their dependencies:
+# pipecat-ai ships the Smart Turn v3 end-of-turn model (BSD-2).
+NO_DEPS_PACKAGES := pipecat-ai==1.14.0
 
 .PHONY: run test install install-test system-packages rasa train lint clean
 
@@ -30,11 +33,13 @@ $(VENV)/bin/python:
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	@echo "==> installing Switchboard and its Python packages into $(VENV)"
 	$(BIN)/pip install --progress-bar on -e .
+	$(BIN)/pip install --progress-bar on --no-deps $(NO_DEPS_PACKAGES)
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml
 	@echo "==> installing Switchboard with its test tools into $(VENV)"
 	$(BIN)/pip install --progress-bar on -e '.[test]'
+	$(BIN)/pip install --progress-bar on --no-deps $(NO_DEPS_PACKAGES)
 	@touch $(VENV)/.installed $@
 
 rasa:

@@ -87,6 +87,20 @@ def _assemble_whisper_base(target: Path) -> Path:
     return target
 
 
+_SMART_TURN_PACKAGE = ("pipecat", "--no-deps pipecat-ai==1.14.0")
+SMART_TURN_FILE = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+
+
+def resolve_smart_turn() -> Path:
+    """The Smart Turn v3 ONNX file inside ``pipecat-ai`` (BSD-2; installed without its
+    dependencies: only this file is used, the package is never imported)."""
+    path = _package_dir(*_SMART_TURN_PACKAGE) / SMART_TURN_FILE
+    if not path.is_file():
+        raise ValueError(f"{path} is missing; reinstall: pip install "
+                         f"{_SMART_TURN_PACKAGE[1]}")
+    return path
+
+
 def resolve_piper_voice(name_or_path: str) -> Path:
     """Path of a Piper voice ``.onnx`` file (its ``.onnx.json`` config lies beside it).
 

@@ -158,7 +158,7 @@ class _Connection:
                     finished = True
                     raise reply
                 yield reply
-                if reply["op"] in ("stt", "done", "error"):
+                if reply["op"] in ("stt", "turn", "done", "error"):
                     finished = True
                     return
         finally:
@@ -234,6 +234,13 @@ class SpeechPool:
             raise ValueError("expected 1-D int16 mono PCM as a numpy array")
         return await asyncio.wrap_future(self._call(
             self._transcribe(pcm.astype("<i2").tobytes(), sample_rate, priority, deadline)))
+
+    async def completion(self, pcm: np.ndarray, sample_rate: int) -> float:
+        """Probability that the caller's turn is complete after ``pcm`` (Smart Turn)."""
+        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
+            raise ValueError("expected 1-D int16 mono PCM as a numpy array")
+        return await asyncio.wrap_future(self._call(
+            self._completion(pcm.astype("<i2").tobytes(), sample_rate)))
 
     async def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[np.ndarray, None]:
         """Sentences of ``text`` at ``sample_rate`` as the server produces them; closing
@@ -347,28 +354,42 @@ class SpeechPool:
 
     async def _transcribe(self, pcm: bytes, rate: int, priority: Priority,
                           deadline: float | None) -> Transcript:
-        self.stats.requests += 1
-        tried: list[_Connection] = []
-        for _attempt in range(len(self._connections) + 2):
-            connection = await self._choose(tried)
+        def request() -> dict[str, Any]:
             remaining_ms = None if deadline is None else (deadline - time.monotonic()) * 1000
             if remaining_ms is not None and remaining_ms <= 0:
                 raise DeadlineExceeded("the transcription's deadline passed before a speech "
                                        "server could take it")
+            return {"op": "stt", "pcm": pcm, "rate": rate, "priority": int(priority),
+                    "deadline_ms": remaining_ms}
+
+        reply = await self._ask("transcription", request)
+        return Transcript(**reply["transcript"])
+
+    async def _completion(self, pcm: bytes, rate: int) -> float:
+        reply = await self._ask("turn completion",
+                                lambda: {"op": "turn", "pcm": pcm, "rate": rate})
+        return float(reply["probability"])
+
+    async def _ask(self, what: str, request: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The one reply to ``request()`` (built anew for each try), from the least busy
+        live server, retried on another when one is lost."""
+        self.stats.requests += 1
+        tried: list[_Connection] = []
+        for _attempt in range(len(self._connections) + 2):
+            connection = await self._choose(tried)
             request_id = next(self._ids)
-            message = {"id": request_id, "op": "stt", "pcm": pcm, "rate": rate,
-                       "priority": int(priority), "deadline_ms": remaining_ms}
+            message = {"id": request_id, **request()}
             try:
                 async for reply in connection.replies(request_id, message,
                                                       self.request_timeout_s):
-                    if reply["op"] == "stt":
-                        return Transcript(**reply["transcript"])
-                    _raise_error(reply)
+                    if reply["op"] == "error":
+                        _raise_error(reply)
+                    return reply
             except ServerLost as exc:
                 tried.append(connection)
                 self.stats.retries += 1
-                log.warning("transcription retried on another server: %s", exc)
-        raise EngineError(f"transcription failed on every speech server ({len(tried)} tries)")
+                log.warning("%s retried on another server: %s", what, exc)
+        raise EngineError(f"{what} failed on every speech server ({len(tried)} tries)")
 
     async def _synthesize(self, text: str, rate: int,
                           deliver: Callable[[np.ndarray | BaseException | None], None]) -> None:

@@ -60,6 +60,10 @@ class SentenceStreamer(Protocol):
 Reply = Callable[[dict[str, Any]], None]
 
 
+class TurnScorer(Protocol):
+    async def completion(self, pcm: np.ndarray, sample_rate: int) -> float: ...
+
+
 class BadRequest(ValueError):
     pass
 
@@ -82,7 +86,7 @@ class SpeechServer:
     """Serves one STT and one TTS engine on ``address`` until :meth:`stop`."""
 
     def __init__(self, stt: SpeechToText, tts: SentenceStreamer, address: Address, *,
-                 secret: str = "") -> None:
+                 turn: TurnScorer | None = None, secret: str = "") -> None:
         if not address.local and not secret:
             raise SecurityError(
                 f"refusing to serve speech on {address}, which other machines can reach, "
@@ -90,6 +94,7 @@ class SpeechServer:
                 "node), or bind to 127.0.0.1 or an ipc:// path")
         self.stt = stt
         self.tts = tts
+        self.turn = turn
         self.address = address
         self._secret = secret
         self._tasks: dict[tuple[bytes, int], asyncio.Task[None]] = {}
@@ -170,8 +175,9 @@ class SpeechServer:
             task = self._tasks.get((peer, request_id))
             if task is not None:
                 task.cancel()
-        elif op in ("stt", "tts"):
-            work = self._transcribe if op == "stt" else self._synthesize
+        elif op in ("stt", "tts", "turn"):
+            work = {"stt": self._transcribe, "tts": self._synthesize,
+                    "turn": self._score_turn}[op]
             key = (peer, request_id)
             if key in self._tasks:
                 reply(_error("bad_request", "duplicate request id"))
@@ -203,11 +209,14 @@ class SpeechServer:
             log.exception("request %s (%s) failed", message["id"], message["op"])
             reply(_error("failed", f"{type(exc).__name__}: {exc}"))
 
-    async def _transcribe(self, message: dict[str, Any],
-                          reply: Reply) -> None:
-        pcm = message.get("pcm")
-        if not isinstance(pcm, bytes) or len(pcm) % 2:
-            raise BadRequest("'pcm' must be int16 little-endian bytes")
+    async def _score_turn(self, message: dict[str, Any], reply: Reply) -> None:
+        if self.turn is None:
+            raise BadRequest("this speech server has no turn-completion model")
+        probability = await self.turn.completion(_pcm(message), _rate(message))
+        reply({"op": "turn", "probability": probability})
+
+    async def _transcribe(self, message: dict[str, Any], reply: Reply) -> None:
+        pcm = _pcm(message)
         rate = _rate(message)
         try:
             priority = Priority(message.get("priority", Priority.FINAL))
@@ -217,9 +226,7 @@ class SpeechServer:
         if deadline_ms is not None and not isinstance(deadline_ms, int | float):
             raise BadRequest("'deadline_ms' must be a number of milliseconds or null")
         deadline = None if deadline_ms is None else time.monotonic() + deadline_ms / 1000
-        transcript = await self.stt.transcribe(
-            np.frombuffer(pcm, dtype="<i2").astype(np.int16), rate, priority=priority,
-            deadline=deadline)
+        transcript = await self.stt.transcribe(pcm, rate, priority=priority, deadline=deadline)
         reply({"op": "stt", "transcript": asdict(transcript)})
 
     async def _synthesize(self, message: dict[str, Any],
@@ -237,6 +244,13 @@ class SpeechServer:
                              "pcm": pcm.astype("<i2").tobytes()})
                 index += 1
         reply({"op": "done", "sentences": index})
+
+
+def _pcm(message: dict[str, Any]) -> np.ndarray:
+    pcm = message.get("pcm")
+    if not isinstance(pcm, bytes) or len(pcm) % 2:
+        raise BadRequest("'pcm' must be int16 little-endian bytes")
+    return np.frombuffer(pcm, dtype="<i2").astype(np.int16)
 
 
 def _rate(message: dict[str, Any]) -> int:

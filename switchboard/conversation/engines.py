@@ -114,6 +114,16 @@ class TextToSpeech(Engine, Protocol):
         ...
 
 
+class TurnCompletion(Engine, Protocol):
+    """Anything that judges, from the sound of the caller's last words, whether the
+    caller has finished their turn (a turn-completion model such as Smart Turn)."""
+
+    async def completion(self, pcm: np.ndarray, sample_rate: int) -> float:
+        """Probability (0..1) that the caller's turn is complete after ``pcm`` (the
+        utterance so far, int16 mono, ending in the pause being judged)."""
+        ...
+
+
 class DialogUnavailable(RuntimeError):
     """The dialog engine could not be reached or answered with an error."""
 
