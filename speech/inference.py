@@ -13,7 +13,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -21,6 +21,15 @@ from typing import Any, Generic, TypeVar
 from switchboard.conversation.engines import DeadlineExceeded, EngineClosed
 
 T = TypeVar("T")
+
+
+async def drain(items: asyncio.Queue[T | BaseException | None]) -> AsyncGenerator[T, None]:
+    """What a producer puts in ``items`` until its closing None; an exception it puts
+    there is raised here, in the consumer."""
+    while (item := await items.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 @dataclass(frozen=True)

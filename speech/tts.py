@@ -15,7 +15,7 @@ from piper import PiperVoice
 from piper.config import PiperConfig, SynthesisConfig
 
 from speech.config import PIPER_JOE, TtsConfig
-from speech.inference import InferenceQueue
+from speech.inference import InferenceQueue, drain
 from speech.models import pick_onnx_device, resolve_piper_voice
 from switchboard.conversation.audio import resample
 from switchboard.conversation.engines import Priority
@@ -93,10 +93,8 @@ class PiperTTS:
         chunks: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
         producer = asyncio.create_task(self._produce(text, sample_rate, skip, chunks))
         try:
-            while (item := await chunks.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async for chunk in drain(chunks):
+                yield chunk
         finally:
             producer.cancel()  # drops a queued sentence; a running one finishes alone
 

@@ -35,6 +35,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from speech.inference import drain
 from speech.service.protocol import (
     MAX_MESSAGE_BYTES,
     Address,
@@ -256,10 +257,8 @@ class SpeechPool:
 
         work = self._call(self._synthesize(text, sample_rate, deliver))
         try:
-            while (item := await chunks.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async for chunk in drain(chunks):
+                yield chunk
         finally:
             work.cancel()
 

@@ -243,12 +243,9 @@ async def test_requests_spread_over_the_servers_by_outstanding_work(
             pool_of(sockets[0], sockets[1]) as pool:
         await asyncio.to_thread(pool.wait_ready, WAIT_S)
         await asyncio.sleep(0.3)  # both connected
-        started = time.monotonic()
         await asyncio.gather(*(pool.transcribe(pcm(), RATE) for _ in range(8)))
-        took = time.monotonic() - started
 
     assert [len(s.started) for s in stts] == [4, 4]
-    assert took < 8 * 0.1  # for the record; the counts above are the check
 
 
 async def test_a_cancelled_request_never_reaches_the_model(sockets: list[str]) -> None:
