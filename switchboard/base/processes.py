@@ -41,12 +41,16 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by ``pid`` and all its descendants."""
+def process_tree_cpu_s(pid: int, *, command_has: str = "") -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and all its descendants (only
+    those whose command line contains ``command_has``, when given)."""
     ticks = float(os.sysconf("SC_CLK_TCK"))
     total = 0.0
     for current in {pid, *descendants(pid)}:
         try:
+            if command_has and command_has.encode() not in Path(
+                    f"/proc/{current}/cmdline").read_bytes():
+                continue
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue

@@ -48,7 +48,9 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
             pid = node.pid
             assert pid is not None
             result = run_sip_bench(f"sip:bot@127.0.0.1:{sip_port}", calls, concurrency, lines,
-                                   node_cpu=lambda: process_tree_cpu_s(pid))
+                                   node_cpu=lambda: process_tree_cpu_s(pid),
+                                   media_cpu=lambda: process_tree_cpu_s(
+                                       pid, command_has="sip-worker"))
         finally:
             node.stop()
     report = result.report()

@@ -200,6 +200,7 @@ class SipBenchResult:
     caller_cpu_s: float
     node_cpu_s: float | None
     wall_s: float
+    media_cpu_s: float | None = None
 
     def report(self) -> Report:
         return Report(
@@ -211,28 +212,40 @@ class SipBenchResult:
                 "node_cpu_s_per_call": (self.node_cpu_s / self.calls
                                         if self.node_cpu_s is not None else None),
                 "caller_cpu_s_per_call": self.caller_cpu_s / max(1, self.calls),
+                "media_cpu_s_per_call": (self.media_cpu_s / self.calls
+                                         if self.media_cpu_s is not None else None),
+                "media_cpu_pct_of_core_per_call": (
+                    100 * self.media_cpu_s / (self.wall_s * self.concurrency)
+                    if self.media_cpu_s is not None else None),
                 "wall_s": self.wall_s,
             },
             notes=["voice_to_voice: end of the caller's speech → first audible bot frame at "
-                   "the caller (the kit's definition); call_setup: INVITE → answered."],
+                   "the caller (the kit's definition); call_setup: INVITE → answered.",
+                   "node CPU: every process of the node; media CPU: the SIP workers alone "
+                   "(% of a core per call: over the run, per call slot)."],
         )
 
 
 def run_sip_bench(uri: str, calls: int, concurrency: int, lines: list[np.ndarray], *,
-                  node_cpu: Any = None, rtp_base: int = 30000) -> SipBenchResult:
+                  node_cpu: Any = None, media_cpu: Any = None,
+                  rtp_base: int = 30000) -> SipBenchResult:
     """Place ``calls`` calls, ``concurrency`` at a time, from caller processes.
 
-    ``node_cpu`` (optional) returns the node's CPU seconds so far, sampled around the run."""
+    ``node_cpu`` and ``media_cpu`` (optional) return the CPU seconds so far of the node and
+    of its SIP workers, sampled around the run."""
     processes = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
     shares = [calls // processes + (1 if i < calls % processes else 0) for i in range(processes)]
     jobs = [(i, uri, share, min(CALLS_PER_PROCESS, math.ceil(concurrency / processes)),
              lines, rtp_base + i * RTP_PORTS_PER_WORKER) for i, share in enumerate(shares) if share]
     cpu_before = node_cpu() if node_cpu else None
+    media_before = media_cpu() if media_cpu else None
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
         outputs = pool.map(_run_process, jobs)
     wall = time.perf_counter() - started
     node_cpu_s = node_cpu() - cpu_before if node_cpu and cpu_before is not None else None
+    media_cpu_s = (media_cpu() - media_before if media_cpu and media_before is not None
+                   else None)
     stats = [CallStats(**s) for output, _ in outputs for s in output]
     return SipBenchResult(
         calls=calls, concurrency=concurrency,
@@ -241,4 +254,5 @@ def run_sip_bench(uri: str, calls: int, concurrency: int, lines: list[np.ndarray
         setup_ms=[s.setup_ms for s in stats if s.setup_ms is not None],
         voice_to_voice_ms=[t for s in stats for t in s.voice_to_voice_ms],
         caller_cpu_s=sum(cpu for _, cpu in outputs), node_cpu_s=node_cpu_s, wall_s=wall,
+        media_cpu_s=media_cpu_s,
     )
