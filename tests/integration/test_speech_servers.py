@@ -58,7 +58,7 @@ def restart(child: ChildProcess) -> None:
 async def test_transcriptions_in_flight_survive_a_killed_server(
     two_servers: list[ChildProcess], tts: PiperTTS
 ) -> None:
-    lines = ["four eight two one three", "I need help with my account.",
+    lines = ["I'd like to check my order status.", "I need help with my account.",
              "Can you repeat that?", "I have a question about my bill."]
     speech = [piper_speech(tts, line, 8000) for line in lines]
     pool = SpeechPool([Address.parse(a) for a in addresses(two_servers)])
@@ -73,8 +73,8 @@ async def test_transcriptions_in_flight_survive_a_killed_server(
         pool.close()
         restart(two_servers[0])
 
-    assert "48213" in normalize_digits(texts[0])
-    assert "account" in texts[1] and "repeat" in texts[2] and "bill" in texts[3]
+    assert "order" in texts[0] and "account" in texts[1]
+    assert "repeat" in texts[2] and "bill" in texts[3]
     assert pool.stats.servers_lost == 1 and pool.stats.retries >= 1
 
 
