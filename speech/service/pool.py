@@ -9,7 +9,9 @@ own thread (so one pool serves any event loop: the web app's, a SIP worker's, a 
 - **Failover**: a server is lost when its connection drops (a killed process: at once) or
   when it stops answering pings (a hung one: after ``dead_after_s``). Its requests are
   sent again to another server; a reply that does not come within ``request_timeout_s``
-  is cancelled there and asked elsewhere. A synthesis resumes after the sentences already
+  is cancelled there and asked of another live server, if there is one (a busy server
+  that still answers pings keeps the request otherwise: asking it again would only queue
+  the request again at the back). A synthesis resumes after the sentences already
   heard. A call never fails because one server died while another lives.
 - **Priorities** travel with each request (final transcription before speculative); a
   cancelled request is cancelled on its server too (a stale speculative transcription
@@ -28,6 +30,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -141,9 +144,12 @@ class _Connection:
         if not self.socket.closed:
             self._send_now({"id": request_id, "op": "cancel"})  # gone: nothing to cancel
 
-    async def replies(self, request_id: int, message: dict[str, Any], timeout_s: float
-                      ) -> AsyncIterator[dict[str, Any]]:
-        """Send ``message`` and yield its replies, each within ``timeout_s``."""
+    async def replies(self, request_id: int, message: dict[str, Any], timeout_s: float,
+                      elsewhere: Callable[[], bool]) -> AsyncIterator[dict[str, Any]]:
+        """Send ``message`` and yield its replies. A reply late by ``timeout_s`` gives the
+        request up here only when ``elsewhere()`` says another live server could take it,
+        or this one stopped answering pings: asked again of the same busy server it would
+        only queue again at the back."""
         queue: asyncio.Queue[dict[str, Any] | ServerLost] = asyncio.Queue()
         self.pending[request_id] = queue
         finished = False
@@ -153,6 +159,8 @@ class _Connection:
                 try:
                     reply = await asyncio.wait_for(queue.get(), timeout_s)
                 except TimeoutError:
+                    if self.alive and not elsewhere():
+                        continue
                     raise ServerLost(f"speech server {self.address} did not answer within "
                                      f"{timeout_s:.1f} s") from None
                 if isinstance(reply, ServerLost):
@@ -335,6 +343,9 @@ class SpeechPool:
                 connection.ping()
             await asyncio.sleep(HEARTBEAT_S)
 
+    def _another_live(self, current: _Connection, tried: Sequence[_Connection]) -> bool:
+        return any(c.alive for c in self._connections if c is not current and c not in tried)
+
     async def _choose(self, avoid: Sequence[_Connection]) -> _Connection:
         """The live server with the least work, preferring those not in ``avoid``; waits
         up to the request timeout for one to come (back)."""
@@ -379,8 +390,9 @@ class SpeechPool:
             request_id = next(self._ids)
             message = {"id": request_id, **request()}
             try:
-                async for reply in connection.replies(request_id, message,
-                                                      self.request_timeout_s):
+                async for reply in connection.replies(
+                        request_id, message, self.request_timeout_s,
+                        partial(self._another_live, connection, tried)):
                     if reply["op"] == "error":
                         _raise_error(reply)
                     return reply
@@ -402,8 +414,9 @@ class SpeechPool:
                 message = {"id": request_id, "op": "tts", "text": text, "rate": rate,
                            "skip": delivered}
                 try:
-                    async for reply in connection.replies(request_id, message,
-                                                          self.request_timeout_s):
+                    async for reply in connection.replies(
+                            request_id, message, self.request_timeout_s,
+                            partial(self._another_live, connection, tried)):
                         if reply["op"] == "chunk" and reply.get("index") == delivered:
                             deliver(np.frombuffer(reply["pcm"], dtype="<i2").astype(np.int16))
                             delivered += 1

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     speech_request_timeout_s: float = Field(
         default=5.0, gt=0,
         description="A speech request unanswered this long is cancelled and asked of another "
-        "server.",
+        "live server, if there is one.",
     )
     speech_dead_after_s: float = Field(
         default=1.5, gt=0,

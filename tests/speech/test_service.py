@@ -297,6 +297,33 @@ async def test_a_server_that_stops_mid_request_loses_nothing(sockets: list[str])
     assert pool.stats.retries >= 1 and pool.stats.servers_lost == 1
 
 
+async def test_a_busy_lone_server_keeps_a_late_request(sockets: list[str]) -> None:
+    """Past the request timeout, with nowhere else to go, the request is not sent again
+    (it would queue again at the back of the same server)."""
+    stt = SlowSTT(0.6)
+    with serving(sockets[0], stt), pool_of(sockets[0], request_timeout_s=0.2) as pool:
+        await asyncio.to_thread(pool.wait_ready, WAIT_S)
+        texts = [t.text for t in await asyncio.gather(
+            *(pool.transcribe(pcm(n), RATE) for n in (10, 20)))]
+
+    assert texts == ["10 samples", "20 samples"]
+    assert sorted(stt.started) == [10, 20] and pool.stats.retries == 0
+
+
+async def test_a_late_reply_is_asked_of_another_live_server(sockets: list[str]) -> None:
+    slow, quick = SlowSTT(3.0), SlowSTT(0.01)
+    with serving(sockets[0], slow), serving(sockets[1], quick), \
+            pool_of(sockets[0], sockets[1], request_timeout_s=0.3) as pool:
+        await asyncio.to_thread(pool.wait_ready, WAIT_S)
+        await asyncio.sleep(0.3)
+        texts = [t.text for t in await asyncio.gather(
+            *(pool.transcribe(pcm(n), RATE) for n in (10, 20)))]
+
+    assert texts == ["10 samples", "20 samples"]
+    assert len(slow.started) == 1 and len(quick.started) == 2  # one moved over
+    assert pool.stats.retries == 1
+
+
 async def test_a_hung_server_is_given_up_after_its_silence(sockets: list[str]) -> None:
     with serving(sockets[0], SlowSTT(0.01)) as first, serving(sockets[1], SlowSTT(0.01)), \
             pool_of(sockets[0], sockets[1], dead_after_s=0.5) as pool:
