@@ -100,3 +100,84 @@ def test_a_closed_queue_refuses_work() -> None:
     assert not queue.alive
     with pytest.raises(EngineClosed, match="closing is closed"):
         queue.submit(lambda: None)
+
+
+# --- batching (the GPU path) ---------------------------------------------------------------
+
+
+class Batches:
+    """A batch function that holds its first batch until released, and logs every batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []
+        self.release = threading.Event()
+        self.first_started = threading.Event()
+
+    def __call__(self, items: list[str]) -> list[str]:
+        self.seen.append(list(items))
+        if len(self.seen) == 1:
+            self.first_started.set()
+            self.release.wait(10)
+        return [item.upper() for item in items]
+
+
+@pytest.fixture
+def batches() -> Iterator[tuple[InferenceQueue, Batches]]:
+    work = Batches()
+    queue = InferenceQueue("test-batch", batch=work, max_batch=3)
+    yield queue, work
+    work.release.set()
+    queue.close()
+
+
+def test_a_lone_item_runs_at_once_and_later_ones_gather(
+        batches: tuple[InferenceQueue, Batches]) -> None:
+    queue, work = batches
+    first = queue.submit_item("a")
+    assert work.first_started.wait(5)  # an idle worker waits for nobody
+    later = [queue.submit_item(x, priority=p)
+             for x, p in [("s1", 1), ("f1", 0), ("s2", 1), ("f2", 0), ("s3", 1)]]
+    work.release.set()
+
+    assert first.result(5).value == "A"
+    assert [f.result(5).value for f in later] == ["S1", "F1", "S2", "F2", "S3"]
+    assert work.seen == [["a"], ["f1", "f2", "s1"], ["s2", "s3"]]  # finals first, 3 at most
+    assert queue.batch_sizes == [1, 3, 2]
+
+
+def test_a_cancelled_item_is_left_out_of_its_batch(
+        batches: tuple[InferenceQueue, Batches]) -> None:
+    queue, work = batches
+    queue.submit_item("a")
+    assert work.first_started.wait(5)
+    kept, dropped = queue.submit_item("b"), queue.submit_item("c")
+    dropped.cancel()
+    work.release.set()
+
+    assert kept.result(5).value == "B"
+    assert work.seen[1] == ["b"]
+
+
+def test_a_failing_batch_fails_each_of_its_items() -> None:
+    def broken(items: list[str]) -> list[str]:
+        raise RuntimeError("CUDA out of memory")
+
+    queue = InferenceQueue("broken", batch=broken, max_batch=4)
+    try:
+        futures = [queue.submit_item(x) for x in "abc"]
+        for future in futures:
+            with pytest.raises(RuntimeError, match="out of memory"):
+                future.result(5)
+    finally:
+        queue.close()
+
+
+def test_batches_need_a_batch_function() -> None:
+    with pytest.raises(ValueError):
+        InferenceQueue("nope", max_batch=4)
+    queue = InferenceQueue("plain")
+    try:
+        with pytest.raises(TypeError):
+            queue.submit_item("x")
+    finally:
+        queue.close()
