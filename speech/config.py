@@ -22,6 +22,8 @@ class SttConfig:
     language: str = "en"
     beam_size: int = 1
     cpu_threads: int = 2
+    batch_size: int = 0
+    """Utterances per pass of the model: 0 = 8 on a GPU, 1 on the CPU."""
     cache_dir: Path = Path.home() / ".cache" / "switchboard" / "models"
     """Where models joined from several packages are kept."""
 

@@ -10,7 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from ctranslate2.models import WhisperGenerationResult
 from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
 from speech.config import WHISPER_TINY_EN, SttConfig
 from speech.inference import InferenceQueue
@@ -33,6 +37,24 @@ SILENT_PEAK = 64
 """Audio whose peak stays below this (about -54 dBFS) is not sent to the model."""
 
 
+GPU_BATCH = 8
+"""Utterances one pass of the model takes on a GPU (``batch_size`` 0 = this on CUDA, 1 on
+the CPU)."""
+GATHER_MS = 2.0
+"""How long a short batch waits for stragglers once the GPU is free."""
+
+
+def _check(pcm: np.ndarray, sample_rate: int) -> None:
+    if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
+        got = f"{type(pcm).__name__} {getattr(pcm, 'dtype', '')} {getattr(pcm, 'shape', '')}"
+        raise ValueError(
+            f"expected 1-D int16 mono PCM as a numpy array, got {got.strip()}; "
+            "convert with (samples * 32767).astype(np.int16) and pick one channel"
+        )
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+
+
 class WhisperSTT:
     """A Whisper model; transcriptions run one at a time on a thread owned by the instance."""
 
@@ -45,13 +67,19 @@ class WhisperSTT:
         beam_size: int = 1,
         cpu_threads: int = 2,
         cache_dir: Path = SttConfig.cache_dir,
+        batch_size: int = 0,
     ) -> None:
         path = resolve_whisper_model(model, cache_dir)
         self.language = language
         self.beam_size = beam_size
         self.device = pick_device(device)
         self._model = self._load(path, compute_type, cpu_threads)
-        self._queue = InferenceQueue("whisper-stt")
+        self.batch_size = batch_size or (GPU_BATCH if self.device == "cuda" else 1)
+        self._queue = InferenceQueue(
+            "whisper-stt", batch=self._decode_batch if self.batch_size > 1 else None,
+            max_batch=self.batch_size, gather_ms=GATHER_MS)
+        self._tokenizer = Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual,
+                                    task="transcribe", language=language)
 
     @classmethod
     def from_config(cls, config: SttConfig) -> WhisperSTT:
@@ -64,6 +92,7 @@ class WhisperSTT:
             beam_size=config.beam_size,
             cpu_threads=config.cpu_threads,
             cache_dir=config.cache_dir,
+            batch_size=config.batch_size,
         )
 
     def _load(self, path: Path, compute_type: str, cpu_threads: int) -> WhisperModel:
@@ -94,14 +123,7 @@ class WhisperSTT:
 
     def transcribe_sync(self, pcm: np.ndarray, sample_rate: int) -> Transcript:
         """Transcribe ``pcm`` (1-D int16 at ``sample_rate``) on the calling thread."""
-        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
-            got = f"{type(pcm).__name__} {getattr(pcm, 'dtype', '')} {getattr(pcm, 'shape', '')}"
-            raise ValueError(
-                f"expected 1-D int16 mono PCM as a numpy array, got {got.strip()}; "
-                "convert with (samples * 32767).astype(np.int16) and pick one channel"
-            )
-        if sample_rate <= 0:
-            raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+        _check(pcm, sample_rate)
         started = time.perf_counter()
         audio_ms = len(pcm) * 1000 // sample_rate
         if pcm.size == 0 or int(np.abs(pcm).max()) < SILENT_PEAK:
@@ -124,8 +146,13 @@ class WhisperSTT:
     ) -> Transcript:
         """Transcribe ``pcm`` on the instance's worker thread, best priority first; see
         :class:`~switchboard.conversation.engines.SpeechToText`."""
-        timed = await self._queue.run(lambda: self.transcribe_sync(pcm, sample_rate),
-                                      priority=priority, deadline=deadline)
+        if self.batch_size > 1:
+            _check(pcm, sample_rate)
+            timed = await self._queue.run_item((pcm, sample_rate), priority=priority,
+                                               deadline=deadline)
+        else:
+            timed = await self._queue.run(lambda: self.transcribe_sync(pcm, sample_rate),
+                                          priority=priority, deadline=deadline)
         return replace(timed.value, queue_ms=round(timed.queue_ms, 1))
 
     def health(self) -> str | None:
@@ -157,6 +184,47 @@ class WhisperSTT:
             tokens += len(segment.tokens)
         confidence = math.exp(logprob_sum / tokens) if tokens else 0.0
         return " ".join(t for t in texts if t), confidence, no_speech_prob, info.language
+
+    def _decode_batch(self, items: list[tuple[np.ndarray, int]]) -> list[Transcript]:
+        """Several utterances in one pass of the model: the GPU path (on a CPU the encoder
+        pads every utterance to 30 s anyway, so a batch costs as much as its parts). No
+        VAD filter here (the endpointer cut the audio); the same hallucination filters."""
+        started = time.perf_counter()
+        empty = {index for index, (pcm, _) in enumerate(items)
+                 if pcm.size == 0 or int(np.abs(pcm).max()) < SILENT_PEAK}
+        audible = [(index, int16_to_float32(resample(pcm, rate, WHISPER_RATE)))
+                   for index, (pcm, rate) in enumerate(items) if index not in empty]
+        decoded: dict[int, tuple[str, float, float]] = {}
+        if audible:
+            extract = self._model.feature_extractor
+            features = np.stack([pad_or_trim(extract(audio)[:, :-1]) for _, audio in audible])
+            prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+            outputs = self._model.model.generate(
+                self._model.encode(features), [prompt] * len(audible),
+                beam_size=self.beam_size, max_length=self._model.max_length,
+                return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+                suppress_tokens=get_suppressed_tokens(self._tokenizer, [-1]))
+            for (index, _), output in zip(audible, outputs, strict=True):
+                decoded[index] = self._kept(output)
+        elapsed = (time.perf_counter() - started) * 1000
+        transcripts = []
+        for index, (pcm, rate) in enumerate(items):
+            text, confidence, no_speech_prob = decoded.get(index, ("", 0.0, 1.0))
+            transcripts.append(Transcript(
+                text=text, confidence=confidence, no_speech_prob=no_speech_prob,
+                language=self.language, audio_ms=len(pcm) * 1000 // rate, elapsed_ms=elapsed))
+        return transcripts
+
+    def _kept(self, output: WhisperGenerationResult) -> tuple[str, float, float]:
+        """Text, confidence and no-speech probability of one decoded utterance; no text
+        when the filters take it for a hallucination."""
+        tokens = [t for t in output.sequences_ids[0] if t < self._tokenizer.eot]
+        avg_logprob = output.scores[0] * len(tokens) / (len(tokens) + 1)
+        text = self._tokenizer.decode(tokens).strip()
+        if (output.no_speech_prob > NO_SPEECH_PROB and avg_logprob < MIN_AVG_LOGPROB) or \
+                get_compression_ratio(text) > MAX_COMPRESSION_RATIO or not tokens:
+            return "", 0.0, output.no_speech_prob
+        return text, math.exp(avg_logprob), output.no_speech_prob
 
     def close(self) -> None:
         """Let the running transcription finish, drop queued ones, stop the worker thread."""

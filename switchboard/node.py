@@ -56,6 +56,7 @@ def stt_config(settings: Settings) -> SttConfig:
         language=settings.stt_language,
         beam_size=settings.stt_beam_size,
         cpu_threads=settings.stt_cpu_threads,
+        batch_size=settings.stt_batch_size,
         cache_dir=settings.data_dir / "models",
     )
 

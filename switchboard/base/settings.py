@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     stt_language: str = Field(default="en", description="Language passed to Whisper.")
     stt_beam_size: int = Field(default=1, ge=1, description="Whisper beam size.")
     stt_cpu_threads: int = Field(default=2, ge=1, description="CPU threads for Whisper.")
+    stt_batch_size: int = Field(
+        default=0, ge=0, le=64,
+        description="Utterances a speech server transcribes in one pass of the model: 0 = 8 "
+        "on a GPU, 1 on the CPU (where batching gains nothing).")
 
     # --- speech: TTS -------------------------------------------------------------------
     tts_voice: str = Field(

@@ -112,3 +112,22 @@ def test_the_node_builds_whisper_from_the_stt_settings(tmp_path: Path) -> None:
     engine.close()
 
     assert (engine.device, engine.beam_size, engine.language) == ("cpu", 2, "en")
+
+
+async def test_the_gpu_path_batches_callers_and_hears_each_one(tts: PiperTTS) -> None:
+    """Batched decoding (CUDA's default) forced on the CPU: utterances sent while the
+    model is busy are transcribed together, each to its own text; silence stays empty."""
+    lines = ["I'd like to check my order status.", "I need help with my account.",
+             "Can you repeat that?"]
+    speech = [piper_speech(tts, line, 8000) for line in lines]
+    batched = WhisperSTT(model="tiny.en", device="cpu", batch_size=4)
+    try:
+        texts = [t.text.lower() for t in await asyncio.gather(
+            *(batched.transcribe(pcm, 8000) for pcm in [*speech, np.zeros(8000, np.int16)]))]
+        sizes = batched._queue.batch_sizes
+    finally:
+        batched.close()
+
+    assert "order status" in texts[0] and "account" in texts[1] and "repeat" in texts[2]
+    assert texts[3] == ""
+    assert max(sizes) > 1 and sum(sizes) == 4
