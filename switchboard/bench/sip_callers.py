@@ -29,6 +29,7 @@ from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
 RATE = 16000
 CALLS_PER_PROCESS = 4
+DIAL_TRIES = 10
 GAP_MS = 700
 """Silence after the bot spoke before the caller says its next line."""
 SETUP_TIMEOUT_S = 15.0
@@ -125,11 +126,19 @@ async def _one_call(endpoint: SipEndpoint, events: _Events, uri: str,
                     lines: list[np.ndarray]) -> CallStats:
     stats = CallStats()
     started = time.perf_counter()
-    try:
-        leg = await asyncio.wrap_future(endpoint.submit(lambda: endpoint.dial(uri)))
-    except Exception as exc:  # a refused dial is a failed call, not a failed bench
-        stats.failed = f"dial: {exc}"
-        return stats
+    for attempt in range(DIAL_TRIES):
+        try:
+            leg = await asyncio.wrap_future(endpoint.submit(lambda: endpoint.dial(uri)))
+            break
+        except Exception as exc:  # a refused dial is a failed call, not a failed bench
+            if "PJ_ETOOMANY" in str(exc) and attempt + 1 < DIAL_TRIES:
+                # PJSUA frees the slot of this process's previous call a moment after
+                # its DISCONNECTED event: the caller's limit, not the node's.
+                await asyncio.sleep(0.2)
+                continue
+            stats.failed = f"dial: {exc}"
+            return stats
+    started = time.perf_counter()
     confirmed = events._event(events.answered, leg.key)
     gone = events._event(events.gone, leg.key)
     waiters = [asyncio.ensure_future(confirmed.wait()), asyncio.ensure_future(gone.wait())]
