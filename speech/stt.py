@@ -185,6 +185,16 @@ class WhisperSTT:
         confidence = math.exp(logprob_sum / tokens) if tokens else 0.0
         return " ".join(t for t in texts if t), confidence, no_speech_prob, info.language
 
+    def word_ends(self, pcm: np.ndarray, sample_rate: int) -> list[float]:
+        """When each word of ``pcm`` ends, in seconds (Whisper's word timestamps; for
+        benches that cut recordings between words)."""
+        _check(pcm, sample_rate)
+        audio = int16_to_float32(resample(pcm, sample_rate, WHISPER_RATE))
+        segments, _ = self._model.transcribe(audio, language=self.language, beam_size=1,
+                                             word_timestamps=True,
+                                             condition_on_previous_text=False)
+        return [word.end for segment in segments for word in segment.words or []]
+
     def _decode_batch(self, items: list[tuple[np.ndarray, int]]) -> list[Transcript]:
         """Several utterances in one pass of the model: the GPU path (on a CPU the encoder
         pads every utterance to 30 s anyway, so a batch costs as much as its parts). No

@@ -409,6 +409,33 @@ def bench_sip(
                       target=target), json_path)
 
 
+@bench_app.command("turn")
+def bench_turn(
+    pause_ms: Annotated[int, typer.Option(min=20, max=2000,
+                                          help="Silence after the speech when asked.")] = 120,
+    rate: Annotated[int, typer.Option(help="8000 (telephone) or 16000 (browser).")] = 8000,
+    json_path: JsonOption = None,
+) -> None:
+    """How well Smart Turn tells finished turns from callers pausing mid-sentence
+    (8 kHz, two voice families), per threshold."""
+    from speech.stt import WhisperSTT
+    from speech.tts import PiperTTS
+    from speech.turn import SmartTurn
+    from switchboard.bench.turn import bench_turn as run_bench
+    from switchboard.node import stt_config, tts_config
+
+    settings = get_settings()
+    _setup_logging(settings, quiet=True)
+    tts = PiperTTS.from_config(tts_config(settings))
+    stt = WhisperSTT.from_config(stt_config(settings))
+    model = SmartTurn()
+    try:
+        _report(run_bench(tts, stt, model, pause_ms, rate), json_path)
+    finally:
+        for engine in (tts, stt, model):
+            engine.close()
+
+
 @bench_app.command("speech")
 def bench_speech(
     streams: Annotated[str, typer.Option(

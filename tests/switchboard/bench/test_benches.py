@@ -68,3 +68,14 @@ def test_bench_webrtc_starts_a_web_app_and_times_the_answers(tmp_path: Path, ras
     assert figures["series_ms"]["voice_to_voice"]["n"] == 2
     assert figures["series_ms"]["connect"]["n"] == 1
     assert figures["figures"]["calls_completed"] == "1 of 1"
+
+
+def test_bench_turn_scores_finished_and_paused_callers(tmp_path: Path) -> None:
+    out = tmp_path / "turn.json"
+    done = subprocess.run([sys.executable, "-m", "switchboard", "bench", "turn", "--json",
+                           str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=BENCH_TIMEOUT_S, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(out.read_text())["figures"]
+    assert figures["piper samples finished/paused"].startswith("13/")
+    assert 0 <= figures["espeak >= 0.5: paused cut off %"] <= 100
