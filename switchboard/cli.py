@@ -409,6 +409,34 @@ def bench_sip(
                       target=target), json_path)
 
 
+@bench_app.command("grammar")
+def bench_grammar(
+    numbers: Annotated[int, typer.Option(min=1, max=500,
+                                         help="Order numbers per voice and condition.")] = 20,
+    snr_db: Annotated[float, typer.Option(help="Signal to noise ratio of the noisy set.")
+                      ] = 15.0,
+    json_path: JsonOption = None,
+) -> None:
+    """Digit strings over a telephone line: Whisper alone, the digit grammar
+    (PocketSphinx) alone, and both combined, for two voice families, clean and noisy."""
+    from speech.grammar import GrammarRecognizer
+    from speech.stt import WhisperSTT
+    from speech.tts import PiperTTS
+    from switchboard.bench.grammar import bench_grammar as run_bench
+    from switchboard.node import stt_config, tts_config
+
+    settings = get_settings()
+    _setup_logging(settings, quiet=True)
+    tts = PiperTTS.from_config(tts_config(settings))
+    stt = WhisperSTT.from_config(stt_config(settings))
+    grammar = GrammarRecognizer()
+    try:
+        _report(run_bench(tts, stt, grammar, numbers, snr_db), json_path)
+    finally:
+        for engine in (tts, stt, grammar):
+            engine.close()
+
+
 @bench_app.command("turn")
 def bench_turn(
     pause_ms: Annotated[int, typer.Option(min=20, max=2000,

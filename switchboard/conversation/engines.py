@@ -84,6 +84,8 @@ class Transcript:
     audio_ms: int
     elapsed_ms: float
     queue_ms: float = 0.0
+    recognizer: str = "whisper"
+    """What produced ``text``: Whisper, or a grammar (``grammar:digits``) that won."""
 
 
 class SpeechToText(Engine, Protocol):
