@@ -93,16 +93,18 @@ class RasaClient:
             for item in body
             if isinstance(item, dict)
         ]
-        intent, confidence = (await self._latest_intent(conversation_id) if with_intent
-                              else (None, None))
+        intent, confidence, expects = (await self._tracker_reading(conversation_id)
+                                       if with_intent else (None, None, None))
         return DialogReply(messages=messages, elapsed_ms=elapsed_ms, sent_text=message,
-                           intent=intent, confidence=confidence)
+                           intent=intent, confidence=confidence, expects=expects)
 
-    async def _latest_intent(self, conversation_id: str) -> tuple[str | None, float | None]:
-        """The intent of the conversation's latest user message; (None, None) when the API
-        is off or does not answer in time — intents are for the record, not the call."""
+    async def _tracker_reading(self, conversation_id: str
+                               ) -> tuple[str | None, float | None, str | None]:
+        """The intent of the conversation's latest user message and the slot the bot now
+        asks for; Nones when the API is off or does not answer in time (intents are for
+        the record, the requested slot a hint to speech recognition: the call goes on)."""
         if not self._api_token:
-            return None, None
+            return None, None, None
         try:
             response = await self._http.get(
                 f"/conversations/{conversation_id}/tracker",
@@ -115,10 +117,12 @@ class RasaClient:
             users = [e for e in response.json().get("events") or []
                      if isinstance(e, dict) and e.get("event") == "user"]
             intent = (users[-1].get("parse_data") or {}).get("intent", {}) if users else {}
+            requested = (response.json().get("slots") or {}).get("requested_slot")
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             log.warning("conversation %s: no intent from Rasa's tracker: %r", conversation_id, exc)
-            return None, None
+            return None, None, None
         name = intent.get("name") if isinstance(intent, dict) else None
         confidence = intent.get("confidence") if isinstance(intent, dict) else None
         return (str(name) if name else None,
-                float(confidence) if isinstance(confidence, int | float) else None)
+                float(confidence) if isinstance(confidence, int | float) else None,
+                str(requested) if isinstance(requested, str) and requested else None)

@@ -34,7 +34,7 @@ GRAMMARS = {
     "order_number": """#JSGF V1.0;
 grammar order_number;
 public <answer> = [<lead>] <digit> <digit> <digit> <digit> <digit>;
-<lead> = it is | it's | my order number is | the number is | order number | order;
+<lead> = it is | it's | my order number is | the number is | order number;
 <digit> = zero | oh | one | two | three | four | five | six | seven | eight | nine;
 """,
     "yes_no": """#JSGF V1.0;
@@ -145,7 +145,9 @@ def normalise(grammar: str, words: str) -> str:
     """The answer in ``words``: digits for a number, "yes" or "no"."""
     tokens = words.split()
     if grammar == "order_number":
-        return "".join(DIGIT_WORDS[t] for t in tokens if t in DIGIT_WORDS)
+        # PocketSphinx gives its best partial path when no full match ends the utterance
+        digits = "".join(DIGIT_WORDS[t] for t in tokens if t in DIGIT_WORDS)
+        return digits if len(digits) == ORDER_DIGITS else ""
     if not tokens:
         return ""
     negative = {"no", "nope", "wrong", "not"}

@@ -142,10 +142,11 @@ class WhisperSTT:
 
     async def transcribe(
         self, pcm: np.ndarray, sample_rate: int, *, priority: Priority = Priority.FINAL,
-        deadline: float | None = None,
+        deadline: float | None = None, expect: str | None = None,
     ) -> Transcript:
         """Transcribe ``pcm`` on the instance's worker thread, best priority first; see
-        :class:`~switchboard.conversation.engines.SpeechToText`."""
+        :class:`~switchboard.conversation.engines.SpeechToText`. ``expect`` is not used
+        here: the speech server pairs Whisper with a grammar for it."""
         if self.batch_size > 1:
             _check(pcm, sample_rate)
             timed = await self._queue.run_item((pcm, sample_rate), priority=priority,

@@ -98,6 +98,7 @@ def speech_server(
     """Serve speech to the node's processes: one Whisper and one Piper, on the GPU when
     there is one. Runs until SIGTERM/Ctrl-C. On another host bind tcp://0.0.0.0:PORT
     with SWITCHBOARD_SPEECH_SECRET set (the same on every node)."""
+    from speech.grammar import GrammarRecognizer
     from speech.service.protocol import Address, AddressError
     from speech.service.server import SecurityError, SpeechServer, serve_until_signalled
     from speech.stt import WhisperSTT
@@ -117,11 +118,13 @@ def speech_server(
         stt = start_engine("Whisper", lambda: WhisperSTT.from_config(stt_config(settings)))
         tts = start_engine("Piper", lambda: PiperTTS.from_config(tts_config(settings)))
         turn = start_engine("Smart Turn", SmartTurn)
+        grammar = start_engine("PocketSphinx grammars", GrammarRecognizer)
     except EngineError as exc:
         raise _fail(str(exc)) from None
     logging.getLogger(__name__).info("Whisper on %s, Piper on %s", stt.device, tts.device)
     try:
-        server = SpeechServer(stt, tts, address, turn=turn, secret=settings.speech_secret)
+        server = SpeechServer(stt, tts, address, turn=turn, grammar=grammar,
+                              secret=settings.speech_secret)
         asyncio.run(serve_until_signalled(server))
     except (SecurityError, OSError) as exc:
         raise _fail(str(exc)) from None
@@ -129,6 +132,7 @@ def speech_server(
         stt.close()
         tts.close()
         turn.close()
+        grammar.close()
 
 
 @app.command()

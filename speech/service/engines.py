@@ -28,9 +28,10 @@ class RemoteSTT:
 
     async def transcribe(self, pcm: np.ndarray, sample_rate: int, *,
                          priority: Priority = Priority.FINAL,
-                         deadline: float | None = None) -> Transcript:
+                         deadline: float | None = None, expect: str | None = None
+                         ) -> Transcript:
         return await self.pool.transcribe(pcm, sample_rate, priority=priority,
-                                          deadline=deadline)
+                                          deadline=deadline, expect=expect)
 
     async def aclose(self) -> None:
         """The pool belongs to whoever made it (it serves the TTS too)."""

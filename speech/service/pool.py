@@ -237,12 +237,13 @@ class SpeechPool:
 
     async def transcribe(self, pcm: np.ndarray, sample_rate: int, *,
                          priority: Priority = Priority.FINAL,
-                         deadline: float | None = None) -> Transcript:
+                         deadline: float | None = None, expect: str | None = None
+                         ) -> Transcript:
         """Transcribe on the least busy live server; see the module for retries."""
         if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
             raise ValueError("expected 1-D int16 mono PCM as a numpy array")
-        return await asyncio.wrap_future(self._call(
-            self._transcribe(pcm.astype("<i2").tobytes(), sample_rate, priority, deadline)))
+        return await asyncio.wrap_future(self._call(self._transcribe(
+            pcm.astype("<i2").tobytes(), sample_rate, priority, deadline, expect)))
 
     async def completion(self, pcm: np.ndarray, sample_rate: int) -> float:
         """Probability that the caller's turn is complete after ``pcm`` (Smart Turn)."""
@@ -363,14 +364,14 @@ class SpeechPool:
             await asyncio.sleep(0.02)
 
     async def _transcribe(self, pcm: bytes, rate: int, priority: Priority,
-                          deadline: float | None) -> Transcript:
+                          deadline: float | None, expect: str | None) -> Transcript:
         def request() -> dict[str, Any]:
             remaining_ms = None if deadline is None else (deadline - time.monotonic()) * 1000
             if remaining_ms is not None and remaining_ms <= 0:
                 raise DeadlineExceeded("the transcription's deadline passed before a speech "
                                        "server could take it")
             return {"op": "stt", "pcm": pcm, "rate": rate, "priority": int(priority),
-                    "deadline_ms": remaining_ms}
+                    "deadline_ms": remaining_ms, "expect": expect}
 
         reply = await self._ask("transcription", request)
         return Transcript(**reply["transcript"])

@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from speech.grammar import EXPECTATIONS, GrammarResult, combine
 from speech.service.protocol import (
     MAX_MESSAGE_BYTES,
     Address,
@@ -60,6 +61,11 @@ class SentenceStreamer(Protocol):
 Reply = Callable[[dict[str, Any]], None]
 
 
+class GrammarMatcher(Protocol):
+    async def recognize(self, pcm: np.ndarray, sample_rate: int, grammar: str
+                        ) -> GrammarResult: ...
+
+
 class TurnScorer(Protocol):
     async def completion(self, pcm: np.ndarray, sample_rate: int) -> float: ...
 
@@ -86,7 +92,8 @@ class SpeechServer:
     """Serves one STT and one TTS engine on ``address`` until :meth:`stop`."""
 
     def __init__(self, stt: SpeechToText, tts: SentenceStreamer, address: Address, *,
-                 turn: TurnScorer | None = None, secret: str = "") -> None:
+                 turn: TurnScorer | None = None, grammar: GrammarMatcher | None = None,
+                 secret: str = "") -> None:
         if not address.local and not secret:
             raise SecurityError(
                 f"refusing to serve speech on {address}, which other machines can reach, "
@@ -95,6 +102,7 @@ class SpeechServer:
         self.stt = stt
         self.tts = tts
         self.turn = turn
+        self.grammar = grammar
         self.address = address
         self._secret = secret
         self._tasks: dict[tuple[bytes, int], asyncio.Task[None]] = {}
@@ -226,7 +234,23 @@ class SpeechServer:
         if deadline_ms is not None and not isinstance(deadline_ms, int | float):
             raise BadRequest("'deadline_ms' must be a number of milliseconds or null")
         deadline = None if deadline_ms is None else time.monotonic() + deadline_ms / 1000
-        transcript = await self.stt.transcribe(pcm, rate, priority=priority, deadline=deadline)
+        expect = message.get("expect")
+        if expect is not None and not isinstance(expect, str):
+            raise BadRequest("'expect' must be the name of an expected answer or null")
+        heard = self.stt.transcribe(pcm, rate, priority=priority, deadline=deadline)
+        if self.grammar is None or expect not in EXPECTATIONS:
+            transcript = await heard
+        else:
+            assert expect is not None
+            whisper, matched = await asyncio.gather(
+                heard, self.grammar.recognize(pcm, rate, expect), return_exceptions=True)
+            if isinstance(whisper, BaseException):
+                raise whisper
+            transcript = whisper
+            if isinstance(matched, BaseException):
+                log.warning("grammar %s failed (Whisper's transcript kept): %s", expect, matched)
+            else:
+                transcript = combine(transcript, matched, expect)
         reply({"op": "stt", "transcript": asdict(transcript)})
 
     async def _synthesize(self, message: dict[str, Any],

@@ -93,11 +93,13 @@ class SpeechToText(Engine, Protocol):
 
     async def transcribe(
         self, pcm: np.ndarray, sample_rate: int, *, priority: Priority = Priority.FINAL,
-        deadline: float | None = None,
+        deadline: float | None = None, expect: str | None = None,
     ) -> Transcript:
         """Transcribe ``pcm`` (1-D int16 at ``sample_rate``). Requests of a better
         ``priority`` run first; one still queued at ``deadline`` (a ``time.monotonic()``)
-        is dropped with :class:`DeadlineExceeded`; cancelling the caller drops it too."""
+        is dropped with :class:`DeadlineExceeded`; cancelling the caller drops it too.
+        ``expect`` names the answer the dialog asked for (its requested slot, such as
+        ``order_number``): an engine with a grammar for it may use it."""
         ...
 
 
@@ -145,6 +147,8 @@ class DialogReply:
     sent_text: str = ""
     intent: str | None = None
     confidence: float | None = None
+    expects: str | None = None
+    """The slot the bot asks the caller for next (Rasa's ``requested_slot``), if any."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

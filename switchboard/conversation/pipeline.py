@@ -237,7 +237,7 @@ class ConversationPipeline:
         if isinstance(decision, CallerSpeechStarted):
             self.timers.activity()
         elif isinstance(decision, StartSpeculative):
-            self.speculative.start(decision.audio)
+            self.speculative.start(decision.audio, self.responder.expect)
         elif isinstance(decision, DropSpeculative):
             self.speculative.drop()
         elif isinstance(decision, CallerTurnEnded):

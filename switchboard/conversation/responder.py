@@ -111,6 +111,9 @@ class Responder:
         self.handoff: dict[str, Any] | None = None
         self.speech: SpeechHandle | None = None
         """The bot's latest utterance."""
+        self.expect: str | None = None
+        """The answer the bot asked for last (the dialog's requested slot): the caller's
+        next turn is transcribed knowing it."""
 
     @property
     def speaking(self) -> SpeechHandle | None:
@@ -179,6 +182,7 @@ class Responder:
             stage.store(said)  # what the caller said is kept whatever the dialog did
             raise
         said.intent = reply.intent
+        self.expect = reply.expects
         stage.store(said)
         await self._speak_reply(reply, origin_wall=turn.endpoint_wall,
                                 endpoint_ms=float(turn.endpoint_ms), stt_ms=stt_ms,
@@ -193,7 +197,7 @@ class Responder:
             except Exception:
                 log.warning("call %s: speculative transcription failed, retrying",
                             self.stage.call_id)
-        return await self.stt.transcribe(turn.audio, self.stage.rate)
+        return await self.stt.transcribe(turn.audio, self.stage.rate, expect=self.expect)
 
     async def _dialog_input(self, item: DialogInput) -> None:
         stage = self.stage
@@ -207,6 +211,7 @@ class Responder:
             ))
             reply = await self.dialog.send_keypad(stage.conversation_id, item.keypad,
                                                   stage.metadata)
+            self.expect = None  # the keypad answered it
         else:
             reply = await self.dialog.send_event(stage.conversation_id, item.intent,
                                                  stage.metadata)

@@ -21,11 +21,11 @@ class SpeculativeTranscriber:
         self._current: asyncio.Task[Transcript] | None = None
         self._inflight: asyncio.Task[Transcript] | None = None
 
-    def start(self, audio: np.ndarray) -> None:
+    def start(self, audio: np.ndarray, expect: str | None = None) -> None:
         """The caller paused after ``audio``: transcribe it, unless one is still running."""
         if self._inflight is None or self._inflight.done():
-            task = asyncio.create_task(
-                self.stt.transcribe(audio, self.sample_rate, priority=Priority.SPECULATIVE))
+            task = asyncio.create_task(self.stt.transcribe(
+                audio, self.sample_rate, priority=Priority.SPECULATIVE, expect=expect))
             task.add_done_callback(_retrieve)
             self._current = self._inflight = task
 

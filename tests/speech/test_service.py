@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import zmq
 
+from speech.grammar import GrammarRecognizer
 from speech.service.pool import SpeechPool
 from speech.service.protocol import Address, AddressError, pack, parse_addresses, unpack
 from speech.service.server import SecurityError, SpeechServer
+from speech.tts import PiperTTS
 from switchboard.base.processes import free_port
 from switchboard.conversation.engines import (
     DeadlineExceeded,
@@ -26,6 +28,7 @@ from switchboard.conversation.engines import (
     Priority,
     Transcript,
 )
+from tests.support.audio_tools import piper_speech
 
 RATE = 8000
 WAIT_S = 10.0
@@ -41,7 +44,8 @@ class SlowSTT:
 
     async def transcribe(self, pcm: np.ndarray, sample_rate: int, *,
                          priority: Priority = Priority.FINAL,
-                         deadline: float | None = None) -> Transcript:
+                         deadline: float | None = None, expect: str | None = None
+                         ) -> Transcript:
         queued = time.monotonic()
         async with self._lock:
             if deadline is not None and time.monotonic() > deadline:
@@ -391,3 +395,66 @@ async def test_with_a_secret_only_clients_holding_it_are_served() -> None:
         with pool_of(address, request_timeout_s=1.0) as plain:
             with pytest.raises(EngineError):
                 await plain.transcribe(pcm(10), RATE)
+
+
+# --- grammars ---------------------------------------------------------------------------------
+
+
+class FixedSTT(SlowSTT):
+    """Always hears ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(0.01)
+        self.text = text
+
+    async def transcribe(self, pcm: np.ndarray, sample_rate: int, *,
+                         priority: Priority = Priority.FINAL,
+                         deadline: float | None = None, expect: str | None = None
+                         ) -> Transcript:
+        heard = await super().transcribe(pcm, sample_rate, priority=priority)
+        return Transcript(self.text, 0.5, 0.0, "en", heard.audio_ms, heard.elapsed_ms)
+
+
+@pytest.fixture(scope="module")
+def grammar() -> Iterator[GrammarRecognizer]:
+    recognizer = GrammarRecognizer()
+    recognizer.warm_up()
+    yield recognizer
+    recognizer.close()
+
+
+async def test_an_expected_order_number_is_corrected_by_the_grammar(
+        sockets: list[str], tts: PiperTTS, grammar: GrammarRecognizer) -> None:
+    """Whisper (here: a fake) heard four digits; the grammar, asked because the dialog
+    expects an order number, heard the five that were said."""
+    said = piper_speech(tts, "four eight two one three", RATE)
+    running = Running(SpeechServer(FixedSTT("4, 8, 2, 1."), CountingTTS(),  # type: ignore[arg-type]
+                                   Address.parse(sockets[0]), grammar=grammar))
+    try:
+        with pool_of(sockets[0]) as pool:
+            await asyncio.to_thread(pool.wait_ready, WAIT_S)
+            corrected = await pool.transcribe(said, RATE, expect="order_number")
+            plain = await pool.transcribe(said, RATE)
+            other = await pool.transcribe(said, RATE, expect="favourite_colour")
+    finally:
+        running.stop()
+
+    assert (corrected.text, corrected.recognizer) == ("48213", "grammar:order_number")
+    assert (plain.text, plain.recognizer) == ("4, 8, 2, 1.", "whisper")
+    assert other.text == "4, 8, 2, 1."
+
+
+async def test_other_speech_is_never_forced_into_a_grammar(
+        sockets: list[str], tts: PiperTTS, grammar: GrammarRecognizer) -> None:
+    said = piper_speech(tts, "I want to talk to a human agent.", RATE)
+    running = Running(SpeechServer(FixedSTT("I want to talk to a human agent."),
+                                   CountingTTS(), Address.parse(sockets[0]),  # type: ignore[arg-type]
+                                   grammar=grammar))
+    try:
+        with pool_of(sockets[0]) as pool:
+            await asyncio.to_thread(pool.wait_ready, WAIT_S)
+            heard = await pool.transcribe(said, RATE, expect="order_number")
+    finally:
+        running.stop()
+
+    assert (heard.text, heard.recognizer) == ("I want to talk to a human agent.", "whisper")

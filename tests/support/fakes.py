@@ -42,12 +42,15 @@ class FakeSTT(FakeEngine):
         self.texts = list(texts)
         self.calls = 0
         self.priorities: list[Priority] = []
+        self.expected: list[str | None] = []
 
     async def transcribe(self, pcm: np.ndarray, sample_rate: int, *,
                          priority: Priority = Priority.FINAL,
-                         deadline: float | None = None) -> Transcript:
+                         deadline: float | None = None, expect: str | None = None
+                         ) -> Transcript:
         self.calls += 1
         self.priorities.append(priority)
+        self.expected.append(expect)
         await asyncio.sleep(0.01)
         text = self.texts.pop(0) if self.texts else ""
         return Transcript(text=text, confidence=0.9, no_speech_prob=0.0, language="en",
@@ -77,8 +80,11 @@ Script = Callable[[str], list[BotMessage]]
 class FakeDialog(FakeEngine):
     """Answers from a function of the message; can be switched off to simulate an outage."""
 
-    def __init__(self, script: Script, *, fail_after: int | None = None) -> None:
+    def __init__(self, script: Script, *, fail_after: int | None = None,
+                 expects: Callable[[str], str | None] | None = None) -> None:
         self.script = script
+        self.expects = expects
+        """The slot the bot asks for after each message (Rasa's requested slot)."""
         self.received: list[str] = []
         self.senders: list[str] = []
         self.fail_after = fail_after
@@ -88,7 +94,8 @@ class FakeDialog(FakeEngine):
         self.senders.append(sender)
         if self.fail_after is not None and len(self.received) > self.fail_after:
             raise DialogUnavailable("Rasa at http://127.0.0.1:1 is not reachable: refused")
-        return DialogReply(messages=self.script(message), elapsed_ms=1.0, sent_text=message)
+        return DialogReply(messages=self.script(message), elapsed_ms=1.0, sent_text=message,
+                           expects=self.expects(message) if self.expects else None)
 
     async def send(self, conversation_id: str, text: str,
                    metadata: dict[str, Any] | None = None) -> DialogReply:

@@ -79,3 +79,16 @@ def test_bench_turn_scores_finished_and_paused_callers(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())["figures"]
     assert figures["piper samples finished/paused"].startswith("13/")
     assert 0 <= figures["espeak >= 0.5: paused cut off %"] <= 100
+
+
+def test_bench_grammar_compares_whisper_and_the_digit_grammar(tmp_path: Path) -> None:
+    out = tmp_path / "grammar.json"
+    done = subprocess.run([sys.executable, "-m", "switchboard", "bench", "grammar",
+                           "--numbers", "2", "--json", str(out)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(out.read_text())["figures"]
+    for voice in ("piper", "espeak"):
+        for condition in ("clean", "noisy"):
+            for method in ("whisper", "grammar", "combined"):
+                assert 0 <= figures[f"{voice} {condition} {method} %"] <= 100

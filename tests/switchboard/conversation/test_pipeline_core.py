@@ -96,3 +96,19 @@ async def test_the_caller_hanging_up_ends_the_call() -> None:
     recorder = MemoryRecorder()
     result = await call(silence(2000), FakeSTT([]), FakeDialog(script), recorder, tail_s=0.2)
     assert result.reason == "caller_hangup"
+
+
+async def test_the_answer_the_bot_asked_for_travels_with_the_next_turn() -> None:
+    """After a reply that asks for the order number, the caller's next turn is transcribed
+    knowing it (speculatively and finally); after the answer, no more."""
+    stt = FakeSTT(["check my order", "four eight two one three", "bye"])
+    dialog = FakeDialog(script, expects=lambda m: "order_number" if m == "check my order"
+                        else None)
+    caller = np.concatenate([silence(1500), tone(600), silence(1500), tone(600),
+                             silence(1500), tone(600), silence(1000)])
+
+    await call(caller, stt, dialog, MemoryRecorder())
+
+    assert stt.expected == [None, "order_number", None]  # one (speculative) call per turn
+    assert dialog.received[:4] == ["/call_start", "check my order",
+                                   "four eight two one three", "bye"]
