@@ -192,6 +192,10 @@ class Settings(BaseSettings):
         default="", description="Where a handoff is transferred (REFER), e.g. sip:agents@pbx."
     )
     sip_record: bool = Field(default=True, description="Record every SIP call (both legs).")
+    sip_jitter_buffer_ms: int = Field(
+        default=-1, ge=-1, le=1000,
+        description="Initial and minimum prefetch of the RTP jitter buffer, in ms; -1 keeps "
+        "PJMEDIA's adaptive defaults.")
 
     # --- web app and WebRTC softphone ---------------------------------------------------
     web_host: str = Field(

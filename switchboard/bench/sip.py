@@ -11,10 +11,35 @@ from pathlib import Path
 from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port, process_tree_cpu_s
 from switchboard.base.settings import Settings
-from switchboard.bench.kit import Report, piper_lines
+from switchboard.bench.kit import Report, percentile, piper_lines
 from switchboard.bench.sip_callers import CALLS_PER_PROCESS, RATE, run_sip_bench
+from switchboard.storage.database import prepare_database
+from switchboard.storage.repository import CallRepository
 
 NODE_START_TIMEOUT_S = 300.0
+
+
+STAGES = ("endpoint_ms", "stt_ms", "dialog_ms", "tts_ms", "response_ms")
+
+
+def server_stages(database_url: str, calls: int) -> dict[str, list[float]]:
+    """Where each bot answer's time went on the node (its turn records): end-of-turn wait,
+    transcription, dialog, first synthesized audio, and the whole response as the node
+    saw it (end of the caller's speech in the received audio -> first frame sent)."""
+    repository = CallRepository(prepare_database(database_url, demo_data=False))
+    stages: dict[str, list[float]] = {}
+    for listed in repository.list_calls(limit=calls):
+        call = repository.get_call(listed.id)
+        for turn in call.turns if call is not None else []:
+            if turn.speaker != "bot" or turn.response_ms is None:
+                continue
+            for stage in STAGES:
+                value = getattr(turn, stage)
+                if value is not None:
+                    name = "server response" if stage == "response_ms" else (
+                        f"server {stage.removesuffix('_ms')}")
+                    stages.setdefault(name, []).append(float(value))
+    return stages
 
 
 def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
@@ -53,6 +78,12 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
                                        pid, command_has="sip-worker"))
         finally:
             node.stop()
+        stages = server_stages(f"sqlite:///{tmp}/bench.db", calls)
     report = result.report()
+    report.series.update(stages)
+    caller, server = (percentile(report.series.get(name, []), 50)
+                      for name in ("voice_to_voice", "server response"))
+    if caller is not None and server is not None:
+        report.figures["transport_ms_p50 (caller p50 - server p50)"] = caller - server
     report.figures["sip_workers"] = workers
     return report

@@ -165,6 +165,9 @@ class SipEndpoint:
         cfg.medConfig.ptime = 20
         cfg.medConfig.noVad = True
         cfg.medConfig.ecTailLen = 0
+        if self.settings.sip_jitter_buffer_ms >= 0:  # else PJMEDIA's adaptive defaults
+            cfg.medConfig.jbInit = self.settings.sip_jitter_buffer_ms
+            cfg.medConfig.jbMinPre = self.settings.sip_jitter_buffer_ms
         self.ep.libInit(cfg)
         self._transports()
         self.ep.audDevManager().setNullDev()
