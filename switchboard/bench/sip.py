@@ -31,8 +31,8 @@ def server_stages(database_url: str, calls: int) -> dict[str, list[float]]:
     for listed in repository.list_calls(limit=calls):
         call = repository.get_call(listed.id)
         for turn in call.turns if call is not None else []:
-            if turn.speaker != "bot" or turn.response_ms is None:
-                continue
+            if turn.speaker != "bot" or turn.response_ms is None or turn.endpoint_ms is None:
+                continue  # greetings answer no caller turn
             for stage in STAGES:
                 value = getattr(turn, stage)
                 if value is not None:
