@@ -276,7 +276,7 @@ class RasaServers(Managed):
                     "--interface", LOOPBACK, "--port", str(self.rasa_port),
                     "--endpoints", str(endpoints),
                     "--credentials", str(self.bot_dir / "credentials.yml"),
-                    *(["--enable-api", "--auth-token", self.config.api_token]
+                    *(["--enable-api", f"--auth-token={self.config.api_token}"]
                       if self.config.api_token else []),
                 ],
                 self.rasa_log,

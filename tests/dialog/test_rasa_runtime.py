@@ -118,6 +118,22 @@ def test_child_that_exits_at_start_is_reported_with_its_log(tmp_path: Path) -> N
         servers.stop()
 
 
+def test_an_api_token_starting_with_a_dash_reaches_rasa_as_a_value(tmp_path: Path) -> None:
+    """token_urlsafe() starts with '-' one time in 64: as a separate argument, Rasa's
+    argparse took it for an option and the node failed to start."""
+    settings = make_settings(tmp_path, rasa_api_token="-dashing-token")
+    fake_venv(settings, 'echo "args: $*"; exit 4')
+    model = tmp_path / "model.tar.gz"
+    model.write_bytes(b"")
+    servers = RasaServers(settings, model, rasa_port=1, action_port=2)
+    servers.start()
+    try:
+        with pytest.raises(RasaStartError, match="--auth-token=-dashing-token"):
+            servers.wait_healthy(timeout=20)
+    finally:
+        servers.stop()
+
+
 def test_start_timeout_names_the_server_that_is_not_up(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     fake_venv(settings, "exec sleep 30")
