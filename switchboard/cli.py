@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -424,21 +426,10 @@ def bench_grammar(
     """Digit strings over a telephone line: Whisper alone, the digit grammar
     (PocketSphinx) alone, and both combined, for two voice families, clean and noisy."""
     from speech.grammar import GrammarRecognizer
-    from speech.stt import WhisperSTT
-    from speech.tts import PiperTTS
     from switchboard.bench.grammar import bench_grammar as run_bench
-    from switchboard.node import stt_config, tts_config
 
-    settings = get_settings()
-    _setup_logging(settings, quiet=True)
-    tts = PiperTTS.from_config(tts_config(settings))
-    stt = WhisperSTT.from_config(stt_config(settings))
-    grammar = GrammarRecognizer()
-    try:
+    with _bench_models(GrammarRecognizer) as (tts, stt, grammar):
         _report(run_bench(tts, stt, grammar, numbers, snr_db), json_path)
-    finally:
-        for engine in (tts, stt, grammar):
-            engine.close()
 
 
 @bench_app.command("turn")
@@ -450,21 +441,29 @@ def bench_turn(
 ) -> None:
     """How well Smart Turn tells finished turns from callers pausing mid-sentence
     (8 kHz, two voice families), per threshold."""
-    from speech.stt import WhisperSTT
-    from speech.tts import PiperTTS
     from speech.turn import SmartTurn
     from switchboard.bench.turn import bench_turn as run_bench
+
+    with _bench_models(SmartTurn) as (tts, stt, model):
+        _report(run_bench(tts, stt, model, pause_ms, rate), json_path)
+
+
+@contextmanager
+def _bench_models(third: Callable[[], Any]) -> Iterator[tuple[Any, Any, Any]]:
+    """Piper, Whisper and ``third()`` in this process (benches of the models themselves,
+    not of a node), closed afterwards."""
+    from speech.stt import WhisperSTT
+    from speech.tts import PiperTTS
     from switchboard.node import stt_config, tts_config
 
     settings = get_settings()
     _setup_logging(settings, quiet=True)
-    tts = PiperTTS.from_config(tts_config(settings))
-    stt = WhisperSTT.from_config(stt_config(settings))
-    model = SmartTurn()
+    engines = [PiperTTS.from_config(tts_config(settings)),
+               WhisperSTT.from_config(stt_config(settings)), third()]
     try:
-        _report(run_bench(tts, stt, model, pause_ms, rate), json_path)
+        yield engines[0], engines[1], engines[2]
     finally:
-        for engine in (tts, stt, model):
+        for engine in engines:
             engine.close()
 
 
