@@ -8,6 +8,7 @@ G.711/G.722 to the bridge's clock rate; the port speaks mono 16-bit PCM at that 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 from collections import deque
@@ -27,6 +28,36 @@ MAX_INBOUND_FRAMES = INBOUND_BUFFER_MS // FRAME_MS
 MAX_PLAYOUT_BACKLOG = 6
 """Bot frames queued beyond this many (120 ms) are dropped oldest first, so a stalled
 event loop cannot add lasting delay to what the caller hears."""
+
+
+def _vector_bytes_copied(vector: pj.ByteVector) -> bytes:
+    """SWIG's way: one Python call per byte (~0.3 ms for a 20 ms frame at 8 kHz)."""
+    return bytes(vector)
+
+
+def _vector_bytes_direct(vector: pj.ByteVector) -> bytes:
+    """The bytes of a ``std::vector<unsigned char>`` read in one copy from its storage
+    (libstdc++ keeps the begin and end pointers first): ~2 µs."""
+    address = int(vector.this)
+    begin = ctypes.c_void_p.from_address(address).value or 0
+    end = ctypes.c_void_p.from_address(address + ctypes.sizeof(ctypes.c_void_p)).value or 0
+    return ctypes.string_at(begin, end - begin) if end > begin else b""
+
+
+def _pick_vector_bytes() -> Callable[[pj.ByteVector], bytes]:
+    """The direct reader when it reads a known vector right, else SWIG's copy."""
+    probe = bytes(range(256)) * 2
+    try:
+        if _vector_bytes_direct(pj.ByteVector(probe)) == probe:
+            return _vector_bytes_direct
+    except (TypeError, ValueError, OSError):
+        pass
+    log.warning("reading PJSIP frames the slow way (this pjsua2 build's vectors differ)")
+    return _vector_bytes_copied
+
+
+vector_bytes = _pick_vector_bytes()
+"""The bytes of a PJSUA2 ``ByteVector`` (a media frame's buffer)."""
 
 
 class SipAudioSource:
@@ -132,7 +163,7 @@ class CallAudioPort(pj.AudioMediaPort):
                 if self._closed:
                     return
                 if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size == len(self._silence):
-                    data = bytes(frame.buf)
+                    data = vector_bytes(frame.buf)
                 else:
                     data = self._silence
                 self.source.feed_threadsafe(data)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pjsua2 as pj
+import pytest
 
 from switchboard.conversation.audio import FRAME_MS
 from switchboard.conversation.media import INBOUND_BUFFER_MS
-from telephony.sip.media_port import SipAudioSource
+from telephony.sip.media_port import SipAudioSource, _vector_bytes_direct, vector_bytes
 
 RATE = 8000
 
@@ -42,3 +44,10 @@ async def test_the_end_of_the_call_is_never_dropped() -> None:
         frames.append(int(pcm[0]))
     assert frames == [1, 2, 3]
     assert await source.read() is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 320, 640, 4096])
+def test_frame_buffers_are_read_whole_and_exactly(size: int) -> None:
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    assert vector_bytes(pj.ByteVector(data)) == data
+    assert vector_bytes is _vector_bytes_direct  # the fast reader on this build
