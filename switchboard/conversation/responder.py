@@ -73,6 +73,11 @@ class CallEnded(Exception):
         self.status = status
 
 
+RACE_AFTER_S = 0.15
+"""How long a turn waits for its pending speculative transcription before it also asks
+for a final one (a guess being computed is usually done by then)."""
+
+
 class Stage(Protocol):
     """What the responder needs of the call it answers on (the pipeline)."""
 
@@ -190,10 +195,35 @@ class Responder:
 
     async def _transcribe(self, turn: CallerTurn) -> Transcript:
         """Use the speculative transcript when there is one: it is dropped if the caller
-        resumed speaking, so a surviving one covers the whole utterance."""
-        if turn.early is not None:
+        resumed speaking, so a surviving one covers the whole utterance.
+
+        One still pending after :data:`RACE_AFTER_S` may sit queued at speculative
+        priority behind other calls' final turns: a final request for the same audio then
+        races it, and the loser is cancelled (dropped unheard if still queued), so this
+        turn never waits behind guesses, and a speech server already computing the guess
+        never computes the final request too."""
+        early = turn.early
+        if early is not None and not early.done():
+            await asyncio.wait({early}, timeout=RACE_AFTER_S)
+        if early is not None and not early.done():
+            final = asyncio.ensure_future(
+                self.stt.transcribe(turn.audio, self.stage.rate, expect=self.expect))
+            racing: set[asyncio.Future[Transcript]] = {early, final}
             try:
-                return await turn.early
+                while racing:
+                    done, racing = await asyncio.wait(racing,
+                                                      return_when=asyncio.FIRST_COMPLETED)
+                    for candidate in (early, final):  # the guess first when both are in
+                        if candidate in done and not candidate.cancelled() and \
+                                candidate.exception() is None:
+                            return candidate.result()
+            finally:
+                for loser in racing:
+                    loser.cancel()
+            return final.result()  # both failed: the final request's error
+        if early is not None:
+            try:
+                return early.result()
             except Exception:
                 log.warning("call %s: speculative transcription failed, retrying",
                             self.stage.call_id)

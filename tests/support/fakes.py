@@ -36,22 +36,31 @@ class FakeEngine:
 
 
 class FakeSTT(FakeEngine):
-    """Returns scripted transcripts, one per call; remembers each request's priority."""
+    """Returns scripted transcripts, one per answered request; remembers the priority and
+    expectation of each answered request, and the priority of each cancelled one."""
 
     def __init__(self, texts: list[str]) -> None:
         self.texts = list(texts)
         self.calls = 0
         self.priorities: list[Priority] = []
         self.expected: list[str | None] = []
+        self.cancelled: list[Priority] = []
+
+    def delay_s(self, priority: Priority) -> float:
+        return 0.01
 
     async def transcribe(self, pcm: np.ndarray, sample_rate: int, *,
                          priority: Priority = Priority.FINAL,
                          deadline: float | None = None, expect: str | None = None
                          ) -> Transcript:
         self.calls += 1
+        try:
+            await asyncio.sleep(self.delay_s(priority))
+        except asyncio.CancelledError:
+            self.cancelled.append(priority)
+            raise
         self.priorities.append(priority)
         self.expected.append(expect)
-        await asyncio.sleep(0.01)
         text = self.texts.pop(0) if self.texts else ""
         return Transcript(text=text, confidence=0.9, no_speech_prob=0.0, language="en",
                           audio_ms=len(pcm) * 1000 // sample_rate, elapsed_ms=10.0)

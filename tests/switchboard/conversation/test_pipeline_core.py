@@ -109,6 +109,26 @@ async def test_the_answer_the_bot_asked_for_travels_with_the_next_turn() -> None
 
     await call(caller, stt, dialog, MemoryRecorder())
 
-    assert stt.expected == [None, "order_number", None]  # one (speculative) call per turn
+    assert stt.expected == [None, "order_number", None]  # one answered request per turn
     assert dialog.received[:4] == ["/call_start", "check my order",
                                    "four eight two one three", "bye"]
+
+
+class BusySTT(FakeSTT):
+    """A busy speech service: speculative requests wait a long time in its queue (behind
+    other calls' final turns), final ones are served at once."""
+
+    def delay_s(self, priority: Priority) -> float:
+        return 20.0 if priority == Priority.SPECULATIVE else 0.01
+
+
+async def test_a_speculative_guess_stuck_in_a_busy_queue_does_not_hold_the_turn() -> None:
+    stt = BusySTT(["bye"])
+    dialog = FakeDialog(script)
+    caller = np.concatenate([silence(1500), tone(600), silence(1500)])
+
+    result = await call(caller, stt, dialog, MemoryRecorder(), tail_s=2.0)
+
+    assert dialog.received == ["/call_start", "bye"] and result.reason == "bot_hangup"
+    assert stt.priorities == [Priority.FINAL]  # the final request answered the turn
+    assert stt.cancelled == [Priority.SPECULATIVE]  # and the stuck guess was dropped
