@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -12,6 +13,25 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+SIP_PORTS = range(20000, 32000)
+"""Below Linux's ephemeral range (32768+), where outgoing connections take their ports."""
+
+
+def free_sip_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP (SIP listens on both), outside the ephemeral range:
+    a port the kernel handed out for UDP may meanwhile be taken by an outgoing TCP
+    connection of another process, and SIP's TCP listener then fails to start."""
+    for port in random.sample(SIP_PORTS, 200):
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise OSError(f"no port free for UDP and TCP in {SIP_PORTS} on {host}")
 
 
 def alive(pid: int) -> bool:

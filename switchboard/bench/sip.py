@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from switchboard.base.children import ChildProcess, log_probe
-from switchboard.base.processes import free_port, process_tree_cpu_s
+from switchboard.base.processes import free_port, free_sip_port, process_tree_cpu_s
 from switchboard.base.settings import Settings
 from switchboard.bench.kit import Report, percentile, piper_lines
 from switchboard.bench.sip_callers import CALLS_PER_PROCESS, RATE, run_sip_bench
@@ -49,7 +49,7 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
         return run_sip_bench(target, calls, concurrency, lines).report()
     workers = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
-        sip_port = free_port(socket.SOCK_DGRAM)
+        sip_port = free_sip_port()
         log_path = Path(tmp) / "node.log"
         node = ChildProcess(
             "node", [sys.executable, "-m", "switchboard", "run", "--sip-workers", str(workers)],

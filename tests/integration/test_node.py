@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from switchboard.base.children import ChildProcess, log_probe
-from switchboard.base.processes import alive, descendants, free_port
+from switchboard.base.processes import alive, descendants, free_port, free_sip_port
 from telephony.sip_ping import options_ping
 
 pytestmark = pytest.mark.integration
@@ -46,9 +46,7 @@ def test_run_supervises_every_child_and_stops_them_all_on_ctrl_c(
     database_url: str, tmp_path: Path
 ) -> None:
     rasa_port, action_port, web_port = free_port(), free_port(), free_port()
-    sip_port = free_port(socket.SOCK_DGRAM)
-    while sip_port in (rasa_port, action_port, web_port):  # SIP listens on UDP and TCP
-        sip_port = free_port(socket.SOCK_DGRAM)
+    sip_port = free_sip_port()
     env = {**{k: v for k, v in os.environ.items() if k != "SWITCHBOARD_SPEECH_SERVERS"},
            "SWITCHBOARD_DATABASE_URL": database_url,
            "SWITCHBOARD_RASA_PORT": str(rasa_port), "SWITCHBOARD_ACTION_PORT": str(action_port),

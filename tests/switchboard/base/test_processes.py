@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
-from switchboard.base.processes import process_tree_cpu_s
+from switchboard.base.processes import SIP_PORTS, free_sip_port, process_tree_cpu_s
 
 BUSY = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n" \
        "import sys; sys.stdin.read()"
@@ -28,3 +29,12 @@ def test_cpu_of_the_children_a_command_line_names() -> None:
 
     assert named >= 0.3 and nobody == 0.0
     assert everything >= named
+
+
+def test_a_sip_port_is_free_for_udp_and_tcp_below_the_ephemeral_range() -> None:
+    port = free_sip_port()
+
+    assert port in SIP_PORTS
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind(("127.0.0.1", port))
