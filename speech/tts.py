@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import AsyncGenerator, Iterator
@@ -12,7 +13,7 @@ from typing import cast
 import numpy as np
 import onnxruntime
 from piper import PiperVoice
-from piper.config import PiperConfig, SynthesisConfig
+from piper.config import PiperConfig
 
 from speech.config import PIPER_JOE, TtsConfig
 from speech.inference import InferenceQueue, drain
@@ -38,7 +39,6 @@ class PiperTTS:
         path = resolve_piper_voice(voice)
         self.device = pick_onnx_device(device)
         self._voice = self._load(path, cpu_threads)
-        self._synthesis = SynthesisConfig()
         self.native_rate: int = self._voice.config.sample_rate
         self._queue = InferenceQueue("piper-tts")
 
@@ -75,15 +75,10 @@ class PiperTTS:
     def synthesize_sync(self, text: str, sample_rate: int, skip: int = 0
                         ) -> Iterator[np.ndarray]:
         """One int16 mono chunk per sentence of ``text``, at ``sample_rate``, lazily; the
-        first ``skip`` sentences are left out without being synthesized."""
-        sentences = [phonemes for phonemes in self._voice.phonemize(text) if phonemes]
-        for phonemes in sentences[skip:]:
-            ids = self._voice.phonemes_to_ids(phonemes)
-            audio = np.asarray(self._voice.phoneme_ids_to_audio(ids, self._synthesis))
-            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-            scaled = audio / peak if peak > 1e-8 else np.zeros_like(audio)
-            pcm = np.clip(scaled * 32767.0, -32767, 32767).astype(np.int16)
-            yield resample(pcm, self.native_rate, sample_rate)
+        first ``skip`` sentences are left out (a reply resumed after a speech server died:
+        they are synthesized and dropped, a cost paid only then)."""
+        for chunk in itertools.islice(self._voice.synthesize(text), skip, None):
+            yield resample(chunk.audio_int16_array, chunk.sample_rate, sample_rate)
 
     async def stream(self, text: str, sample_rate: int, *, skip: int = 0
                      ) -> AsyncGenerator[np.ndarray, None]:
@@ -101,8 +96,7 @@ class PiperTTS:
     async def _produce(self, text: str, sample_rate: int, skip: int,
                        chunks: asyncio.Queue[np.ndarray | BaseException | None]) -> None:
         try:
-            sentences = self.synthesize_sync(text, sample_rate, skip) if skip else \
-                self.synthesize_sync(text, sample_rate)
+            sentences = self.synthesize_sync(text, sample_rate, skip)
             priority = FIRST_SENTENCE
             while (timed := await self._queue.run(lambda: next(sentences, _END),
                                                   priority=priority)).value is not _END:

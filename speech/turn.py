@@ -9,19 +9,12 @@ the waveform normalised to zero mean and unit variance).
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-
 import numpy as np
 import onnxruntime
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from speech.inference import InferenceQueue
 from speech.models import resolve_smart_turn
 from switchboard.conversation.audio import int16_to_float32, resample
-
-logger = logging.getLogger(__name__)
 
 MODEL_RATE = 16000
 WINDOW_S = 8
@@ -30,7 +23,8 @@ FRAMES = WINDOW_S * 100
 
 
 class SmartTurn:
-    """Smart Turn v3 on the CPU; scores run one at a time on a thread of their own."""
+    """Smart Turn v3 on the CPU, scored on the calling thread (``switchboard bench turn``
+    measures it; the pipeline does not use it, see the README)."""
 
     def __init__(self, cpu_threads: int = 1) -> None:
         options = onnxruntime.SessionOptions()
@@ -42,13 +36,13 @@ class SmartTurn:
             providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self._features = FeatureExtractor(feature_size=80)
-        self._queue = InferenceQueue("smart-turn")
 
     def warm_up(self) -> None:
-        self.completion_sync(np.zeros(MODEL_RATE, dtype=np.int16), MODEL_RATE)
+        self.score(np.zeros(MODEL_RATE, dtype=np.int16), MODEL_RATE)
 
-    def completion_sync(self, pcm: np.ndarray, sample_rate: int) -> float:
-        """Probability that the turn is complete after ``pcm`` (1-D int16)."""
+    def score(self, pcm: np.ndarray, sample_rate: int) -> float:
+        """Probability that the caller's turn is complete after ``pcm`` (1-D int16, the
+        utterance so far ending in the pause being judged)."""
         if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
             raise ValueError("expected 1-D int16 mono PCM as a numpy array")
         audio = int16_to_float32(resample(pcm, sample_rate, MODEL_RATE))
@@ -59,18 +53,5 @@ class SmartTurn:
         output = self._session.run(None, {self._input: features[None].astype(np.float32)})
         return float(np.asarray(output[0]).reshape(-1)[0])
 
-    async def completion(self, pcm: np.ndarray, sample_rate: int) -> float:
-        started = time.perf_counter()
-        timed = await self._queue.run(lambda: self.completion_sync(pcm, sample_rate))
-        logger.debug("turn completion %.2f in %.0f ms", timed.value,
-                     (time.perf_counter() - started) * 1000)
-        return timed.value
-
-    def health(self) -> str | None:
-        return None if self._queue.alive else "the Smart Turn worker thread is not running"
-
     def close(self) -> None:
-        self._queue.close()
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
+        """Nothing runs in the background; the session goes with the object."""

@@ -105,7 +105,6 @@ def speech_server(
     from speech.service.server import SecurityError, SpeechServer, serve_until_signalled
     from speech.stt import WhisperSTT
     from speech.tts import PiperTTS
-    from speech.turn import SmartTurn
     from switchboard.conversation.engines import EngineError, start_engine
     from switchboard.node import local_speech_address, stt_config, tts_config
 
@@ -119,13 +118,12 @@ def speech_server(
     try:
         stt = start_engine("Whisper", lambda: WhisperSTT.from_config(stt_config(settings)))
         tts = start_engine("Piper", lambda: PiperTTS.from_config(tts_config(settings)))
-        turn = start_engine("Smart Turn", SmartTurn)
         grammar = start_engine("PocketSphinx grammars", GrammarRecognizer)
     except EngineError as exc:
         raise _fail(str(exc)) from None
     logging.getLogger(__name__).info("Whisper on %s, Piper on %s", stt.device, tts.device)
     try:
-        server = SpeechServer(stt, tts, address, turn=turn, grammar=grammar,
+        server = SpeechServer(stt, tts, address, grammar=grammar,
                               secret=settings.speech_secret)
         asyncio.run(serve_until_signalled(server))
     except (SecurityError, OSError) as exc:
@@ -133,7 +131,6 @@ def speech_server(
     finally:
         stt.close()
         tts.close()
-        turn.close()
         grammar.close()
 
 

@@ -25,8 +25,7 @@ from dialog.service import dialog_available
 from speech.config import SttConfig, TtsConfig
 from speech.service.engines import RemoteSTT, RemoteTTS
 from speech.service.pool import SpeechPool
-from speech.service.protocol import Address, parse_addresses
-from speech.service.server import READY_LINE
+from speech.service.protocol import READY_LINE, Address, parse_addresses
 from speech.vad import SileroDetector
 from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.settings import Settings

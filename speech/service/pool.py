@@ -167,7 +167,7 @@ class _Connection:
                     finished = True
                     raise reply
                 yield reply
-                if reply["op"] in ("stt", "turn", "done", "error"):
+                if reply["op"] in ("stt", "done", "error"):
                     finished = True
                     return
         finally:
@@ -244,13 +244,6 @@ class SpeechPool:
             raise ValueError("expected 1-D int16 mono PCM as a numpy array")
         return await asyncio.wrap_future(self._call(self._transcribe(
             pcm.astype("<i2").tobytes(), sample_rate, priority, deadline, expect)))
-
-    async def completion(self, pcm: np.ndarray, sample_rate: int) -> float:
-        """Probability that the caller's turn is complete after ``pcm`` (Smart Turn)."""
-        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
-            raise ValueError("expected 1-D int16 mono PCM as a numpy array")
-        return await asyncio.wrap_future(self._call(
-            self._completion(pcm.astype("<i2").tobytes(), sample_rate)))
 
     async def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[np.ndarray, None]:
         """Sentences of ``text`` at ``sample_rate`` as the server produces them; closing
@@ -375,11 +368,6 @@ class SpeechPool:
 
         reply = await self._ask("transcription", request)
         return Transcript(**reply["transcript"])
-
-    async def _completion(self, pcm: bytes, rate: int) -> float:
-        reply = await self._ask("turn completion",
-                                lambda: {"op": "turn", "pcm": pcm, "rate": rate})
-        return float(reply["probability"])
 
     async def _ask(self, what: str, request: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The one reply to ``request()`` (built anew for each try), from the least busy

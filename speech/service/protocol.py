@@ -38,6 +38,10 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 ERROR_KINDS = ("bad_request", "deadline", "closed", "failed")
 
+READY_LINE = "speech server ready on"
+"""A server logs it once its socket is bound and its models are warm (the probe of
+whoever starts one)."""
+
 
 class ProtocolError(ValueError):
     """A message that is not a speech-service message."""

@@ -27,6 +27,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from speech.grammar import EXPECTATIONS, GrammarResult, combine
 from speech.service.protocol import (
     MAX_MESSAGE_BYTES,
+    READY_LINE,
     Address,
     ProtocolError,
     curve_keys,
@@ -42,8 +43,6 @@ from switchboard.conversation.engines import (
 
 log = logging.getLogger(__name__)
 
-READY_LINE = "speech server ready on"
-"""Logged once the socket is bound and the models are warm (the supervisor's probe)."""
 MIN_RATE, MAX_RATE = 8000, 48000
 MAX_TEXT = 5000
 """Characters of one synthesis request (a reply is a few sentences)."""
@@ -64,10 +63,6 @@ Reply = Callable[[dict[str, Any]], None]
 class GrammarMatcher(Protocol):
     async def recognize(self, pcm: np.ndarray, sample_rate: int, grammar: str
                         ) -> GrammarResult: ...
-
-
-class TurnScorer(Protocol):
-    async def completion(self, pcm: np.ndarray, sample_rate: int) -> float: ...
 
 
 class BadRequest(ValueError):
@@ -92,7 +87,7 @@ class SpeechServer:
     """Serves one STT and one TTS engine on ``address`` until :meth:`stop`."""
 
     def __init__(self, stt: SpeechToText, tts: SentenceStreamer, address: Address, *,
-                 turn: TurnScorer | None = None, grammar: GrammarMatcher | None = None,
+                 grammar: GrammarMatcher | None = None,
                  secret: str = "") -> None:
         if not address.local and not secret:
             raise SecurityError(
@@ -101,7 +96,6 @@ class SpeechServer:
                 "node), or bind to 127.0.0.1 or an ipc:// path")
         self.stt = stt
         self.tts = tts
-        self.turn = turn
         self.grammar = grammar
         self.address = address
         self._secret = secret
@@ -183,9 +177,8 @@ class SpeechServer:
             task = self._tasks.get((peer, request_id))
             if task is not None:
                 task.cancel()
-        elif op in ("stt", "tts", "turn"):
-            work = {"stt": self._transcribe, "tts": self._synthesize,
-                    "turn": self._score_turn}[op]
+        elif op in ("stt", "tts"):
+            work = self._transcribe if op == "stt" else self._synthesize
             key = (peer, request_id)
             if key in self._tasks:
                 reply(_error("bad_request", "duplicate request id"))
@@ -216,12 +209,6 @@ class SpeechServer:
         except Exception as exc:
             log.exception("request %s (%s) failed", message["id"], message["op"])
             reply(_error("failed", f"{type(exc).__name__}: {exc}"))
-
-    async def _score_turn(self, message: dict[str, Any], reply: Reply) -> None:
-        if self.turn is None:
-            raise BadRequest("this speech server has no turn-completion model")
-        probability = await self.turn.completion(_pcm(message), _rate(message))
-        reply({"op": "turn", "probability": probability})
 
     async def _transcribe(self, message: dict[str, Any], reply: Reply) -> None:
         pcm = _pcm(message)

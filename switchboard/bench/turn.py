@@ -72,7 +72,7 @@ def bench_turn(tts: PiperTTS, stt: WhisperSTT, model: SmartTurn, pause_ms: int,
     scored: list[tuple[Sample, float]] = []
     for sample in samples(tts, stt, pause_ms, rate):
         started = time.perf_counter()
-        score = model.completion_sync(sample.audio, rate)
+        score = model.score(sample.audio, rate)
         report.series.setdefault("score_ms", []).append((time.perf_counter() - started) * 1000)
         scored.append((sample, score))
     for voice in ("piper", "espeak"):

@@ -85,7 +85,7 @@ class Transcript:
     elapsed_ms: float
     queue_ms: float = 0.0
     recognizer: str = "whisper"
-    """What produced ``text``: Whisper, or a grammar (``grammar:digits``) that won."""
+    """What produced ``text``: Whisper, or a grammar that won (``grammar:order_number``)."""
 
 
 class SpeechToText(Engine, Protocol):
@@ -115,16 +115,6 @@ class TextToSpeech(Engine, Protocol):
         Closing it early (``aclose()``, or cancelling its consumer: barge-in) stops
         synthesis after the current sentence.
         """
-        ...
-
-
-class TurnCompletion(Engine, Protocol):
-    """Anything that judges, from the sound of the caller's last words, whether the
-    caller has finished their turn (a turn-completion model such as Smart Turn)."""
-
-    async def completion(self, pcm: np.ndarray, sample_rate: int) -> float:
-        """Probability (0..1) that the caller's turn is complete after ``pcm`` (the
-        utterance so far, int16 mono, ending in the pause being judged)."""
         ...
 
 

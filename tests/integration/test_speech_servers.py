@@ -31,7 +31,7 @@ CALL_TIMEOUT_S = 300.0
 @pytest.fixture(scope="module")
 def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ChildProcess]]:
     folder = tmp_path_factory.mktemp("speech-pair")
-    children = [speech_server_child(f"ipc://{folder / f's{n}.sock'}", folder / f"s{n}.log")
+    children = [speech_server_child(f"ipc://{folder / f's{n}.sock'}", folder, f"s{n}")
                 for n in range(2)]
     try:
         for child in children:

@@ -80,16 +80,6 @@ class CountingTTS:
             yield np.full(sample_rate // 100, index + 1, dtype=np.int16)
 
 
-class FixedTurn:
-    """Says every turn is complete with ``probability``."""
-
-    def __init__(self, probability: float) -> None:
-        self.probability = probability
-
-    async def completion(self, pcm: np.ndarray, sample_rate: int) -> float:
-        return self.probability
-
-
 class Running:
     """A speech server on its own thread and event loop."""
 
@@ -114,9 +104,9 @@ class Running:
 
 @contextmanager
 def serving(address: str, stt: SlowSTT | None = None, tts: CountingTTS | None = None,
-            secret: str = "", turn: FixedTurn | None = None) -> Iterator[Running]:
+            secret: str = "") -> Iterator[Running]:
     running = Running(SpeechServer(stt or SlowSTT(), tts or CountingTTS(),  # type: ignore[arg-type]
-                                   Address.parse(address), turn=turn, secret=secret))
+                                   Address.parse(address), secret=secret))
     try:
         yield running
     finally:
@@ -194,17 +184,6 @@ async def test_a_reply_streams_sentence_by_sentence(sockets: list[str]) -> None:
         await asyncio.to_thread(pool.wait_ready, WAIT_S)
         assert await read_all(pool, "One. Two. Three.") == [1, 2, 3]
         assert pool.tts_rate == 16000
-
-
-async def test_a_turn_is_scored_by_the_server_that_has_a_turn_model(
-        sockets: list[str]) -> None:
-    with serving(sockets[0], turn=FixedTurn(0.875)), pool_of(sockets[0]) as pool:
-        await asyncio.to_thread(pool.wait_ready, WAIT_S)
-        assert await pool.completion(pcm(), RATE) == 0.875
-    with serving(sockets[1]), pool_of(sockets[1]) as pool:
-        await asyncio.to_thread(pool.wait_ready, WAIT_S)
-        with pytest.raises(ValueError, match="no turn-completion model"):
-            await pool.completion(pcm(), RATE)
 
 
 def test_garbage_gets_an_error_or_nothing_and_the_server_keeps_serving(

@@ -25,8 +25,8 @@ def count_sentences(monkeypatch: pytest.MonkeyPatch, tts: PiperTTS) -> list[int]
     synthesized: list[int] = []
     real = tts.synthesize_sync
 
-    def counting(text: str, sample_rate: int) -> Iterator[np.ndarray]:
-        for pcm in real(text, sample_rate):
+    def counting(text: str, sample_rate: int, skip: int = 0) -> Iterator[np.ndarray]:
+        for pcm in real(text, sample_rate, skip):
             synthesized.append(len(pcm))
             yield pcm
 
@@ -62,9 +62,10 @@ async def test_the_first_sentence_arrives_before_the_rest_is_synthesized(
     counting = tts.synthesize_sync
     first_heard = threading.Event()
 
-    def held_after_the_first(text: str, sample_rate: int) -> Iterator[np.ndarray]:
+    def held_after_the_first(text: str, sample_rate: int, skip: int = 0
+                             ) -> Iterator[np.ndarray]:
         """The rest waits until the listener has the first chunk (or 30 s went by)."""
-        for pcm in counting(text, sample_rate):
+        for pcm in counting(text, sample_rate, skip):
             yield pcm
             first_heard.wait(FIRST_CHUNK_TIMEOUT_S)
 
@@ -121,7 +122,7 @@ async def test_cancelling_the_listener_stops_synthesis(
 async def test_a_synthesis_error_reaches_the_listener(
     tts: PiperTTS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(text: str, sample_rate: int) -> Iterator[np.ndarray]:
+    def broken(text: str, sample_rate: int, skip: int = 0) -> Iterator[np.ndarray]:
         raise RuntimeError("voice exploded")
 
     monkeypatch.setattr(tts, "synthesize_sync", broken)
@@ -135,3 +136,11 @@ def test_the_node_builds_piper_from_the_tts_voice(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"missing\.onnx"):
         PiperTTS.from_config(tts_config(settings))
+
+
+async def test_a_resumed_reply_leaves_out_the_sentences_already_heard(tts: PiperTTS) -> None:
+    whole = await collect(tts, MANY_SENTENCES, 8000)
+    rest = [chunk async for chunk in tts.stream(MANY_SENTENCES, 8000, skip=5)]
+
+    assert len(whole) == 8 and len(rest) == 3
+    assert [len(c) for c in rest] == pytest.approx([len(c) for c in whole[5:]], rel=0.2)

@@ -30,21 +30,20 @@ def test_a_score_is_a_repeatable_probability(smart_turn: SmartTurn, tts: PiperTT
     differently each time, and the scores move with it)."""
     pcm = ending_in_a_pause(piper_speech(tts, FINISHED[0], RATE))
 
-    first = smart_turn.completion_sync(pcm, RATE)
+    first = smart_turn.score(pcm, RATE)
 
     assert 0.0 <= first <= 1.0
-    assert smart_turn.completion_sync(pcm, RATE) == first
+    assert smart_turn.score(pcm, RATE) == first
 
 
-async def test_scores_run_off_the_event_loop_and_accept_any_rate(
-        smart_turn: SmartTurn, tts: PiperTTS) -> None:
+def test_any_rate_is_accepted(smart_turn: SmartTurn, tts: PiperTTS) -> None:
     pcm = ending_in_a_pause(piper_speech(tts, FINISHED[0], RATE))
     wide = np.repeat(pcm, 2)  # the same sound at 16 kHz
 
-    assert await smart_turn.completion(wide, 16000) == pytest.approx(
-        smart_turn.completion_sync(pcm, RATE), abs=0.1)
+    assert smart_turn.score(wide, 16000) == pytest.approx(smart_turn.score(pcm, RATE),
+                                                          abs=0.1)
 
 
 def test_bad_audio_is_refused_clearly(smart_turn: SmartTurn) -> None:
     with pytest.raises(ValueError, match="int16"):
-        smart_turn.completion_sync(np.zeros(100, dtype=np.float32), RATE)
+        smart_turn.score(np.zeros(100, dtype=np.float32), RATE)

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from speech.service.server import READY_LINE
+from speech.service.protocol import Address
 from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
-from switchboard.base.children import ChildProcess, log_probe
-from switchboard.base.settings import PROJECT_ROOT
+from switchboard.base.children import ChildProcess
+from switchboard.base.settings import Settings
+from switchboard.node import speech_server_process
 
 SERVERS_VARIABLE = "SWITCHBOARD_SPEECH_SERVERS"
-SPEECH_START_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="session")
@@ -44,15 +43,12 @@ class SpeechServer:
     process: ChildProcess
 
 
-def speech_server_child(address: str, log_path: Path, **env: str) -> ChildProcess:
-    """``switchboard speech-server`` on ``address`` (CPU models), healthy once warm."""
-    return ChildProcess(
-        "speech server", [sys.executable, "-m", "switchboard", "speech-server", "--bind",
-                          address],
-        log_path=log_path, healthy=log_probe(log_path, READY_LINE), cwd=PROJECT_ROOT,
-        env={"SWITCHBOARD_STT_DEVICE": "cpu", "SWITCHBOARD_TTS_DEVICE": "cpu", **env},
-        start_timeout_s=SPEECH_START_TIMEOUT_S,
-    )
+def speech_server_child(address: str, data_dir: Path, name: str) -> ChildProcess:
+    """``switchboard speech-server`` on ``address`` with CPU models, as a node starts it
+    (its log: ``data_dir/logs/NAME.log``)."""
+    settings = Settings(_env_file=None, data_dir=data_dir,  # type: ignore[call-arg]
+                        stt_device="cpu", tts_device="cpu")
+    return speech_server_process(settings, Address.parse(address), name)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +59,7 @@ def speech_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpeechSe
     folder = tmp_path_factory.mktemp("speech")
     address = f"ipc://{folder / 'speech.sock'}"
     before = os.environ.get(SERVERS_VARIABLE)
-    with speech_server_child(address, folder / "speech-server.log") as child:
+    with speech_server_child(address, folder, "speech-server") as child:
         os.environ[SERVERS_VARIABLE] = address
         try:
             yield SpeechServer(address, child)
