@@ -4,6 +4,7 @@ node holds no model, and a server killed mid-call loses no turn."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -44,6 +45,10 @@ def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Child
             child.stop()
 
 
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
 def addresses(children: list[ChildProcess]) -> list[str]:
     return [child.command[-1] for child in children]
 
@@ -73,8 +78,11 @@ async def test_transcriptions_in_flight_survive_a_killed_server(
         pool.close()
         restart(two_servers[0])
 
-    assert "order" in texts[0] and "account" in texts[1]
-    assert "repeat" in texts[2] and "bill" in texts[3]
+    # each request came back with its own line (tiny.en may miss a word over 8 kHz:
+    # "account" was once heard as "count")
+    for line, text in zip(lines, texts, strict=True):
+        said, heard = set(words(line)), set(words(text))
+        assert len(said & heard) * 2 >= len(said), (line, text)
     assert pool.stats.servers_lost == 1 and pool.stats.retries >= 1
 
 
