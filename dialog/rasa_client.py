@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,6 +17,18 @@ log = logging.getLogger(__name__)
 
 KEYPAD_ENTITY = "order_number"
 INTENT_TIMEOUT_S = 1.0
+INTERNAL_SLOTS = frozenset({"requested_slot", "session_started_metadata"})
+"""Rasa's own slots, not the conversation's."""
+
+
+@dataclass(frozen=True)
+class TrackerReading:
+    """What a reply carries from the conversation's tracker."""
+
+    intent: str | None = None
+    confidence: float | None = None
+    expects: str | None = None
+    slots: dict[str, Any] | None = None
 
 
 class RasaClient:
@@ -51,8 +64,9 @@ class RasaClient:
         message = f"/{intent}"
         if entities:
             message += json.dumps(entities, separators=(",", ":"))
-        # the intent is the one sent: no tracker round trip before the reply is spoken
-        return await self._post(conversation_id, message, metadata, with_intent=False)
+        # the intent is the one sent: no tracker round trip before the reply is spoken,
+        # but for an entity (keypad entry), which may fill slots
+        return await self._post(conversation_id, message, metadata, with_intent=bool(entities))
 
     async def send_keypad(
         self, conversation_id: str, digits: str, metadata: dict[str, Any] | None = None
@@ -93,18 +107,19 @@ class RasaClient:
             for item in body
             if isinstance(item, dict)
         ]
-        intent, confidence, expects = (await self._tracker_reading(conversation_id)
-                                       if with_intent else (None, None, None))
+        reading = (await self._tracker_reading(conversation_id) if with_intent
+                   else TrackerReading())
         return DialogReply(messages=messages, elapsed_ms=elapsed_ms, sent_text=message,
-                           intent=intent, confidence=confidence, expects=expects)
+                           intent=reading.intent, confidence=reading.confidence,
+                           expects=reading.expects, slots=reading.slots)
 
-    async def _tracker_reading(self, conversation_id: str
-                               ) -> tuple[str | None, float | None, str | None]:
-        """The intent of the conversation's latest user message and the slot the bot now
-        asks for; Nones when the API is off or does not answer in time (intents are for
-        the record, the requested slot a hint to speech recognition: the call goes on)."""
+    async def _tracker_reading(self, conversation_id: str) -> TrackerReading:
+        """The intent of the conversation's latest user message, the slots and the slot
+        the bot now asks for; empty when the API is off or does not answer in time
+        (intents are for the record, slots for the call's live state, the requested slot
+        a hint to speech recognition: the call goes on)."""
         if not self._api_token:
-            return None, None, None
+            return TrackerReading()
         try:
             response = await self._http.get(
                 f"/conversations/{conversation_id}/tracker",
@@ -117,12 +132,16 @@ class RasaClient:
             users = [e for e in response.json().get("events") or []
                      if isinstance(e, dict) and e.get("event") == "user"]
             intent = (users[-1].get("parse_data") or {}).get("intent", {}) if users else {}
-            requested = (response.json().get("slots") or {}).get("requested_slot")
+            slots = response.json().get("slots") or {}
+            requested = slots.get("requested_slot")
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             log.warning("conversation %s: no intent from Rasa's tracker: %r", conversation_id, exc)
-            return None, None, None
+            return TrackerReading()
         name = intent.get("name") if isinstance(intent, dict) else None
         confidence = intent.get("confidence") if isinstance(intent, dict) else None
-        return (str(name) if name else None,
-                float(confidence) if isinstance(confidence, int | float) else None,
-                str(requested) if isinstance(requested, str) and requested else None)
+        return TrackerReading(
+            str(name) if name else None,
+            float(confidence) if isinstance(confidence, int | float) else None,
+            str(requested) if isinstance(requested, str) and requested else None,
+            {key: value for key, value in slots.items()
+             if value is not None and key not in INTERNAL_SLOTS and isinstance(key, str)})

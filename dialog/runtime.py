@@ -194,18 +194,20 @@ def endpoints_yaml(config: RasaConfig, action_port: int) -> str:
     lines = ["action_endpoint:", f'  url: "http://{LOOPBACK}:{action_port}/webhook"']
     if config.redis_url:
         url = urlsplit(config.redis_url)
-        lines += [
-            "tracker_store:",
-            "  type: redis",
+        connection = [
             f'  url: "{url.hostname or "localhost"}"',
             f"  port: {url.port or 6379}",
             f"  db: {int(url.path.lstrip('/') or 0)}",
             f"  use_ssl: {'true' if url.scheme == 'rediss' else 'false'}",
             '  key_prefix: "switchboard"',
-            f"  record_exp: {TRACKER_RECORD_EXPIRY_S}",
         ]
         if url.password:
-            lines.append(f'  password: "{unquote(url.password)}"')
+            connection.append(f'  password: "{unquote(url.password)}"')
+        # Rasa servers sharing the trackers also share the lock store: one conversation's
+        # messages are handled one at a time whichever server gets them.
+        lines += ["tracker_store:", "  type: redis", *connection,
+                  f"  record_exp: {TRACKER_RECORD_EXPIRY_S}",
+                  "lock_store:", "  type: redis", *connection]
     return "\n".join(lines) + "\n"
 
 

@@ -6,8 +6,10 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from analytics.celery_app import create_app as create_celery_app
 from analytics.tasks import enqueue_call_analysis
 from dialog.config import RasaConfig
 from dialog.rasa_client import RasaClient
+from dialog.resume import resume_opening
 from dialog.service import dialog_available
 from speech.config import SttConfig, TtsConfig
 from speech.service.engines import RemoteSTT, RemoteTTS
@@ -40,7 +43,9 @@ from switchboard.conversation.engines import (
 from switchboard.conversation.pipeline import CallResult, ConversationPipeline
 from switchboard.conversation.recorder import CallRecorder
 from switchboard.conversation.turn_detector import TurnTaking
+from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import prepare_database
+from switchboard.storage.live import CallState, LiveState, LiveStateUnavailable, LiveWriter
 from switchboard.storage.repository import CallRepository
 
 log = logging.getLogger(__name__)
@@ -159,6 +164,23 @@ async def dialog_ready(settings: Settings) -> AsyncIterator[Settings]:
         yield with_rasa(settings, rasa)
 
 
+RESUMABLE_ENDS = frozenset({"node_lost", "cancelled"})
+"""Ends of a call that cut the caller off: calling again within the recovery window
+resumes its conversation."""
+ANONYMOUS = frozenset({"anonymous", "unknown", "restricted", "unavailable"})
+_SIP_USER = re.compile(r"sips?:([^@;>\s]+)@", re.IGNORECASE)
+
+
+def caller_identity(caller: str | None) -> str | None:
+    """Who calls, as a key for finding their earlier call: a SIP URI's user part
+    (``"Ann" <sip:1001@pbx>`` → ``1001``), lower case; None for anonymous callers."""
+    if not caller:
+        return None
+    match = _SIP_USER.search(caller)
+    who = (match.group(1) if match else caller).strip().lower()
+    return None if not who or who in ANONYMOUS else who
+
+
 @dataclass
 class Node:
     """Everything a call needs that outlives the call."""
@@ -174,7 +196,13 @@ class Node:
     """Engines this node created, and so closes; engines passed in belong to the caller."""
     speech: SpeechPool | None = None
     """The speech servers' client, when this node made one."""
+    live: LiveWriter | None = None
+    """Where each call's state goes after every turn (Redis), when ``redis_url`` is set."""
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def node_id(self) -> str:
+        return self.settings.effective_node_id
 
     @classmethod
     def create(
@@ -208,8 +236,11 @@ class Node:
             dialog = RasaClient(rasa.url, timeout_s=rasa.timeout_s, api_token=rasa.api_token)
             owned.append(dialog)
         celery = create_celery_app(settings) if analytics else None
+        live = (LiveWriter(LiveState(settings.redis_url,
+                                     recovery_window_s=settings.recovery_window_s))
+                if settings.redis_url else None)
         return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned,
-                   pool)
+                   pool, live)
 
     def start_call(self, request: CallRequest) -> CallHandle:
         """Store a new call and run the conversation on the request's media; the handle
@@ -220,12 +251,20 @@ class Node:
 
     async def _run_call(self, handle: CallHandle) -> CallResult:
         request = handle.request
+        who = caller_identity(request.caller)
+        prior = await asyncio.to_thread(self._cut_off_call, request.transport, who)
+        conversation_id, greet = request.conversation_id, request.greet
+        if prior is not None and conversation_id is None:
+            conversation_id, greet = prior.conversation_id, False
         info = {"transport": request.transport, "caller": request.caller,
                 "callee": request.callee, **request.metadata}
+        if prior is not None:
+            info["resumed_from"] = prior.call_id
         call_id = await asyncio.to_thread(
             self.calls.create_call,
             transport=request.transport, caller=request.caller, callee=request.callee,
-            metadata=request.metadata, worker=self.settings.worker_name or None,
+            metadata=info if prior is not None else request.metadata,
+            worker=self.settings.worker_name or None, node=self.node_id,
         )
         try:
             pipeline = ConversationPipeline(
@@ -233,21 +272,83 @@ class Node:
                 stt=self.stt, tts=self.tts, dialog=self.dialog, vad=SileroDetector,
                 recorder=CallRecorder(self.calls, call_id),
                 turn_taking=TurnTaking.from_settings(self.settings), metadata=info,
-                conversation_id=request.conversation_id, greet=request.greet,
+                conversation_id=conversation_id, greet=greet,
+                opening=None if prior is None else resume_opening(
+                    prior.slots, prior.last_intent, prior.last_bot_text),
+                expect=None if prior is None else prior.expects,
             )
         except Exception as exc:
             await asyncio.to_thread(
                 self.calls.end_call, call_id, reason=f"setup_failed: {exc}"[:64], status="failed"
             )
             raise
+        state = self._track(handle, CallState(
+            call_id=call_id, node=self.node_id, transport=request.transport,
+            conversation_id=pipeline.conversation_id, caller=who,
+            sip_call_id=request.metadata.get("sip_call_id"),
+            resumed_from=None if prior is None else prior.call_id))
+        if prior is not None:
+            state.turns, state.slots = prior.turns, dict(prior.slots)
+            state.last_intent, state.expects = prior.last_intent, prior.expects
+            log.info("call %s resumes conversation %s of call %s (cut off: %s)", call_id,
+                     conversation_id, prior.call_id, prior.end_reason or "node lost")
         handle.attach(call_id, pipeline)
         log.info("call %s started (%s from %s)", call_id, request.transport,
                  request.caller or "unknown")
-        result = await pipeline.run()
+        try:
+            result = await pipeline.run()
+        except asyncio.CancelledError:
+            self._ended(state, "cancelled")
+            raise
+        self._ended(state, result.reason, result.handoff)
         log.info("call %s ended: %s", call_id, result.reason)
         if self.analytics is not None:
             self._queue_analysis(call_id)
         return result
+
+    def _cut_off_call(self, transport: str, who: str | None) -> CallState | None:
+        """The caller's latest call, if a lost node (or a node shut down under it) cut it
+        off within the recovery window; None without Redis or when Redis does not answer
+        (the call then starts afresh)."""
+        if self.live is None or who is None:
+            return None
+        live = self.live.live
+        try:
+            prior = live.latest_call(transport, who)
+            if prior is None or time.time() - prior.updated_at > live.recovery_window_s:
+                return None
+            if prior.active:
+                return prior if not live.alive(prior.node) else None
+        except LiveStateUnavailable as exc:
+            log.warning("not looking for an earlier call of this caller: %s", exc)
+            return None
+        return prior if prior.end_reason in RESUMABLE_ENDS else None
+
+    def _track(self, handle: CallHandle, state: CallState) -> CallState:
+        """Write the call's state now and after every turn."""
+        writer = self.live
+        if writer is None:
+            return state
+
+        def turn(record: TurnRecord) -> None:
+            state.turns += 1
+            if record.slots is not None:
+                state.slots = dict(record.slots)
+            if record.speaker == "bot":
+                state.last_bot_text, state.expects = record.text, record.expects
+            elif record.intent:
+                state.last_intent = record.intent
+            writer.put(state)
+
+        handle.on_turn(turn)
+        writer.put(state)
+        return state
+
+    def _ended(self, state: CallState, reason: str,
+               handoff: dict[str, object] | None = None) -> None:
+        if self.live is not None:
+            state.state, state.end_reason, state.handoff = "ended", reason, handoff
+            self.live.put(state)
 
     def _queue_analysis(self, call_id: str) -> None:
         """Off the call's path: the transport hangs up without waiting for the broker."""
@@ -262,5 +363,8 @@ class Node:
             await asyncio.gather(*self._background, return_exceptions=True)
         for engine in self.owned:
             await engine.aclose()
+        if self.live is not None:
+            await asyncio.to_thread(self.live.close)
+            self.live.live.close()
         if self.speech is not None:
             await asyncio.to_thread(self.speech.close)

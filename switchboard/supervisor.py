@@ -18,11 +18,16 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
+from celery import Celery
+
 from admin.accounts import has_users
+from analytics.celery_app import create_app as create_celery_app
+from analytics.tasks import enqueue_call_analysis
 from dialog.runtime import RasaError, RasaServers, ensure_trained
 from dialog.service import publish_api_token, with_api_token
 from switchboard.base.children import ChildError, ChildProcess, http_probe, log_probe
 from switchboard.base.settings import Settings
+from switchboard.cluster import NodeKeeper
 from switchboard.node import (
     local_speech_address,
     rasa_config,
@@ -131,6 +136,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._children: list[Supervised] = []
         self._calls: CallRepository | None = None
+        self._keeper: NodeKeeper | None = None
+        self._celery: Celery | None = None
 
     def run(self) -> None:
         """Start everything, supervise until a stop signal, then stop everything."""
@@ -143,7 +150,12 @@ class Supervisor:
         except DatabaseError as exc:
             raise SupervisorError(str(exc)) from exc
         self._calls = CallRepository(sessions)
-        ended = self._calls.end_active_calls(reason="node_restarted")
+        if self.settings.redis_url:
+            self._keeper = NodeKeeper(self.settings, self._calls, self._analyse,
+                                      info={"sip": f"{self.settings.sip_host}:"
+                                                   f"{self.settings.sip_port}"})
+            self._keeper.start()
+        ended = self._calls.end_active_calls(reason="node_restarted", node=self._node_id)
         if ended:
             log.warning("marked %d calls left active by a previous run as ended", ended)
         try:
@@ -161,7 +173,18 @@ class Supervisor:
             log.info("stopping the node's processes")
             for child in reversed(self._children):
                 child.component.stop()
+            if self._keeper is not None:
+                self._keeper.stop()
             log.info("stopped")
+
+    @property
+    def _node_id(self) -> str:
+        return self.settings.effective_node_id
+
+    def _analyse(self, call_id: str) -> None:
+        if self._celery is None:
+            self._celery = create_celery_app(self.settings)
+        enqueue_call_analysis(call_id, celery=self._celery)
 
     def _start_all(self) -> None:
         if not self.settings.speech_servers:
@@ -215,7 +238,8 @@ class Supervisor:
         while child.restarts and now - child.restarts[0] > RESTART_WINDOW_S:
             child.restarts.popleft()
         if child.worker is not None and self._calls is not None:
-            lost = self._calls.end_active_calls(reason="worker_died", worker=child.worker)
+            lost = self._calls.end_active_calls(reason="worker_died", worker=child.worker,
+                                                node=self._node_id)
             if lost:
                 log.error("%s held %d calls; marked ended (worker_died)", name, lost)
         if len(child.restarts) > MAX_RESTARTS:

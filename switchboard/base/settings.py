@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -36,7 +37,25 @@ class Settings(BaseSettings):
         "PostgreSQL: postgresql+psycopg://user:pass@host/db",
     )
     demo_data: bool = Field(default=True, description="Seed the demo orders on start.")
-    redis_url: str = Field(default="", description="Redis URL for shared session state.")
+    redis_url: str = Field(
+        default="",
+        description="Redis shared by the nodes: heartbeats, the call registry and each call's "
+        "conversation state (empty: one node, nothing to recover). redis://host:6379/0")
+
+    # --- several nodes -----------------------------------------------------------------
+    node_id: str = Field(
+        default="", description="This node's name among the nodes sharing Redis and the "
+        "database; empty means the host name.")
+    recovery_window_s: float = Field(
+        default=600.0, gt=0,
+        description="A caller cut off by a lost node who calls again within this long "
+        "resumes the conversation where it was.")
+    heartbeat_interval_s: float = Field(
+        default=0.5, gt=0, description="How often a node renews its heartbeat in Redis.")
+    heartbeat_ttl_s: float = Field(
+        default=2.0, gt=0,
+        description="A node whose heartbeat is this old is lost: a survivor ends its calls "
+        "(node_lost) and queues their analysis.")
 
     # --- speech: STT -------------------------------------------------------------------
     stt_model: str = Field(
@@ -313,6 +332,11 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @property
+    def effective_node_id(self) -> str:
+        """``node_id``, or the host name."""
+        return self.node_id or socket.gethostname()
 
     @property
     def effective_database_url(self) -> str:

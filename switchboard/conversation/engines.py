@@ -139,6 +139,8 @@ class DialogReply:
     confidence: float | None = None
     expects: str | None = None
     """The slot the bot asks the caller for next (Rasa's ``requested_slot``), if any."""
+    slots: dict[str, Any] | None = None
+    """The conversation's slots after this reply, when the dialog tells them."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

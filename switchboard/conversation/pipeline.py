@@ -28,6 +28,7 @@ from switchboard.conversation.engines import DialogEngine, SpeechToText, TextToS
 from switchboard.conversation.media import AudioSink, AudioSource, Playout
 from switchboard.conversation.recorder import Recorder
 from switchboard.conversation.responder import (
+    Announcement,
     CallEnded,
     CallerTurn,
     DialogInput,
@@ -81,10 +82,13 @@ class ConversationPipeline:
                  stt: SpeechToText, tts: TextToSpeech, dialog: DialogEngine, vad: VadFactory,
                  recorder: Recorder, turn_taking: TurnTaking,
                  metadata: dict[str, Any] | None = None, conversation_id: str | None = None,
-                 greet: bool = True) -> None:
+                 greet: bool = True, opening: str | None = None,
+                 expect: str | None = None) -> None:
         """``conversation_id`` is the dialog's sender id (default: the call id); a caller
         who reconnects passes the earlier one with ``greet=False`` to carry on where the
-        conversation was. ``vad`` builds the speech detector for the call's rate and the
+        conversation was, with the ``opening`` the bot says first (where they were) and
+        the answer the bot was waiting for (``expect``, the dialog's requested slot).
+        ``vad`` builds the speech detector for the call's rate and the
         ``vad_threshold``. ``on_turn``, when set, sees every turn as it is stored."""
         if source.sample_rate != sink.sample_rate:
             raise ValueError(
@@ -107,6 +111,9 @@ class ConversationPipeline:
         self._inputs: asyncio.Queue[Input] = asyncio.Queue()
         if greet:  # first, before keys pressed before the call runs
             self._inputs.put_nowait(DialogInput("call_start", started_wall=time.perf_counter()))
+        if opening:
+            self._inputs.put_nowait(Announcement(opening))
+        self.responder.expect = expect
         self._media_ms = 0
         self._started = datetime.now(UTC)
         self.recorder.clock = lambda: self.wall(self._media_ms)

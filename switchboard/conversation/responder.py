@@ -61,7 +61,14 @@ class DialogInput:
     started_wall: float = 0.0
 
 
-Input = CallerTurn | DialogInput
+@dataclass(frozen=True)
+class Announcement:
+    """Words the bot says without asking the dialog (a resumed call's opening)."""
+
+    text: str
+
+
+Input = CallerTurn | DialogInput | Announcement
 
 
 class CallEnded(Exception):
@@ -151,6 +158,9 @@ class Responder:
         try:
             if isinstance(item, CallerTurn):
                 await self._caller_turn(item)
+            elif isinstance(item, Announcement):
+                record, _ = await self.say(item.text, interruptible=True)
+                self.stage.store(record)
             else:
                 await self._dialog_input(item)
         except CallEnded:
@@ -186,7 +196,7 @@ class Responder:
         except BaseException:
             stage.store(said)  # what the caller said is kept whatever the dialog did
             raise
-        said.intent = reply.intent
+        said.intent, said.slots = reply.intent, reply.slots
         self.expect = reply.expects
         stage.store(said)
         await self._speak_reply(reply, origin_wall=turn.endpoint_wall,
@@ -260,6 +270,7 @@ class Responder:
             record.endpoint_ms = endpoint_ms
             record.stt_ms = round(stt_ms, 1) if stt_ms is not None else None
             record.dialog_ms = round(dialog_ms, 1)
+            record.slots, record.expects = reply.slots, reply.expects
             if timings.first_frame_wall is not None:
                 heard_after_ms = (timings.first_frame_wall - origin_wall) * 1000
                 record.response_ms = round((endpoint_ms or 0.0) + heard_after_ms, 1)

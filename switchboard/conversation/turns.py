@@ -23,4 +23,8 @@ class TurnRecord:
     dialog_ms: float | None = None
     tts_ms: float | None = None
     response_ms: float | None = None
+    slots: dict[str, Any] | None = None
+    """The dialog's slots after the reply this turn belongs to, when known."""
+    expects: str | None = None
+    """The slot the bot asks for after this turn (bot turns)."""
     extra: dict[str, Any] = field(default_factory=dict)

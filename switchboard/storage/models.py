@@ -66,6 +66,7 @@ class Call(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     transport: Mapped[str] = mapped_column(String(16))  # simulate | sip | webrtc
+    node: Mapped[str | None] = mapped_column(String(64), index=True)  # node that ran it
     worker: Mapped[str | None] = mapped_column(String(64), index=True)  # process that ran it
     caller: Mapped[str | None] = mapped_column(String(255))
     callee: Mapped[str | None] = mapped_column(String(255))

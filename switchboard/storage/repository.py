@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -57,10 +57,11 @@ class CallRepository:
         metadata: dict[str, Any] | None = None,
         call_id: str | None = None,
         worker: str | None = None,
+        node: str | None = None,
     ) -> str:
         with self._sessions() as session:
             call = Call(transport=transport, caller=caller, callee=callee,
-                        call_metadata=metadata or {}, worker=worker)
+                        call_metadata=metadata or {}, worker=worker, node=node)
             if call_id:
                 call.id = call_id
             session.add(call)
@@ -140,12 +141,18 @@ class CallRepository:
                 )
             )
 
-    def end_active_calls(self, *, reason: str, worker: str | None = None) -> int:
-        """Mark the calls still active (of one worker, or all) as ended after a crash."""
+    def end_active_calls(self, *, reason: str, worker: str | None = None,
+                         node: str | None = None, call_ids: list[str] | None = None) -> int:
+        """Mark the calls still active as ended after a crash: those of one node (and
+        those stored before calls had nodes), of one of its workers, or the ones named."""
         with self._sessions() as session:
             query = select(Call).where(Call.status == "active")
+            if node is not None:
+                query = query.where(or_(Call.node == node, Call.node.is_(None)))
             if worker is not None:
                 query = query.where(Call.worker == worker)
+            if call_ids is not None:
+                query = query.where(Call.id.in_(call_ids))
             calls = list(session.scalars(query))
             for call in calls:
                 call.status = "ended"

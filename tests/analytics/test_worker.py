@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.celery_app import create_app
@@ -26,6 +24,7 @@ from switchboard.base.settings import Settings
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import AnalysisRepository
 from tests.analytics.calls import order_call, store_call
+from tests.support.redis_server import RedisServer
 
 WORKER_START_TIMEOUT_S = 30.0
 ANALYSIS_TIMEOUT_S = 30.0
@@ -45,30 +44,8 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A redis-server of our own on a free port, without persistence."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is needed (apt-get install redis-server)")
-    port = free_port()
-    client = redis.Redis(port=port, socket_connect_timeout=1)
-    server = ChildProcess(
-        "redis-server",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        log_path=tmp_path / "redis.log",
-        healthy=lambda: None if _pings(client) else "no PONG yet", start_timeout_s=10.0,
-    )
-    try:
-        with server:
-            yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
+    with RedisServer(tmp_path) as server:
+        yield server.url
 
 
 class Workers:

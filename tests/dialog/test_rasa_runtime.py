@@ -6,6 +6,8 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import yaml as yaml_module
+
 import pytest
 
 from dialog.config import RasaConfig
@@ -157,6 +159,8 @@ def test_endpoints_point_at_the_action_server_with_in_memory_trackers(tmp_path: 
 def test_endpoints_use_redis_trackers_when_redis_is_configured(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, redis_url="redis://:s3cret@cache.local:6380/2")
     yaml = endpoints_yaml(settings, action_port=5055)
-    assert "tracker_store:\n  type: redis\n" in yaml
-    for line in ('url: "cache.local"', "port: 6380", "db: 2", 'password: "s3cret"'):
-        assert line in yaml
+    parsed = yaml_module.safe_load(yaml)
+    for store in ("tracker_store", "lock_store"):
+        assert parsed[store]["type"] == "redis"
+        assert (parsed[store]["url"], parsed[store]["port"], parsed[store]["db"],
+                parsed[store]["password"]) == ("cache.local", 6380, 2, "s3cret")

@@ -1,0 +1,307 @@
+"""Live state shared by the nodes, in Redis: which nodes are alive, which calls run where,
+and where each conversation stands, so that a caller cut off by a lost node resumes on
+another one.
+
+Keys, under ``switchboard:live:``:
+
+- ``node:{id}``: the node's heartbeat (JSON), expiring after the heartbeat TTL;
+- ``nodes``: every node id seen (survivors check each one's heartbeat);
+- ``node-calls:{id}``: the ids of the calls the node runs;
+- ``call:{id}``: one call's :class:`CallState` (JSON), kept for the recovery window after
+  its last write;
+- ``caller:{transport}:{caller}``: the id of the caller's latest call, for the window;
+- ``lost:{call id}``: set once, by the survivor that ends a lost node's call (so the call's
+  end is stored and its analysis queued exactly once).
+
+:class:`LiveState` does one Redis round trip per method and raises
+:class:`LiveStateUnavailable` when Redis cannot be reached. :class:`LiveWriter` writes call
+states from a thread of its own, so that no call ever waits on Redis, and keeps them while
+Redis is away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+
+log = logging.getLogger(__name__)
+
+PREFIX = "switchboard:live:"
+ACTIVE_STATES = frozenset({"bot"})
+"""States of a call still running (the agents' desk adds queued and agent)."""
+LONGEST_CALL_S = 4 * 3600
+"""A running call's state outlives its last write by this much plus the recovery window
+(a node that vanished without a survivor to reap it leaves nothing forever)."""
+
+
+class LiveStateUnavailable(RuntimeError):
+    """Redis did not answer; the message names it (without a password)."""
+
+
+@dataclass
+class CallState:
+    """Where one call stands, written after every turn."""
+
+    call_id: str
+    node: str
+    transport: str
+    conversation_id: str
+    caller: str | None = None
+    sip_call_id: str | None = None
+    state: str = "bot"
+    """``bot`` while the call runs; ``ended`` once it ended (see ``end_reason``)."""
+    turns: int = 0
+    last_bot_text: str = ""
+    last_intent: str | None = None
+    slots: dict[str, Any] = field(default_factory=dict)
+    expects: str | None = None
+    """The slot the bot asked for last (Rasa's requested slot)."""
+    handoff: dict[str, Any] | None = None
+    end_reason: str | None = None
+    resumed_from: str | None = None
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> CallState:
+        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for log lines and errors."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
+
+
+class LiveState:
+    """The shared state in one Redis (``url``), read and written synchronously."""
+
+    def __init__(self, url: str, *, recovery_window_s: float = 600.0,
+                 timeout_s: float = 0.5) -> None:
+        self.url = url
+        self.recovery_window_s = recovery_window_s
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            decode_responses=True)
+
+    def close(self) -> None:
+        self._redis.close()
+
+    # ------------------------------------------------------------------ nodes
+
+    def beat(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        """Renew the node's heartbeat for ``ttl_s``."""
+        with self._errors():
+            pipe = self._redis.pipeline()
+            pipe.set(f"{PREFIX}node:{node_id}", json.dumps(info), px=max(1, int(ttl_s * 1000)))
+            pipe.sadd(f"{PREFIX}nodes", node_id)
+            pipe.execute()
+
+    def alive(self, node_id: str) -> bool:
+        with self._errors():
+            return bool(self._redis.exists(f"{PREFIX}node:{node_id}"))
+
+    def nodes(self) -> dict[str, bool]:
+        """Every node seen, and whether its heartbeat is current."""
+        with self._errors():
+            names = sorted(_text(name) for name in self._redis.smembers(f"{PREFIX}nodes"))
+            if not names:
+                return {}
+            pipe = self._redis.pipeline()
+            for name in names:
+                pipe.exists(f"{PREFIX}node:{name}")
+            return {name: bool(up) for name, up in zip(names, pipe.execute(), strict=True)}
+
+    def forget_node(self, node_id: str) -> None:
+        """A lost node with no calls left is no longer checked."""
+        with self._errors():
+            self._redis.srem(f"{PREFIX}nodes", node_id)
+
+    def node_calls(self, node_id: str) -> list[str]:
+        with self._errors():
+            return sorted(_text(call) for call in
+                          self._redis.smembers(f"{PREFIX}node-calls:{node_id}"))
+
+    # ------------------------------------------------------------------ calls
+
+    def write_calls(self, states: list[CallState]) -> None:
+        """Store each state (in one round trip) and index it by node and caller."""
+        window = int(self.recovery_window_s) + 1
+        with self._errors():
+            pipe = self._redis.pipeline()
+            for state in states:
+                running = state.active
+                pipe.set(f"{PREFIX}call:{state.call_id}", state.to_json(),
+                         ex=window + (LONGEST_CALL_S if running else 0))
+                calls = f"{PREFIX}node-calls:{state.node}"
+                if running:
+                    pipe.sadd(calls, state.call_id)
+                else:
+                    pipe.srem(calls, state.call_id)
+                if state.caller:
+                    pipe.set(self._caller_key(state.transport, state.caller), state.call_id,
+                             ex=window)
+            pipe.execute()
+
+    def call(self, call_id: str) -> CallState | None:
+        with self._errors():
+            raw = self._redis.get(f"{PREFIX}call:{call_id}")
+        return None if raw is None else CallState.from_json(raw)
+
+    def latest_call(self, transport: str, caller: str) -> CallState | None:
+        """The caller's latest call within the recovery window, if any."""
+        with self._errors():
+            call_id = self._redis.get(self._caller_key(transport, caller))
+        return None if call_id is None else self.call(_text(call_id))
+
+    def drop_from_node(self, node_id: str, call_id: str) -> None:
+        with self._errors():
+            self._redis.srem(f"{PREFIX}node-calls:{node_id}", call_id)
+
+    def claim_lost(self, call_id: str, claimer: str) -> bool:
+        """True for exactly one claimer of a lost call."""
+        with self._errors():
+            return bool(self._redis.set(f"{PREFIX}lost:{call_id}", claimer, nx=True,
+                                        ex=int(self.recovery_window_s) + LONGEST_CALL_S))
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _caller_key(transport: str, caller: str) -> str:
+        return f"{PREFIX}caller:{transport}:{caller}"
+
+    def _errors(self) -> _Translate:
+        return _Translate(self.url)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Translate:
+    """Turns redis-py's errors into :class:`LiveStateUnavailable`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 _tb: object) -> None:
+        if exc is not None and isinstance(exc, redis.RedisError):
+            raise LiveStateUnavailable(f"Redis at {redacted(self.url)}: {exc}") from exc
+
+
+class LiveWriter:
+    """Writes call states to Redis on a thread of its own.
+
+    ``put`` never blocks; a newer state of a call replaces one not written yet. While
+    Redis is unreachable the latest state of every call is kept and retried every
+    ``retry_s``; one log line says Redis went away, one that it came back and how many
+    states were written then."""
+
+    def __init__(self, live: LiveState, *, retry_s: float = 0.5) -> None:
+        self.live = live
+        self.retry_s = retry_s
+        self._pending: dict[str, CallState] = {}
+        self._changed = threading.Condition()
+        self._writing = 0
+        self._closed = False
+        self._down_since: float | None = None
+        self._thread = threading.Thread(target=self._run, name="live-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, state: CallState) -> None:
+        """Queue a copy of ``state`` for writing."""
+        copy = replace(state, slots=dict(state.slots), updated_at=time.time())
+        with self._changed:
+            self._pending.pop(copy.call_id, None)
+            self._pending[copy.call_id] = copy
+            self._changed.notify_all()
+
+    @property
+    def unwritten(self) -> int:
+        with self._changed:
+            return len(self._pending) + self._writing
+
+    @property
+    def redis_down(self) -> bool:
+        return self._down_since is not None
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued state is written; False when time ran out."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._pending or self._writing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Write what is queued (for up to ``timeout_s``) and stop."""
+        self.flush(timeout_s)
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join(timeout_s)
+        if self._pending:
+            log.error("%d call states were never written to Redis at %s", len(self._pending),
+                      redacted(self.live.url))
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._pending and not self._closed:
+                    self._changed.wait()
+                if self._closed:
+                    return
+                batch, self._pending = list(self._pending.values()), {}
+                self._writing = len(batch)
+            try:
+                self.live.write_calls(batch)
+            except LiveStateUnavailable as exc:
+                self._keep(batch)
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    log.warning("%s; keeping call state in memory and retrying until it "
+                                "returns (calls go on)", exc)
+                with self._changed:
+                    self._changed.wait_for(lambda: self._closed, self.retry_s)
+                continue
+            except Exception:  # a bug must not stop the writer: the calls go on
+                log.exception("writing %d call states failed; dropped", len(batch))
+            with self._changed:
+                self._writing = 0
+                self._changed.notify_all()
+            if self._down_since is not None:
+                log.warning("Redis at %s is back after %.1f s: call state written",
+                            redacted(self.live.url), time.monotonic() - self._down_since)
+                self._down_since = None
+
+    def _keep(self, batch: list[CallState]) -> None:
+        """Put back what failed, unless a newer state of the call came meanwhile."""
+        with self._changed:
+            newer = self._pending
+            self._pending = {s.call_id: s for s in batch if s.call_id not in newer}
+            self._pending.update(newer)
+            self._writing = 0
+            self._changed.notify_all()
