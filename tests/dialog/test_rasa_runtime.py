@@ -6,9 +6,8 @@ import shutil
 import textwrap
 from pathlib import Path
 
-import yaml as yaml_module
-
 import pytest
+import yaml as yaml_module
 
 from dialog.config import RasaConfig
 from dialog.runtime import (

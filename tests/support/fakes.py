@@ -90,10 +90,13 @@ class FakeDialog(FakeEngine):
     """Answers from a function of the message; can be switched off to simulate an outage."""
 
     def __init__(self, script: Script, *, fail_after: int | None = None,
-                 expects: Callable[[str], str | None] | None = None) -> None:
+                 expects: Callable[[str], str | None] | None = None,
+                 slots: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.script = script
         self.expects = expects
         """The slot the bot asks for after each message (Rasa's requested slot)."""
+        self.slots = slots
+        """The conversation's slots after each message."""
         self.received: list[str] = []
         self.senders: list[str] = []
         self.fail_after = fail_after
@@ -104,7 +107,8 @@ class FakeDialog(FakeEngine):
         if self.fail_after is not None and len(self.received) > self.fail_after:
             raise DialogUnavailable("Rasa at http://127.0.0.1:1 is not reachable: refused")
         return DialogReply(messages=self.script(message), elapsed_ms=1.0, sent_text=message,
-                           expects=self.expects(message) if self.expects else None)
+                           expects=self.expects(message) if self.expects else None,
+                           slots=self.slots(message) if self.slots else None)
 
     async def send(self, conversation_id: str, text: str,
                    metadata: dict[str, Any] | None = None) -> DialogReply:
