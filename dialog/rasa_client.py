@@ -114,10 +114,10 @@ class RasaClient:
                            expects=reading.expects, slots=reading.slots)
 
     async def _tracker_reading(self, conversation_id: str) -> TrackerReading:
-        """The intent of the conversation's latest user message, the slots and the slot
-        the bot now asks for; empty when the API is off or does not answer in time
-        (intents are for the record, slots for the call's live state, the requested slot
-        a hint to speech recognition: the call goes on)."""
+        """The intent of the conversation's latest user message, the latest value of
+        each slot and the slot the bot now asks for; empty when the API is off or does
+        not answer in time (intents are for the record, slots for the call's live state,
+        the requested slot a hint to speech recognition: the call goes on)."""
         if not self._api_token:
             return TrackerReading()
         try:
@@ -129,11 +129,14 @@ class RasaClient:
             response.raise_for_status()
             # The last user event, not ``latest_message``: while a form fills a slot Rasa
             # leaves ``latest_message`` on the message that started the form.
-            users = [e for e in response.json().get("events") or []
-                     if isinstance(e, dict) and e.get("event") == "user"]
+            events = [e for e in response.json().get("events") or [] if isinstance(e, dict)]
+            users = [e for e in events if e.get("event") == "user"]
             intent = (users[-1].get("parse_data") or {}).get("intent", {}) if users else {}
-            slots = response.json().get("slots") or {}
-            requested = slots.get("requested_slot")
+            requested = (response.json().get("slots") or {}).get("requested_slot")
+            # The latest value each slot held: an action may clear a slot in the same
+            # round trip that filled it (the order status clears the order number).
+            slots = {e.get("name"): e.get("value") for e in events
+                     if e.get("event") == "slot" and e.get("value") is not None}
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             log.warning("conversation %s: no intent from Rasa's tracker: %r", conversation_id, exc)
             return TrackerReading()

@@ -74,6 +74,40 @@ def run(
 
 
 @app.command()
+def front(
+    nodes: Annotated[str, typer.Option(
+        help="Comma list of the nodes' SIP entries (host:port), e.g. "
+        "127.0.0.1:5070,127.0.0.1:5080.")],
+    port: Annotated[int | None, typer.Option(
+        help="SIP port callers use. Default: SWITCHBOARD_SIP_PORT.")] = None,
+) -> None:
+    """Run Kamailio in front of several nodes until Ctrl-C: each caller's calls go to the
+    same node (hash on the From URI) while it answers; a node that stops answering OPTIONS
+    or INVITEs is passed over within seconds, so its callers reach another node."""
+    import signal
+    import threading
+
+    from telephony.kamailio import KamailioError, KamailioProxy
+
+    settings = get_settings()
+    _setup_logging(settings)
+    targets = [node.strip() for node in nodes.split(",") if node.strip()]
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        proxy = KamailioProxy(settings, targets, port=port, name="front")
+        with proxy:
+            typer.echo(f"front: {proxy.uri} in front of {', '.join(targets)} "
+                       f"(log {proxy.log_path})")
+            while not stop.wait(1.0):
+                if proxy.poll() is not None:
+                    raise _fail(f"Kamailio exited; see {proxy.log_path}")
+    except KamailioError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
 def web() -> None:
     """Run the web app alone: softphone page and WebRTC gateway on web_host:web_port.
 

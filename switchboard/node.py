@@ -332,8 +332,8 @@ class Node:
 
         def turn(record: TurnRecord) -> None:
             state.turns += 1
-            if record.slots is not None:
-                state.slots = dict(record.slots)
+            if record.slots:  # the latest value of each: an answered order's slot is
+                state.slots.update(record.slots)  # cleared, the caller still asked about it
             if record.speaker == "bot":
                 state.last_bot_text, state.expects = record.text, record.expects
             elif record.intent:

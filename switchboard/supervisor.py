@@ -197,23 +197,29 @@ class Supervisor:
             self.settings = self.settings.model_copy(
                 update={"speech_servers": ",".join(addresses)})
         settings = self.settings
-        dialog = with_api_token(rasa_config(settings))
-        settings = self.settings = with_rasa(settings, dialog)
+        rasa_url = self._start_dialog() if settings.rasa_managed else settings.rasa_url
+        settings = self.settings
+        self._launch(Supervised(analytics_worker(settings)))
+        self._launch(Supervised(web_app(settings, rasa_url), worker="web"))
+        proxied = settings.sip_workers > 1
+        ports = worker_ports(settings) if proxied else [settings.sip_port]
+        for index, port in enumerate(ports):
+            worker = sip_worker(settings, index, port, rasa_url, behind_proxy=proxied)
+            self._launch(Supervised(worker, worker=f"sip-{index}"))
+        if proxied:
+            self._launch(Supervised(KamailioProxy(settings, ports)))
+
+    def _start_dialog(self) -> str:
+        """Start the node's own Rasa server and action server; their URL."""
+        dialog = with_api_token(rasa_config(self.settings))
+        self.settings = with_rasa(self.settings, dialog)
         publish_api_token(dialog)
         try:
             rasa = RasaServers(dialog, ensure_trained(dialog))
         except RasaError as exc:
             raise SupervisorError(str(exc)) from exc
         self._launch(Supervised(rasa))
-        self._launch(Supervised(analytics_worker(settings)))
-        self._launch(Supervised(web_app(settings, rasa.url), worker="web"))
-        proxied = settings.sip_workers > 1
-        ports = worker_ports(settings) if proxied else [settings.sip_port]
-        for index, port in enumerate(ports):
-            worker = sip_worker(settings, index, port, rasa.url, behind_proxy=proxied)
-            self._launch(Supervised(worker, worker=f"sip-{index}"))
-        if proxied:
-            self._launch(Supervised(KamailioProxy(settings, ports)))
+        return rasa.url
 
     def _launch(self, child: Supervised) -> None:
         self._children.append(child)

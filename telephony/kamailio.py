@@ -64,6 +64,11 @@ class WorkerState:
         return int(self.uri.rsplit(":", 1)[1].split(";", 1)[0])
 
     @property
+    def target(self) -> tuple[str, int]:
+        host = self.uri.split(":", 1)[1].rsplit(":", 1)[0]
+        return host.strip("[]"), self.port
+
+    @property
     def usable(self) -> bool:
         """Whether new calls may be dispatched to it."""
         return self.state in ("active", "trying")
@@ -128,10 +133,23 @@ def render_config(
     return f"{header}\n{generated}\n{body}"
 
 
-def dispatcher_list(ports: list[int]) -> str:
-    """The dispatcher list file: every worker in one set, all active at start."""
+def sip_target(worker: int | str) -> tuple[str, int]:
+    """``6000`` (a local worker's port) or ``"10.0.0.7:5060"`` as (host, port)."""
+    if isinstance(worker, int):
+        return WORKER_HOST, worker
+    host, _, port = worker.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise KamailioError(f"Expected a SIP target as host:port, got {worker!r}.")
+    return host.strip("[]"), int(port)
+
+
+def dispatcher_list(workers: list[int | str]) -> str:
+    """The dispatcher list file: every worker (a local port, or host:port) in one set, all
+    active at start."""
     lines = ["# set destination flags priority (rendered by telephony/kamailio.py)"]
-    lines += [f"{DISPATCHER_SET} sip:{WORKER_HOST}:{port} 0 0" for port in ports]
+    for worker in workers:
+        host, port = sip_target(worker)
+        lines.append(f"{DISPATCHER_SET} sip:{_uri_host(host)}:{port} 0 0")
     return "\n".join(lines) + "\n"
 
 
@@ -146,24 +164,29 @@ class KamailioProxy(Managed):
     def __init__(
         self,
         settings: Settings,
-        worker_ports: list[int],
+        worker_ports: list[int] | list[str],
         *,
         port: int | None = None,
         ping_interval_s: int = PING_INTERVAL_S,
         failover_timeout_s: float = FAILOVER_TIMEOUT_S,
+        name: str = "kamailio",
     ) -> None:
+        """``worker_ports``: the node's local workers' ports, or ``host:port`` of each
+        node's SIP entry when this Kamailio is the front of several nodes."""
         if not worker_ports:
             raise KamailioError("KamailioProxy needs at least one worker port.")
         self.name = "Kamailio"
         self.settings = settings
-        self.worker_ports = list(worker_ports)
+        self.workers_list: list[int | str] = list(worker_ports)
+        self.targets = [sip_target(worker) for worker in self.workers_list]
+        self.worker_ports = [port for _host, port in self.targets]
         self.port = port or settings.sip_port
         self.ping_interval_s = ping_interval_s
         self.failover_timeout_s = failover_timeout_s
-        self.config_dir = settings.data_dir / "kamailio"
+        self.config_dir = settings.data_dir / name
         self.config_path = self.config_dir / "kamailio.cfg"
         self.dispatcher_path = self.config_dir / "dispatcher.list"
-        self.log_path = settings.data_dir / "logs" / "kamailio.log"
+        self.log_path = settings.data_dir / "logs" / f"{name}.log"
         self._child: ChildProcess | None = None
         self._run_dir: Path | None = None
 
@@ -199,7 +222,7 @@ class KamailioProxy(Managed):
         if user:
             os.chown(self._run_dir, user[0].pw_uid, user[1].gr_gid)
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        self.dispatcher_path.write_text(dispatcher_list(self.worker_ports))
+        self.dispatcher_path.write_text(dispatcher_list(self.workers_list))
         self.config_path.write_text(
             render_config(
                 self.settings,
@@ -224,7 +247,7 @@ class KamailioProxy(Managed):
         self._child = ChildProcess(
             "Kamailio", command, log_path=self.log_path, healthy=self._problem,
             start_timeout_s=START_TIMEOUT_S, error=KamailioError,
-            timeout_hint=f"Expected workers on ports {self.worker_ports} behind {self.uri}.",
+            timeout_hint=f"Expected workers at {self.targets} behind {self.uri}.",
         )
         self._child.start()
 
@@ -252,11 +275,11 @@ class KamailioProxy(Managed):
         if status != 200:
             return f"OPTIONS answered {status}"
         try:
-            listed = {worker.port for worker in self.workers()}
+            listed = {worker.target for worker in self.workers()}
         except KamailioError as exc:
             return str(exc)
-        return None if listed == set(self.worker_ports) else (
-            f"dispatcher lists ports {sorted(listed)}"
+        return None if listed == set(self.targets) else (
+            f"dispatcher lists {sorted(listed)}"
         )
 
     def rpc(self, method: str, *params: Any) -> Any:

@@ -161,6 +161,11 @@ class Settings(BaseSettings):
         description="Token of Rasa's HTTP API, used to read each turn's intent; "
         "`switchboard run` makes one when empty.",
     )
+    rasa_managed: bool = Field(
+        default=True,
+        description="`switchboard run` starts a Rasa server and action server of its own; "
+        "false: the node uses the one at rasa_url (a dialog tier shared by several nodes, "
+        "its trackers in Redis).")
     rasa_port: int = Field(default=5005, description="Port of the managed Rasa server.")
     action_port: int = Field(default=5055, description="Port of the managed action server.")
     rasa_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Rasa request.")

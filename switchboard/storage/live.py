@@ -61,6 +61,7 @@ class CallState:
     last_bot_text: str = ""
     last_intent: str | None = None
     slots: dict[str, Any] = field(default_factory=dict)
+    """The latest value of each slot the dialog filled during the conversation."""
     expects: str | None = None
     """The slot the bot asked for last (Rasa's requested slot)."""
     handoff: dict[str, Any] | None = None

@@ -1,0 +1,153 @@
+"""Two whole nodes (`switchboard run`) behind `switchboard front` (Kamailio), sharing Redis,
+the database, the speech server and a dialog tier: a real caller (baresip) is in the
+middle of a dialog when its node is killed (-9, every process of it); they call again
+and the surviving node resumes the conversation where it was."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from speech.tts import PiperTTS
+from switchboard.base.children import ChildProcess, log_probe
+from switchboard.base.processes import descendants, free_port
+from switchboard.base.settings import PROJECT_ROOT
+from switchboard.storage.live import CallState, LiveState
+from switchboard.storage.models import Call
+from switchboard.storage.repository import AnalysisRepository, CallRepository
+from tests.support.audio_tools import piper_speech, write_wav
+from tests.support.dialog_fixtures import TEST_API_TOKEN
+from tests.support.redis_server import RedisServer
+from tests.telephony.sip.node import RunningNode, running_node
+from tests.telephony.sip.peers import Baresip, free_udp_port
+from tests.telephony.sip.test_sip_calls import GREETING_MS, RATE, audio
+
+pytestmark = pytest.mark.integration
+
+OPENING = "Sorry, we got cut off. You were asking about order 4 8 2 1 3."
+
+
+def wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def kill_node(node: RunningNode) -> None:
+    """SIGKILL the supervisor and every process under it, as a crashed machine would."""
+    pid = node.child.pid
+    assert pid is not None
+    victims = [pid, *descendants(pid)]
+    for victim in victims:
+        os.kill(victim, signal.SIGSTOP)  # nobody restarts anybody meanwhile
+    for victim in victims:
+        os.kill(victim, signal.SIGKILL)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path, database_url: str, rasa_server: object,
+              speech_server: object) -> Iterator[tuple[dict[str, RunningNode], int, str]]:
+    """Nodes node-a and node-b, the front's SIP port, and the Redis URL."""
+    with ExitStack() as stack:
+        redis = stack.enter_context(RedisServer(tmp_path))
+        nodes: dict[str, RunningNode] = {}
+        for name in ("node-a", "node-b"):
+            data_dir = tmp_path / name
+            data_dir.mkdir()
+            nodes[name] = stack.enter_context(running_node(
+                data_dir, database_url,
+                SWITCHBOARD_DATA_DIR=str(data_dir), SWITCHBOARD_NODE_ID=name,
+                SWITCHBOARD_REDIS_URL=redis.url, SWITCHBOARD_RASA_MANAGED="false",
+                SWITCHBOARD_RASA_URL=rasa_server.url,  # type: ignore[attr-defined]
+                SWITCHBOARD_RASA_API_TOKEN=TEST_API_TOKEN))
+        front_port = free_udp_port()
+        front_log = tmp_path / "front.log"
+        front = ChildProcess(
+            "front", [sys.executable, "-m", "switchboard", "front", "--port", str(front_port),
+                      "--nodes", ",".join(f"127.0.0.1:{n.sip_port}" for n in nodes.values())],
+            log_path=front_log, healthy=log_probe(front_log, "front: "), cwd=PROJECT_ROOT,
+            base_env={**os.environ, "SWITCHBOARD_DATA_DIR": str(tmp_path / "front")},
+            start_timeout_s=30.0)
+        stack.enter_context(front)
+        yield nodes, front_port, redis.url
+
+
+def caller(tts: PiperTTS, workdir: Path, parts: list) -> Baresip:  # type: ignore[type-arg]
+    workdir.mkdir()
+    wav = workdir / "caller.wav"
+    write_wav(wav, audio(parts), RATE)
+    phone = Baresip(workdir, wav, sip_port=free_udp_port(3), ctrl_port=free_port())
+    phone.start()
+    return phone
+
+
+def sip_calls(calls: CallRepository) -> list[Call]:
+    return [c for c in calls.list_calls(limit=200) if "caller@127.0.0.1" in (c.caller or "")]
+
+
+def test_a_caller_cut_off_by_a_killed_node_resumes_on_the_other(
+        two_nodes: tuple[dict[str, RunningNode], int, str], tts: PiperTTS,
+        calls: CallRepository, sessions: object, tmp_path: Path) -> None:
+    nodes, front_port, redis_url = two_nodes
+    live = LiveState(redis_url)
+    first = caller(tts, tmp_path / "first", [
+        GREETING_MS, piper_speech(tts, "Hi, I'd like to check my order status.", RATE), 60000])
+    try:
+        first.command("dial", f"sip:bot@127.0.0.1:{front_port}")
+        assert first.wait_for_log("Call established", 15), first.log()
+        time.sleep(GREETING_MS / 1000 + 7)  # the question, then "what's your order number?"
+        for digit in "48213#":
+            first.command("sndcode", digit)
+            time.sleep(0.3)
+
+        def answered() -> CallState | None:
+            state = live.latest_call("sip", "caller")
+            return state if state and "4 8 2 1 3" in state.last_bot_text else None
+
+        state = wait_for(answered, 40, "the order status, in the call's live state")
+        assert state.slots.get("order_number") == "48213" and state.active
+        doomed, survivor = state.node, ({"node-a", "node-b"} - {state.node}).pop()
+        kill_node(nodes[doomed])
+        killed_at = time.monotonic()
+        first.command("hangup")
+    finally:
+        first.stop()
+
+    second = caller(tts, tmp_path / "second", [
+        14000, piper_speech(tts, "No, that's all. Thank you, goodbye.", RATE), 12000])
+    try:
+        second.command("dial", f"sip:bot@127.0.0.1:{front_port}")
+        assert second.wait_for_log("Call established", 20), second.log()
+        answered_after_s = time.monotonic() - killed_at
+        assert second.wait_for_log("terminated", 60), second.log()
+    finally:
+        second.stop()
+
+    lost = wait_for(lambda: (c := calls.get_call(state.call_id)) and c.ended_at and c,
+                    20, "the lost call's end")
+    assert (lost.node, lost.end_reason) == (doomed, "node_lost")
+    [resumed] = [c for c in sip_calls(calls) if c.id != state.call_id]
+    resumed = wait_for(lambda: (c := calls.get_call(resumed.id)) and c.ended_at and c, 30,
+                       "the second call's end")
+    assert resumed.node == survivor
+    assert resumed.call_metadata["resumed_from"] == state.call_id
+    bot = [t.text for t in resumed.turns if t.speaker == "bot"]
+    assert bot[0].startswith(OPENING), bot
+    assert resumed.end_reason == "bot_hangup", [t.text for t in resumed.turns]
+    # the lost call's analysis runs once, on the survivor's analytics worker
+    analyses = AnalysisRepository(sessions)  # type: ignore[arg-type]
+    wait_for(lambda: analyses.get(state.call_id), 60, "the lost call's analysis")
+    assert analyses.count(state.call_id) == 1
+    print(f"redial answered {answered_after_s:.1f} s after the kill")
+    live.close()
