@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from admin.console import install_console, problems_of, validation_error
 from admin.security import page_session
+from switchboard.base.metrics import exposition
 from switchboard.conversation.host import CallHost
 from telephony.webrtc.gateway import OfferError, WebRTCGateway
 from telephony.webrtc.ice import rtc_configuration
@@ -77,6 +78,13 @@ def create_app(node: CallHost) -> FastAPI:
 
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text format: the whole node's figures (no phone numbers, no call
+        ids), for a scraper; public like /healthz."""
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:

@@ -45,6 +45,18 @@ def _setup_logging(settings: Settings, quiet: bool = False) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _metrics_dir(path: Path) -> None:
+    """An empty directory where every process of the node keeps its metrics
+    (prometheus-client's multiprocess mode, chosen when prometheus_client is imported:
+    set before the node's modules are)."""
+    import os
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code)
@@ -61,9 +73,10 @@ def run(
     """Start a node and supervise it until Ctrl-C: Rasa and its action server, the
     analytics worker, the web app (softphone), the SIP workers and, with several workers,
     Kamailio. A child that dies is restarted. Trains the bot first if its files changed."""
+    settings = get_settings()
+    _metrics_dir(settings.data_dir / "run" / "metrics")
     from switchboard.supervisor import Supervisor, SupervisorError
 
-    settings = get_settings()
     if sip_workers is not None:
         settings = settings.model_copy(update={"sip_workers": sip_workers})
     _setup_logging(settings)

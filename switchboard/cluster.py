@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from switchboard.base.metrics import HEARTBEAT_AGE, RECOVERIES
 from switchboard.base.settings import Settings
 from switchboard.storage.live import LiveState, LiveStateUnavailable
 from switchboard.storage.repository import CallRepository
@@ -43,6 +44,7 @@ class NodeKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unavailable = False
+        self._last_beat = time.monotonic()
 
     def start(self) -> None:
         """End what this node left behind, beat once, then keep beating on a thread."""
@@ -59,6 +61,7 @@ class NodeKeeper:
 
     def beat(self) -> None:
         self.live.beat(self.node_id, self.info, self.settings.heartbeat_ttl_s)
+        self._last_beat = time.monotonic()
 
     def sweep(self) -> list[str]:
         """End the calls of every other node whose heartbeat expired; their ids."""
@@ -85,6 +88,7 @@ class NodeKeeper:
             log.warning("node %s is lost: its call %s ended (%s)%s", node, call_id, LOST_REASON,
                         "" if stored else "; it was already ended in the database")
             self.analyse(call_id)
+            RECOVERIES.labels("node_lost").inc()
             ended.append(call_id)
         if node != self.node_id and not self.live.node_calls(node):
             self.live.forget_node(node)
@@ -95,6 +99,7 @@ class NodeKeeper:
         while not self._stop.wait(interval):
             self._guarded(self.beat)
             self._guarded(self.sweep)
+            HEARTBEAT_AGE.set(time.monotonic() - self._last_beat)
 
     def _guarded(self, step: Callable[[], object]) -> None:
         """Run one step; Redis or the database being away is logged once, not fatal."""

@@ -31,6 +31,7 @@ from speech.service.pool import SpeechPool
 from speech.service.protocol import READY_LINE, Address, parse_addresses
 from speech.vad import SileroDetector
 from switchboard.base.children import ChildProcess, log_probe
+from switchboard.base.metrics import CALLS_ACTIVE, CALLS_ENDED, RECOVERIES, TURN_STAGE
 from switchboard.base.settings import Settings
 from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.engines import (
@@ -181,6 +182,19 @@ def caller_identity(caller: str | None) -> str | None:
     return None if not who or who in ANONYMOUS else who
 
 
+STAGES = ("endpoint", "stt", "dialog", "tts", "response")
+
+
+def observe_stages(record: TurnRecord) -> None:
+    """A bot reply's stages into the turn latency histograms."""
+    if record.speaker != "bot":
+        return
+    for stage in STAGES:
+        value = getattr(record, f"{stage}_ms")
+        if value is not None:
+            TURN_STAGE.labels(stage).observe(value / 1000)
+
+
 @dataclass
 class Node:
     """Everything a call needs that outlives the call."""
@@ -292,14 +306,23 @@ class Node:
             state.last_intent, state.expects = prior.last_intent, prior.expects
             log.info("call %s resumes conversation %s of call %s (cut off: %s)", call_id,
                      conversation_id, prior.call_id, prior.end_reason or "node lost")
+        if prior is not None:
+            RECOVERIES.labels("redial").inc()
+        handle.on_turn(observe_stages)
         handle.attach(call_id, pipeline)
         log.info("call %s started (%s from %s)", call_id, request.transport,
                  request.caller or "unknown")
+        active = CALLS_ACTIVE.labels(request.transport)
+        active.inc()
         try:
             result = await pipeline.run()
         except asyncio.CancelledError:
             self._ended(state, "cancelled")
+            CALLS_ENDED.labels(request.transport, "cancelled").inc()
             raise
+        finally:
+            active.dec()
+        CALLS_ENDED.labels(request.transport, result.reason).inc()
         self._ended(state, result.reason, result.handoff)
         log.info("call %s ended: %s", call_id, result.reason)
         if self.analytics is not None:

@@ -26,6 +26,7 @@ from analytics.tasks import enqueue_call_analysis
 from dialog.runtime import RasaError, RasaServers, ensure_trained
 from dialog.service import publish_api_token, with_api_token
 from switchboard.base.children import ChildError, ChildProcess, http_probe, log_probe
+from switchboard.base.metrics import process_ended
 from switchboard.base.settings import Settings
 from switchboard.cluster import NodeKeeper
 from switchboard.node import (
@@ -243,6 +244,9 @@ class Supervisor:
         child.restarts.append(now)
         while child.restarts and now - child.restarts[0] > RESTART_WINDOW_S:
             child.restarts.popleft()
+        pid = getattr(child.component, "pid", None)
+        if isinstance(pid, int):
+            process_ended(pid)
         if child.worker is not None and self._calls is not None:
             lost = self._calls.end_active_calls(reason="worker_died", worker=child.worker,
                                                 node=self._node_id)

@@ -47,6 +47,7 @@ from speech.service.protocol import (
     secure_client,
     unpack,
 )
+from switchboard.base.metrics import SPEECH_QUEUE_WAIT
 from switchboard.conversation.engines import (
     DeadlineExceeded,
     EngineClosed,
@@ -367,7 +368,9 @@ class SpeechPool:
                     "deadline_ms": remaining_ms, "expect": expect}
 
         reply = await self._ask("transcription", request)
-        return Transcript(**reply["transcript"])
+        transcript = Transcript(**reply["transcript"])
+        SPEECH_QUEUE_WAIT.observe(transcript.queue_ms / 1000)
+        return transcript
 
     async def _ask(self, what: str, request: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The one reply to ``request()`` (built anew for each try), from the least busy

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from speech.tts import PiperTTS
 from switchboard.base.children import ChildProcess, log_probe
@@ -62,7 +64,9 @@ def two_nodes(tmp_path: Path, database_url: str, rasa_server: object,
     with ExitStack() as stack:
         redis = stack.enter_context(RedisServer(tmp_path))
         nodes: dict[str, RunningNode] = {}
+        web_ports: dict[str, int] = {}
         for name in ("node-a", "node-b"):
+            web_ports[name] = free_port()
             data_dir = tmp_path / name
             data_dir.mkdir()
             nodes[name] = stack.enter_context(running_node(
@@ -70,7 +74,9 @@ def two_nodes(tmp_path: Path, database_url: str, rasa_server: object,
                 SWITCHBOARD_DATA_DIR=str(data_dir), SWITCHBOARD_NODE_ID=name,
                 SWITCHBOARD_REDIS_URL=redis.url, SWITCHBOARD_RASA_MANAGED="false",
                 SWITCHBOARD_RASA_URL=rasa_server.url,  # type: ignore[attr-defined]
-                SWITCHBOARD_RASA_API_TOKEN=TEST_API_TOKEN))
+                SWITCHBOARD_RASA_API_TOKEN=TEST_API_TOKEN,
+                SWITCHBOARD_WEB_PORT=str(web_ports[name])))
+            nodes[name].web_port = web_ports[name]  # type: ignore[attr-defined]
         front_port = free_udp_port()
         front_log = tmp_path / "front.log"
         front = ChildProcess(
@@ -151,3 +157,17 @@ def test_a_caller_cut_off_by_a_killed_node_resumes_on_the_other(
     assert analyses.count(state.call_id) == 1
     print(f"redial answered {answered_after_s:.1f} s after the kill")
     live.close()
+
+    # the survivor's /metrics: the sum of its processes (supervisor, SIP worker, web app)
+    port = nodes[survivor].web_port  # type: ignore[attr-defined]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("switchboard_recoveries_total", (("mode", "redial"),))] == 1
+    assert samples[("switchboard_recoveries_total", (("mode", "node_lost"),))] == 1
+    assert samples[("switchboard_calls_ended_total",
+                    (("reason", "bot_hangup"), ("transport", "sip")))] == 1
+    assert samples[("switchboard_calls_active", (("transport", "sip"),))] == 0
+    assert samples[("switchboard_turn_stage_seconds_count", (("stage", "tts"),))] >= 2
+    assert ("switchboard_heartbeat_age_seconds", ()) in samples
+    assert "caller@" not in text and state.call_id not in text  # no numbers, no call ids
