@@ -716,6 +716,38 @@ def dialog_train(
     typer.echo(f"model: {model}")
 
 
+@dialog_app.command("serve")
+def dialog_serve() -> None:
+    """Run the Rasa server and its action server until Ctrl-C: a dialog tier that several
+    nodes share (run them with SWITCHBOARD_RASA_MANAGED=false and this server's URL and
+    API token; with SWITCHBOARD_REDIS_URL its trackers and locks live in Redis)."""
+    import signal
+    import threading
+
+    from dialog.runtime import RasaError, RasaServers, ensure_trained
+    from dialog.service import API_TOKEN_FILE, publish_api_token, with_api_token
+    from switchboard.node import rasa_config
+
+    settings = get_settings()
+    _setup_logging(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        config = with_api_token(rasa_config(settings))
+        publish_api_token(config)
+        with RasaServers(config, ensure_trained(config)) as servers:
+            typer.echo(f"dialog: Rasa at {servers.url}, trackers "
+                       f"{'in Redis' if settings.redis_url else 'in memory'}; its API token "
+                       f"is in {settings.data_dir / API_TOKEN_FILE} "
+                       "(SWITCHBOARD_RASA_API_TOKEN of the nodes)")
+            while not stop.wait(1.0):
+                if servers.poll() is not None:
+                    raise _fail(f"the dialog servers exited; see {settings.data_dir / 'logs'}")
+    except RasaError as exc:
+        raise _fail(str(exc)) from None
+
+
 @app.command("settings")
 def show_settings(
     markdown: Annotated[bool, typer.Option(help="Print the README's settings table.")] = False,

@@ -343,7 +343,7 @@ class Node:
             if prior.active:
                 return prior if not live.alive(prior.node) else None
         except LiveStateUnavailable as exc:
-            log.warning("not looking for an earlier call of this caller: %s", exc)
+            self.live.unavailable(exc)
             return None
         return prior if prior.end_reason in RESUMABLE_ENDS else None
 

@@ -246,6 +246,13 @@ class LiveWriter:
     def redis_down(self) -> bool:
         return self._down_since is not None
 
+    def unavailable(self, exc: LiveStateUnavailable) -> None:
+        """Redis failed (here, or a read elsewhere): said once until it is back."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("%s; keeping call state in memory and retrying until it returns "
+                        "(calls go on, without resuming earlier ones)", exc)
+
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued state is written; False when time ran out."""
         deadline = time.monotonic() + timeout_s
@@ -281,10 +288,7 @@ class LiveWriter:
                 self.live.write_calls(batch)
             except LiveStateUnavailable as exc:
                 self._keep(batch)
-                if self._down_since is None:
-                    self._down_since = time.monotonic()
-                    log.warning("%s; keeping call state in memory and retrying until it "
-                                "returns (calls go on)", exc)
+                self.unavailable(exc)
                 with self._changed:
                     self._changed.wait_for(lambda: self._closed, self.retry_s)
                 continue

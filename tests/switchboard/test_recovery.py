@@ -4,6 +4,7 @@ node resumes on another, and survivors end a lost node's calls exactly once."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -218,3 +219,31 @@ def test_a_restarted_node_ends_what_it_left_behind(database_url: str,
         assert live.alive("node-r")
     finally:
         keeper.stop()
+
+
+async def test_calls_go_on_while_redis_is_down_and_their_state_follows(
+        database_url: str, redis_server: RedisServer, live: LiveState,
+        caplog: pytest.LogCaptureFixture) -> None:
+    redis_server.stop()
+    dialog = FakeDialog(script, slots=slots)
+    node = Node.create(settings_for("node-a", database_url, redis_server.url),
+                       stt=FakeSTT(["It's 48213"]), tts=FakeTTS(), dialog=dialog,
+                       analytics=False)
+    caller = np.concatenate([silence(3000), espeak("It's 48213"), silence(2500)])
+    try:
+        with caplog.at_level(logging.INFO):
+            sim = await simulate_call(node, caller, RATE, caller="sip:1001@127.0.0.1")
+            assert sim.result.reason == "caller_hangup"
+            assert [t.speaker for t in sim.result.turns] == ["bot", "caller", "bot"]
+            assert node.live is not None and node.live.redis_down
+            redis_server.start()
+            assert await asyncio.to_thread(node.live.flush, 10)
+    finally:
+        await node.aclose()
+    state = live.latest_call("simulate", "1001")
+    assert state is not None and state.call_id == sim.result.call_id
+    assert (state.turns, state.end_reason, state.slots) == (3, "caller_hangup",
+                                                            {"order_number": "48213"})
+    said = [r.getMessage() for r in caplog.records if "Redis" in r.getMessage()]
+    assert len(said) == 2, said  # gone (once), back
+    assert "keeping call state in memory" in said[0] and "is back" in said[1]
