@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
 
-pytest_plugins = ["tests.support.speech_fixtures", "tests.support.dialog_fixtures"]
+pytest_plugins = ["tests.support.speech_fixtures", "tests.support.dialog_fixtures",
+                  "tests.support.redis_server"]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 POSTGRES_ADMIN_URL = os.environ.get(

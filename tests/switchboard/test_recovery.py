@@ -7,8 +7,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,19 +37,6 @@ def script(message: str) -> list[BotMessage]:
 
 def slots(message: str) -> dict[str, object]:
     return {"order_number": "48213"} if "48213" in message else {}
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def live(redis_server: RedisServer) -> Iterator[LiveState]:
-    state = LiveState(redis_server.url)
-    yield state
-    state.close()
 
 
 def settings_for(node: str, database_url: str, redis_url: str, **more: object) -> Settings:

@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from switchboard.storage.live import CallState, LiveState, LiveStateUnavailable, LiveWriter
 from tests.support.redis_server import RedisServer
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-def live(server: RedisServer) -> Iterator[LiveState]:
-    state = LiveState(server.url, recovery_window_s=60)
-    yield state
-    state.close()
 
 
 def call(call_id: str = "c1", **fields: object) -> CallState:
@@ -63,20 +48,21 @@ def test_a_lost_call_is_claimed_once(live: LiveState) -> None:
     assert not live.claim_lost("c1", "node-c")
 
 
-def test_a_dead_redis_raises_a_clear_error(server: RedisServer, live: LiveState) -> None:
-    server.stop()
-    with pytest.raises(LiveStateUnavailable, match=f"Redis at redis://127.0.0.1:{server.port}"):
+def test_a_dead_redis_raises_a_clear_error(redis_server: RedisServer, live: LiveState) -> None:
+    redis_server.stop()
+    expected = f"Redis at redis://127.0.0.1:{redis_server.port}"
+    with pytest.raises(LiveStateUnavailable, match=expected):
         live.write_calls([call()])
 
 
 def test_writes_are_kept_while_redis_is_away_and_written_when_it_returns(
-        server: RedisServer, live: LiveState, caplog: pytest.LogCaptureFixture) -> None:
+        redis_server: RedisServer, live: LiveState, caplog: pytest.LogCaptureFixture) -> None:
     writer = LiveWriter(live, retry_s=0.1)
     try:
         state = call()
         writer.put(state)
         assert writer.flush(5)
-        server.stop()
+        redis_server.stop()
         with caplog.at_level(logging.WARNING, logger="switchboard.storage.live"):
             for turn in range(1, 6):
                 state.turns, state.last_bot_text = turn, f"line {turn}"
@@ -85,7 +71,7 @@ def test_writes_are_kept_while_redis_is_away_and_written_when_it_returns(
                 time.sleep(0.05)
             time.sleep(0.3)
             assert writer.redis_down and writer.unwritten == 2  # the latest of each call
-            server.start()
+            redis_server.start()
             assert writer.flush(10)
         assert not writer.redis_down
         written = live.call("c1")

@@ -24,6 +24,7 @@ from switchboard.base.settings import PROJECT_ROOT
 from switchboard.storage.live import CallState, LiveState
 from switchboard.storage.models import Call
 from switchboard.storage.repository import AnalysisRepository, CallRepository
+from tests.analytics.test_worker import wait_for
 from tests.support.audio_tools import piper_speech, write_wav
 from tests.support.dialog_fixtures import TEST_API_TOKEN
 from tests.support.redis_server import RedisServer
@@ -34,16 +35,6 @@ from tests.telephony.sip.test_sip_calls import GREETING_MS, RATE, audio
 pytestmark = pytest.mark.integration
 
 OPENING = "Sorry, we got cut off. You were asking about order 4 8 2 1 3."
-
-
-def wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def kill_node(node: RunningNode) -> None:
