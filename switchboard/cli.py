@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from switchboard.base.logs import setup_logging
 from switchboard.base.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -37,12 +38,7 @@ app.add_typer(users_app, name="users")
 
 
 def _setup_logging(settings: Settings, quiet: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.WARNING if quiet else settings.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging("WARNING" if quiet else settings.log_level)
 
 
 def _metrics_dir(path: Path) -> None:

@@ -10,6 +10,7 @@ import re
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from speech.service.pool import SpeechPool
 from speech.service.protocol import READY_LINE, Address, parse_addresses
 from speech.vad import SileroDetector
 from switchboard.base.children import ChildProcess, log_probe
+from switchboard.base.logs import CALL_ID
 from switchboard.base.metrics import CALLS_ACTIVE, CALLS_ENDED, RECOVERIES, TURN_STAGE
 from switchboard.base.settings import Settings
 from switchboard.conversation.call import CallHandle, CallRequest
@@ -274,8 +276,10 @@ class Node:
                 "callee": request.callee, **request.metadata}
         if prior is not None:
             info["resumed_from"] = prior.call_id
-        call_id = await asyncio.to_thread(
-            self.calls.create_call,
+        call_id = uuid.uuid4().hex
+        CALL_ID.set(call_id)  # every log line of the call, from here on, names it
+        await asyncio.to_thread(
+            self.calls.create_call, call_id=call_id,
             transport=request.transport, caller=request.caller, callee=request.callee,
             metadata=info if prior is not None else request.metadata,
             worker=self.settings.worker_name or None, node=self.node_id,
