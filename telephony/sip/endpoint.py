@@ -27,6 +27,8 @@ from telephony.sip.call import (
 )
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
+CALL_UUID_HEADER = "X-Call-UUID"
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -295,11 +297,18 @@ class SipEndpoint:
             op.statusCode = status
             call.hangup(op)
 
-    def transfer(self, key: int, uri: str) -> bool:
+    def transfer(self, key: int, uri: str, call_uuid: str | None = None) -> bool:
+        """REFER the call to ``uri``, the call's id in an ``X-Call-UUID`` header (the
+        party taking the call over can find it in the console)."""
         call = self._calls.get(key)
         if call is None or call.gone:
             return False
-        call.xfer(uri, pj.CallOpParam(True))
+        op = pj.CallOpParam(True)
+        if call_uuid:
+            header = pj.SipHeader()
+            header.hName, header.hValue = CALL_UUID_HEADER, call_uuid
+            op.txOption.headers.append(header)
+        call.xfer(uri, op)
         return True
 
     def _run_commands(self) -> None:

@@ -316,7 +316,8 @@ class _SipControl:
         endpoint = self.worker.require_endpoint()
         key = session.leg.key
         try:
-            await asyncio.wrap_future(endpoint.submit(lambda: endpoint.transfer(key, target)))
+            await asyncio.wrap_future(
+                endpoint.submit(lambda: endpoint.transfer(key, target, call_id)))
         except RuntimeError as exc:
             log.warning("call %s: transfer to %s failed: %s", call_id, target, exc)
             return False

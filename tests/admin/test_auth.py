@@ -401,14 +401,15 @@ def test_every_console_route_refuses_an_anonymous_client(console_app: FastAPI) -
 @pytest.mark.parametrize("softphone_public", [True, False])
 def test_every_route_of_the_web_app_refuses_an_anonymous_client(tmp_path: Path,
                                                                  softphone_public: bool) -> None:
-    """The app the server runs: only sign-in, the health probe, static files and (unless
+    """The app the server runs: only sign-in, the health probe, the metrics (aggregates
+    for a scraper, no numbers or call ids), static files and (unless
     SWITCHBOARD_SOFTPHONE_PUBLIC=false) the softphone, the bot's public phone line."""
     settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'web.db'}",
                         softphone_public=softphone_public)
     node = Node.create(settings, stt=FakeSTT([]), tts=FakeTTS(),
                        dialog=FakeDialog(lambda message: []), analytics=False)
     app = create_app(node)
-    public = {"/login", "/healthz"}
+    public = {"/login", "/healthz", "/metrics"}
     if softphone_public:
         public |= {"/softphone", "/softphone/offer"}
     checked = _assert_all_refuse_anonymous(app, public)

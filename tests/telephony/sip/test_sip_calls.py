@@ -218,6 +218,7 @@ def test_handoff_is_a_refer_to_the_transfer_uri(
     assert refer_to is not None and TRANSFER_URI in refer_to
     [call] = stored_call(calls, f"sipp{local_port}@")
     assert call.end_reason == "handoff"
+    assert header(messages, "REFER", "X-Call-UUID") == call.id
     transfer = [e for e in call.events if e.kind == "transfer"]
     assert transfer and transfer[0].data["status"] == 200
 
