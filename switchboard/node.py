@@ -300,18 +300,19 @@ class Node:
                 self.calls.end_call, call_id, reason=f"setup_failed: {exc}"[:64], status="failed"
             )
             raise
-        state = self._track(handle, CallState(
+        state = CallState(
             call_id=call_id, node=self.node_id, transport=request.transport,
             conversation_id=pipeline.conversation_id, caller=who,
-            sip_call_id=request.metadata.get("sip_call_id"),
-            resumed_from=None if prior is None else prior.call_id))
-        if prior is not None:
-            state.turns, state.slots = prior.turns, dict(prior.slots)
+            sip_call_id=request.metadata.get("sip_call_id"))
+        if prior is not None:  # carried over, so that a second cut-off resumes as well
+            state.resumed_from, state.turns, state.slots = prior.call_id, prior.turns, dict(
+                prior.slots)
             state.last_intent, state.expects = prior.last_intent, prior.expects
+            state.last_bot_text = prior.last_bot_text
+            RECOVERIES.labels("redial").inc()
             log.info("call %s resumes conversation %s of call %s (cut off: %s)", call_id,
                      conversation_id, prior.call_id, prior.end_reason or "node lost")
-        if prior is not None:
-            RECOVERIES.labels("redial").inc()
+        self._track(handle, state)
         handle.on_turn(observe_stages)
         handle.attach(call_id, pipeline)
         log.info("call %s started (%s from %s)", call_id, request.transport,
@@ -351,11 +352,11 @@ class Node:
             return None
         return prior if prior.end_reason in RESUMABLE_ENDS else None
 
-    def _track(self, handle: CallHandle, state: CallState) -> CallState:
+    def _track(self, handle: CallHandle, state: CallState) -> None:
         """Write the call's state now and after every turn."""
         writer = self.live
         if writer is None:
-            return state
+            return
 
         def turn(record: TurnRecord) -> None:
             state.turns += 1
@@ -369,7 +370,6 @@ class Node:
 
         handle.on_turn(turn)
         writer.put(state)
-        return state
 
     def _ended(self, state: CallState, reason: str,
                handoff: dict[str, object] | None = None) -> None:

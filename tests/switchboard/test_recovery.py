@@ -110,6 +110,7 @@ async def test_a_caller_cut_off_by_a_lost_node_resumes_on_another(
     state = live.call(sim.result.call_id)
     assert state is not None and state.resumed_from == "old-call"
     assert state.turns == 4 + 3 and state.conversation_id == "conversation-1"
+    assert state.slots == {"order_number": "48213"}  # carried over: a second cut-off resumes
 
 
 @pytest.mark.parametrize("case", ["ended normally", "node alive", "too old"])
