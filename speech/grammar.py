@@ -83,10 +83,8 @@ class GrammarRecognizer:
         """Decode ``pcm`` (1-D int16) against ``grammar`` (one of :data:`EXPECTATIONS`)."""
         if grammar not in GRAMMARS:
             raise ValueError(f"unknown grammar {grammar!r}; expected one of {EXPECTATIONS}")
-        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
-            raise ValueError("expected 1-D int16 mono PCM as a numpy array")
         started = time.perf_counter()
-        audio = resample(pcm, sample_rate, MODEL_RATE)
+        audio = resample(pcm, sample_rate, MODEL_RATE)  # checks pcm
         with self._lock:
             self._decoder.activate_search(grammar)
             self._decoder.start_utt()
@@ -119,10 +117,18 @@ YES_NO_WORDS = {"yes", "yeah", "yep", "no", "nope", "correct", "right", "wrong",
 
 
 def digits_in(text: str) -> str:
-    """The digits said in ``text`` ("4, 8, two" gives "482")."""
-    tokens = re.findall(r"[a-z]+|\d", text.lower())
-    return "".join(token if token.isdigit() else DIGIT_WORDS.get(token, "")
-                   for token in tokens if token.isdigit() or token in DIGIT_WORDS)
+    """The longest run of digits said one after another ("4, 8, two" gives "482"); a
+    lone number word is no digit string ("oh, I see", "the one I ordered" give "")."""
+    runs, run = [], ""
+    for token in re.findall(r"[a-z']+|\d+", text.lower()):
+        digit = token if token.isdigit() else DIGIT_WORDS.get(token)
+        if digit is None:
+            runs.append(run)
+            run = ""
+        else:
+            run += digit
+    longest = max([*runs, run], key=len)
+    return longest if len(longest) >= 2 else ""
 
 
 def combine(transcript: Transcript, result: GrammarResult, expect: str) -> Transcript:

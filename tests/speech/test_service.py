@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from speech.grammar import GrammarRecognizer
+from speech.grammar import GrammarRecognizer, digits_in
 from speech.service.pool import SpeechPool
 from speech.service.protocol import Address, AddressError, pack, parse_addresses, unpack
 from speech.service.server import SecurityError, SpeechServer
@@ -314,8 +314,10 @@ async def test_a_hung_server_is_given_up_after_its_silence(sockets: list[str]) -
         await asyncio.sleep(0.3)
         first.hang(3.0)
         texts = [(await pool.transcribe(pcm(n), RATE)).text for n in (10, 20, 30, 40)]
+        lost = pool.stats.servers_lost
 
     assert texts == ["10 samples", "20 samples", "30 samples", "40 samples"]
+    assert lost == 1  # given up after dead_after_s, not waited out (the hang ends at 3 s)
 
 
 async def test_a_reply_resumes_on_another_server_after_the_sentences_heard(
@@ -437,3 +439,13 @@ async def test_other_speech_is_never_forced_into_a_grammar(
         running.stop()
 
     assert (heard.text, heard.recognizer) == ("I want to talk to a human agent.", "whisper")
+
+
+@pytest.mark.parametrize(("said", "digits"), [
+    ("4, 8, two, one", "4821"), ("It's 4-8-2-1-3.", "48213"), ("48213", "48213"),
+    ("Oh, I want to talk to a person.", ""), ("Two questions about the one I ordered.", ""),
+])
+def test_only_a_run_of_digits_counts_as_a_number(said: str, digits: str) -> None:
+    """A lone number word in other speech is no misheard order number: the grammar must
+    not replace the sentence."""
+    assert digits_in(said) == digits
