@@ -19,6 +19,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ async def drain(items: asyncio.Queue[T | BaseException | None]) -> AsyncGenerato
         if isinstance(item, BaseException):
             raise item
         yield item
+
+
+BATCH_HISTORY = 1000
+"""How many batch sizes a queue remembers (a server runs for weeks)."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,8 @@ class InferenceQueue:
         self._batch = batch
         self.max_batch = max_batch
         self._gather_s = gather_ms / 1000
-        self.batch_sizes: list[int] = []
-        """Size of every batch run so far (for benches and tests)."""
+        self.batch_sizes: deque[int] = deque(maxlen=BATCH_HISTORY)
+        """Sizes of the latest batches (for benches and tests)."""
         self._jobs: list[_Job] = []
         self._seq = itertools.count()
         self._ready = threading.Condition()

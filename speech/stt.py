@@ -19,7 +19,7 @@ from faster_whisper.transcribe import get_compression_ratio, get_suppressed_toke
 from speech.config import WHISPER_TINY_EN, SttConfig
 from speech.inference import InferenceQueue
 from speech.models import pick_compute_type, pick_device, resolve_whisper_model
-from switchboard.conversation.audio import int16_to_float32, resample
+from switchboard.conversation.audio import check_pcm, int16_to_float32, resample
 from switchboard.conversation.engines import Priority, Transcript
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,7 @@ GATHER_MS = 2.0
 
 
 def _check(pcm: np.ndarray, sample_rate: int) -> None:
-    if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
-        got = f"{type(pcm).__name__} {getattr(pcm, 'dtype', '')} {getattr(pcm, 'shape', '')}"
-        raise ValueError(
-            f"expected 1-D int16 mono PCM as a numpy array, got {got.strip()}; "
-            "convert with (samples * 32767).astype(np.int16) and pick one channel"
-        )
+    check_pcm(pcm)
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
 

@@ -43,9 +43,7 @@ class SmartTurn:
     def score(self, pcm: np.ndarray, sample_rate: int) -> float:
         """Probability that the caller's turn is complete after ``pcm`` (1-D int16, the
         utterance so far ending in the pause being judged)."""
-        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
-            raise ValueError("expected 1-D int16 mono PCM as a numpy array")
-        audio = int16_to_float32(resample(pcm, sample_rate, MODEL_RATE))
+        audio = int16_to_float32(resample(pcm, sample_rate, MODEL_RATE))  # checks pcm
         window = audio[-WINDOW_S * MODEL_RATE:]
         window = np.pad(window, (WINDOW_S * MODEL_RATE - len(window), 0))
         normalised = (window - window.mean()) / np.sqrt(window.var() + 1e-7)

@@ -48,6 +48,7 @@ from speech.service.protocol import (
     unpack,
 )
 from switchboard.base.metrics import SPEECH_QUEUE_WAIT
+from switchboard.conversation.audio import check_pcm
 from switchboard.conversation.engines import (
     DeadlineExceeded,
     EngineClosed,
@@ -241,8 +242,7 @@ class SpeechPool:
                          deadline: float | None = None, expect: str | None = None
                          ) -> Transcript:
         """Transcribe on the least busy live server; see the module for retries."""
-        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
-            raise ValueError("expected 1-D int16 mono PCM as a numpy array")
+        check_pcm(pcm)
         return await asyncio.wrap_future(self._call(self._transcribe(
             pcm.astype("<i2").tobytes(), sample_rate, priority, deadline, expect)))
 

@@ -24,15 +24,18 @@ def frame_samples(rate: int) -> int:
     return rate * FRAME_MS // 1000
 
 
-def _check_int16(pcm: np.ndarray) -> None:
+def check_pcm(pcm: np.ndarray) -> None:
+    """Raise a ValueError that says how to fix it unless ``pcm`` is 1-D int16 mono PCM."""
     if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
         got = f"{type(pcm).__name__} {getattr(pcm, 'dtype', '')} {getattr(pcm, 'shape', '')}"
-        raise ValueError(f"expected a 1-D numpy int16 array of mono PCM, got {got.strip()}")
+        raise ValueError(
+            f"expected 1-D int16 mono PCM as a numpy array, got {got.strip()}; "
+            "convert with (samples * 32767).astype(np.int16) and pick one channel")
 
 
 def resample(pcm: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     """Convert a whole int16 mono signal from ``src_rate`` to ``dst_rate`` Hz."""
-    _check_int16(pcm)
+    check_pcm(pcm)
     if src_rate == dst_rate or pcm.size == 0:
         return pcm
     return np.asarray(soxr.resample(pcm, src_rate, dst_rate, quality=RESAMPLE_QUALITY))
@@ -55,7 +58,7 @@ class StreamResampler:
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
         """Resample the next chunk; the output lags the input by the filter delay."""
-        _check_int16(pcm)
+        check_pcm(pcm)
         return np.asarray(self._stream.resample_chunk(pcm))
 
     def flush(self) -> np.ndarray:
@@ -65,5 +68,5 @@ class StreamResampler:
 
 def int16_to_float32(pcm: np.ndarray) -> np.ndarray:
     """Scale int16 PCM to float32 in [-1, 1)."""
-    _check_int16(pcm)
+    check_pcm(pcm)
     return pcm.astype(np.float32) / _INT16_SCALE

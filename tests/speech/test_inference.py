@@ -142,7 +142,7 @@ def test_a_lone_item_runs_at_once_and_later_ones_gather(
     assert first.result(5).value == "A"
     assert [f.result(5).value for f in later] == ["S1", "F1", "S2", "F2", "S3"]
     assert work.seen == [["a"], ["f1", "f2", "s1"], ["s2", "s3"]]  # finals first, 3 at most
-    assert queue.batch_sizes == [1, 3, 2]
+    assert list(queue.batch_sizes) == [1, 3, 2]
 
 
 def test_a_cancelled_item_is_left_out_of_its_batch(

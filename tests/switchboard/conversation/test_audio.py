@@ -63,7 +63,7 @@ def test_resample_to_the_same_rate_returns_the_input() -> None:
 
 @pytest.mark.parametrize("bad", [np.zeros(160, dtype=np.float32), np.zeros((160, 2), np.int16)])
 def test_resample_rejects_anything_but_mono_int16(bad: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="1-D numpy int16"):
+    with pytest.raises(ValueError, match="1-D int16 mono PCM"):
         resample(bad, 16000, 8000)
 
 
