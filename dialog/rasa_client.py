@@ -129,10 +129,11 @@ class RasaClient:
             response.raise_for_status()
             # The last user event, not ``latest_message``: while a form fills a slot Rasa
             # leaves ``latest_message`` on the message that started the form.
-            events = [e for e in response.json().get("events") or [] if isinstance(e, dict)]
+            tracker = response.json()
+            events = [e for e in tracker.get("events") or [] if isinstance(e, dict)]
             users = [e for e in events if e.get("event") == "user"]
             intent = (users[-1].get("parse_data") or {}).get("intent", {}) if users else {}
-            requested = (response.json().get("slots") or {}).get("requested_slot")
+            requested = (tracker.get("slots") or {}).get("requested_slot")
             # The latest value each slot held: an action may clear a slot in the same
             # round trip that filled it (the order status clears the order number).
             slots = {e.get("name"): e.get("value") for e in events
@@ -147,4 +148,4 @@ class RasaClient:
             float(confidence) if isinstance(confidence, int | float) else None,
             str(requested) if isinstance(requested, str) and requested else None,
             {key: value for key, value in slots.items()
-             if value is not None and key not in INTERNAL_SLOTS and isinstance(key, str)})
+             if isinstance(key, str) and key not in INTERNAL_SLOTS})

@@ -53,6 +53,20 @@ def _metrics_dir(path: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
+def _run_until_signalled(poll: Callable[[], int | None], exited: str) -> None:
+    """Block until Ctrl-C or SIGTERM; fail with ``exited`` if ``poll()`` says the
+    foreground service died meanwhile."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if poll() is not None:
+            raise _fail(exited)
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code)
@@ -93,25 +107,16 @@ def front(
     """Run Kamailio in front of several nodes until Ctrl-C: each caller's calls go to the
     same node (hash on the From URI) while it answers; a node that stops answering OPTIONS
     or INVITEs is passed over within seconds, so its callers reach another node."""
-    import signal
-    import threading
-
     from telephony.kamailio import KamailioError, KamailioProxy
 
     settings = get_settings()
     _setup_logging(settings)
     targets = [node.strip() for node in nodes.split(",") if node.strip()]
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     try:
-        proxy = KamailioProxy(settings, targets, port=port, name="front")
-        with proxy:
+        with KamailioProxy(settings, targets, port=port, name="front") as proxy:
             typer.echo(f"front: {proxy.uri} in front of {', '.join(targets)} "
                        f"(log {proxy.log_path})")
-            while not stop.wait(1.0):
-                if proxy.poll() is not None:
-                    raise _fail(f"Kamailio exited; see {proxy.log_path}")
+            _run_until_signalled(proxy.poll, f"Kamailio exited; see {proxy.log_path}")
     except KamailioError as exc:
         raise _fail(str(exc)) from None
 
@@ -717,18 +722,12 @@ def dialog_serve() -> None:
     """Run the Rasa server and its action server until Ctrl-C: a dialog tier that several
     nodes share (run them with SWITCHBOARD_RASA_MANAGED=false and this server's URL and
     API token; with SWITCHBOARD_REDIS_URL its trackers and locks live in Redis)."""
-    import signal
-    import threading
-
     from dialog.runtime import RasaError, RasaServers, ensure_trained
     from dialog.service import API_TOKEN_FILE, publish_api_token, with_api_token
     from switchboard.node import rasa_config
 
     settings = get_settings()
     _setup_logging(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     try:
         config = with_api_token(rasa_config(settings))
         publish_api_token(config)
@@ -737,9 +736,8 @@ def dialog_serve() -> None:
                        f"{'in Redis' if settings.redis_url else 'in memory'}; its API token "
                        f"is in {settings.data_dir / API_TOKEN_FILE} "
                        "(SWITCHBOARD_RASA_API_TOKEN of the nodes)")
-            while not stop.wait(1.0):
-                if servers.poll() is not None:
-                    raise _fail(f"the dialog servers exited; see {settings.data_dir / 'logs'}")
+            _run_until_signalled(servers.poll, "the dialog servers exited; see "
+                                 f"{settings.data_dir / 'logs'}")
     except RasaError as exc:
         raise _fail(str(exc)) from None
 

@@ -272,16 +272,16 @@ class Node:
         conversation_id, greet = request.conversation_id, request.greet
         if prior is not None and conversation_id is None:
             conversation_id, greet = prior.conversation_id, False
+        metadata = {**request.metadata, **({} if prior is None
+                                           else {"resumed_from": prior.call_id})}
         info = {"transport": request.transport, "caller": request.caller,
-                "callee": request.callee, **request.metadata}
-        if prior is not None:
-            info["resumed_from"] = prior.call_id
+                "callee": request.callee, **metadata}
         call_id = uuid.uuid4().hex
         CALL_ID.set(call_id)  # every log line of the call, from here on, names it
         await asyncio.to_thread(
             self.calls.create_call, call_id=call_id,
             transport=request.transport, caller=request.caller, callee=request.callee,
-            metadata=info if prior is not None else request.metadata,
+            metadata=metadata,
             worker=self.settings.worker_name or None, node=self.node_id,
         )
         try:

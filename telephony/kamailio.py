@@ -143,13 +143,11 @@ def sip_target(worker: int | str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def dispatcher_list(workers: list[int | str]) -> str:
-    """The dispatcher list file: every worker (a local port, or host:port) in one set, all
-    active at start."""
+def dispatcher_list(targets: list[tuple[str, int]]) -> str:
+    """The dispatcher list file: every worker (host, port) in one set, all active at
+    start."""
     lines = ["# set destination flags priority (rendered by telephony/kamailio.py)"]
-    for worker in workers:
-        host, port = sip_target(worker)
-        lines.append(f"{DISPATCHER_SET} sip:{_uri_host(host)}:{port} 0 0")
+    lines += [f"{DISPATCHER_SET} sip:{_uri_host(host)}:{port} 0 0" for host, port in targets]
     return "\n".join(lines) + "\n"
 
 
@@ -177,8 +175,7 @@ class KamailioProxy(Managed):
             raise KamailioError("KamailioProxy needs at least one worker port.")
         self.name = "Kamailio"
         self.settings = settings
-        self.workers_list: list[int | str] = list(worker_ports)
-        self.targets = [sip_target(worker) for worker in self.workers_list]
+        self.targets = [sip_target(worker) for worker in worker_ports]
         self.worker_ports = [port for _host, port in self.targets]
         self.port = port or settings.sip_port
         self.ping_interval_s = ping_interval_s
@@ -222,7 +219,7 @@ class KamailioProxy(Managed):
         if user:
             os.chown(self._run_dir, user[0].pw_uid, user[1].gr_gid)
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        self.dispatcher_path.write_text(dispatcher_list(self.workers_list))
+        self.dispatcher_path.write_text(dispatcher_list(self.targets))
         self.config_path.write_text(
             render_config(
                 self.settings,
