@@ -16,8 +16,10 @@ import uvicorn
 
 from admin.accounts import has_users
 from admin.app import create_app
+from switchboard.base.children import DRAIN_SIGNAL
 from switchboard.base.settings import Settings
 from switchboard.conversation.host import CallHost
+from telephony.webrtc.gateway import WebRTCGateway
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,9 @@ async def _serve(settings: Settings, create_host: Callable[[Settings], CallHost]
     tls = _tls_options(settings)
     node = await asyncio.to_thread(create_host, settings)
     try:
+        app = create_app(node)
         config = uvicorn.Config(
-            create_app(node),
+            app,
             host=settings.web_host,
             port=settings.web_port,
             log_level=settings.log_level.lower(),
@@ -69,6 +72,17 @@ async def _serve(settings: Settings, create_host: Callable[[Settings], CallHost]
                         "`switchboard users create NAME --role admin`")
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _ignore_repeated_signal)
+        gateway: WebRTCGateway = app.state.gateway
+        drains: set[asyncio.Task[None]] = set()
+
+        def drain() -> None:
+            """Finish the browser calls up, take no new ones, then stop serving."""
+            if not drains:
+                task = asyncio.get_running_loop().create_task(gateway.drain())
+                task.add_done_callback(lambda _: setattr(server, "should_exit", True))
+                drains.add(task)
+
+        asyncio.get_running_loop().add_signal_handler(DRAIN_SIGNAL, drain)
         await server.serve()
     finally:
         await node.aclose()

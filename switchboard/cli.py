@@ -97,6 +97,48 @@ def run(
 
 
 @app.command()
+def drain(
+    wait: Annotated[bool, typer.Option(
+        help="Wait until the node has stopped (else return once it drains).")] = True,
+) -> None:
+    """Drain the node running from this data directory for a rolling update: it takes no
+    new calls (answers OPTIONS and INVITEs with 503, so Kamailio in front sends callers to
+    other nodes), lets its calls end (at most SWITCHBOARD_DRAIN_TIMEOUT_S), then stops.
+    The same as sending SIGTERM to `switchboard run`."""
+    import os
+    import signal
+    import time
+
+    from switchboard.supervisor import pid_file
+
+    settings = get_settings()
+    path = pid_file(settings)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        raise _fail(f"no node runs from {settings.data_dir} (no live PID in {path}); "
+                    "start one with `switchboard run`") from None
+    typer.echo(f"node {settings.effective_node_id} (pid {pid}) is draining: no new calls, "
+               f"the calls up may take up to {settings.drain_timeout_s:.0f} s")
+    if not wait:
+        return
+    started = time.monotonic()
+    deadline = started + settings.drain_timeout_s + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            typer.echo(f"node stopped after {time.monotonic() - started:.0f} s")
+            return
+        time.sleep(1.0)
+        if int(time.monotonic() - started) % 10 == 0:
+            typer.echo(f"  still draining after {time.monotonic() - started:.0f} s")
+    raise _fail(f"the node (pid {pid}) is still running after the drain timeout; see "
+                f"{settings.data_dir / 'logs'}")
+
+
+@app.command()
 def front(
     nodes: Annotated[str, typer.Option(
         help="Comma list of the nodes' SIP entries (host:port), e.g. "

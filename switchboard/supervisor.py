@@ -4,17 +4,26 @@ them all on Ctrl-C / SIGTERM.
 Children, in start order: the speech servers (unless remote ones are configured); the
 Rasa server and action server; the analytics worker; the web app (console,
 softphone, WebRTC gateway); the SIP media workers; with more than one worker, Kamailio in
-front of them as the one SIP entry point."""
+front of them as the one SIP entry point.
+
+SIGTERM (or ``switchboard drain``) drains the node for a rolling update: the SIP workers
+and the web app take no new calls (INVITE, OPTIONS and softphone offers are answered 503,
+so Kamailio in front sends callers to other nodes), the calls up go on until they end,
+then the node stops. After ``drain_timeout_s`` the calls still up are ended (their callers
+resume on a redial). Ctrl-C, or a second SIGTERM, stops at once."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
@@ -25,7 +34,13 @@ from analytics.celery_app import create_app as create_celery_app
 from analytics.tasks import enqueue_call_analysis
 from dialog.runtime import RasaError, RasaServers, ensure_trained
 from dialog.service import publish_api_token, with_api_token
-from switchboard.base.children import ChildError, ChildProcess, http_probe, log_probe
+from switchboard.base.children import (
+    DRAIN_SIGNAL,
+    ChildError,
+    ChildProcess,
+    http_probe,
+    log_probe,
+)
 from switchboard.base.metrics import process_ended
 from switchboard.base.settings import Settings
 from switchboard.cluster import NodeKeeper
@@ -73,6 +88,13 @@ class Supervised:
     component: Component
     restarts: deque[float] = field(default_factory=deque)
     worker: str | None = None  # calls to end when it dies
+    drain: Callable[[], None] | None = None  # asks it to take no new calls
+    drained: bool = False  # it carried calls, drained them and exited
+
+
+def pid_file(settings: Settings) -> Path:
+    """Where a running node keeps its supervisor's PID (for ``switchboard drain``)."""
+    return settings.data_dir / "run" / "node.pid"
 
 
 def python_command(*args: str) -> list[str]:
@@ -135,6 +157,8 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._stop = threading.Event()
+        self._drain_asked = threading.Event()
+        self._drain_deadline: float | None = None
         self._children: list[Supervised] = []
         self._calls: CallRepository | None = None
         self._keeper: NodeKeeper | None = None
@@ -144,6 +168,15 @@ class Supervisor:
         """Start everything, supervise until a stop signal, then stop everything."""
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+        pid_path = pid_file(self.settings)
+        pid_path.parent.mkdir(parents=True, exist_ok=True)
+        pid_path.write_text(f"{os.getpid()}\n")
+        try:
+            self._supervise()
+        finally:
+            pid_path.unlink(missing_ok=True)
+
+    def _supervise(self) -> None:
         try:
             sessions = prepare_database(
                 self.settings.effective_database_url, demo_data=self.settings.demo_data
@@ -166,10 +199,19 @@ class Supervisor:
                 log.warning("the console has no users yet: create the first admin with "
                             "`.venv/bin/switchboard users create NAME --role admin`")
             while not self._stop.wait(POLL_S):
+                if self._drain_asked.is_set() and self._drain_deadline is None:
+                    self._begin_drain()
                 for child in self._children:
-                    code = child.component.poll()
-                    if code is not None:
+                    code = None if child.drained else child.component.poll()
+                    if code is None:
+                        continue
+                    if self._drain_deadline is not None and child.worker is not None:
+                        child.drained = True
+                        log.info("%s drained and exited (code %s)", child.component.name, code)
+                    else:
                         self._restart(child, code)
+                if self._drain_deadline is not None and self._drained():
+                    break
         finally:
             log.info("stopping the node's processes")
             for child in reversed(self._children):
@@ -177,6 +219,32 @@ class Supervisor:
             if self._keeper is not None:
                 self._keeper.stop()
             log.info("stopped")
+
+    def _begin_drain(self) -> None:
+        """Ask every child that carries calls, and Kamailio, to take no new calls."""
+        self._drain_deadline = time.monotonic() + self.settings.drain_timeout_s
+        log.info("draining: no new calls; the calls up may take up to %.0f s",
+                 self.settings.drain_timeout_s)
+        if self._keeper is not None:
+            self._keeper.info["draining"] = True
+        for child in self._children:
+            if child.drain is not None:
+                try:
+                    child.drain()
+                except Exception as exc:  # a child that cannot drain is stopped at the end
+                    log.warning("%s cannot drain: %s", child.component.name, exc)
+
+    def _drained(self) -> bool:
+        """Whether the drain is over: every call carrier exited, or the time is up."""
+        assert self._drain_deadline is not None
+        if all(child.drained for child in self._children if child.worker is not None):
+            log.info("drained: no call left on this node")
+            return True
+        if time.monotonic() > self._drain_deadline:
+            log.warning("drain timeout (%.0f s): ending the calls still up",
+                        self.settings.drain_timeout_s)
+            return True
+        return False
 
     @property
     def _node_id(self) -> str:
@@ -201,14 +269,21 @@ class Supervisor:
         rasa_url = self._start_dialog() if settings.rasa_managed else settings.rasa_url
         settings = self.settings
         self._launch(Supervised(analytics_worker(settings)))
-        self._launch(Supervised(web_app(settings, rasa_url), worker="web"))
+        web = web_app(settings, rasa_url)
+        self._launch(Supervised(web, worker="web", drain=self._drain_signal(web)))
         proxied = settings.sip_workers > 1
         ports = worker_ports(settings) if proxied else [settings.sip_port]
         for index, port in enumerate(ports):
             worker = sip_worker(settings, index, port, rasa_url, behind_proxy=proxied)
-            self._launch(Supervised(worker, worker=f"sip-{index}"))
+            self._launch(Supervised(worker, worker=f"sip-{index}",
+                                    drain=self._drain_signal(worker)))
         if proxied:
-            self._launch(Supervised(KamailioProxy(settings, ports)))
+            proxy = KamailioProxy(settings, ports)
+            self._launch(Supervised(proxy, drain=proxy.drain))
+
+    @staticmethod
+    def _drain_signal(child: ChildProcess) -> Callable[[], None]:
+        return lambda: child.send_signal(DRAIN_SIGNAL)
 
     def _start_dialog(self) -> str:
         """Start the node's own Rasa server and action server; their URL."""
@@ -277,4 +352,7 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
-        self._stop.set()
+        if signum == signal.SIGTERM and not self._drain_asked.is_set():
+            self._drain_asked.set()  # the loop drains; a second SIGTERM stops at once
+        else:
+            self._stop.set()

@@ -300,6 +300,10 @@ class KamailioProxy(Managed):
             raise KamailioError(f"Kamailio RPC {method} failed: {reply['error']}")
         return reply.get("result")
 
+    def drain(self) -> None:
+        """Answer OPTIONS pings and new INVITEs with 503 from now on (calls up go on)."""
+        self.rpc("pv.shvSet", "draining", "int", 1)
+
     def workers(self) -> list[WorkerState]:
         """The workers as the dispatcher sees them (``dispatcher.list``)."""
         result = self.rpc("dispatcher.list")

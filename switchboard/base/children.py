@@ -28,6 +28,10 @@ START_TIMEOUT_S = 60.0
 START_HEADER = "=== switchboard started "
 """Starts the line written to a child's log before each start: time and command."""
 
+DRAIN_SIGNAL = signal.SIGUSR1
+"""Asks a child that carries calls (a SIP worker, the web app) to drain: take no new calls,
+let the calls up end, then exit."""
+
 Probe = Callable[[], str | None]
 """A health probe: ``None`` once the child is healthy, else what is still missing."""
 
@@ -180,6 +184,12 @@ class ChildProcess(Managed):
             _wait_unreaped(process.pid, self.stop_grace_s if grace_s is None else grace_s)
         _kill_group(process.pid)  # after the grace, or what it forked and left behind
         return process.wait()
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the child (not its group), if it runs."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
 
     def kill(self) -> None:
         """SIGKILL the child's whole group at once, as a crash would (:meth:`poll` then

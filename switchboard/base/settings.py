@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         default=2.0, gt=0,
         description="A node whose heartbeat is this old is lost: a survivor ends its calls "
         "(node_lost) and queues their analysis.")
+    drain_timeout_s: float = Field(
+        default=300.0, ge=0,
+        description="A draining node (`switchboard drain`, SIGTERM) waits this long for its "
+        "calls to end, then ends the rest (they resume on a redial to another node).")
 
     # --- speech: STT -------------------------------------------------------------------
     stt_model: str = Field(

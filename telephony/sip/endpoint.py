@@ -18,6 +18,7 @@ import pjsua2 as pj
 
 from switchboard.base.settings import Settings
 from telephony.sip import RTP_PORTS_PER_WORKER
+from telephony.sip.availability import SERVICE_UNAVAILABLE, ServiceAvailability
 from telephony.sip.call import (
     CallEvents,
     CallLeg,
@@ -87,7 +88,7 @@ class SipEndpoint:
         self._networks = parse_networks(settings.sip_allowed_networks)
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._calls: dict[int, SipCall] = {}
-        # Calls answered 403/486, held until DISCONNECTED: PJSUA sends a final answer given
+        # Calls answered 403/486/503, held until DISCONNECTED: PJSUA sends a final answer given
         # in onIncomingCall after the callback, and a call object dropped before that hangs
         # up with 603 Decline instead.
         self._rejected: dict[int, SipCall] = {}
@@ -96,8 +97,18 @@ class SipEndpoint:
         self._ready: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name="pjsip", daemon=True)
         self.listening: list[str] = []
+        self.availability = ServiceAvailability()
 
     # ------------------------------------------------------------------ any thread
+
+    @property
+    def draining(self) -> bool:
+        """Whether new calls are refused (503) and OPTIONS answered 503."""
+        return self.availability.draining
+
+    def drain(self) -> None:
+        """Take no new calls from now on; the calls up go on."""
+        self.availability.draining = True
 
     def start(self) -> concurrent.futures.Future[list[str]]:
         """Start the thread; the future resolves to the addresses listened on."""
@@ -175,6 +186,7 @@ class SipEndpoint:
         self.ep.audDevManager().setNullDev()
         self._codecs()
         self.ep.libStart()
+        self.availability.register()
         self.account = _Account(self)
         self.account.create(self._account_config(), True)
 
@@ -260,6 +272,13 @@ class SipEndpoint:
             log.warning("rejecting call from %s (not in SWITCHBOARD_SIP_ALLOWED_NETWORKS)",
                         leg.source_address)
             op.statusCode = 403
+            self._rejected[leg.key] = call
+            call.answer(op)
+            return
+        if self.draining:
+            log.info("refusing a call from %s: this worker is draining", leg.source_address)
+            op.statusCode = SERVICE_UNAVAILABLE
+            op.reason = "Draining"
             self._rejected[leg.key] = call
             call.answer(op)
             return

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from switchboard.base.children import DRAIN_SIGNAL
 from switchboard.conversation.audio import FRAME_MS
 from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.host import CallHost
@@ -73,6 +74,8 @@ class SipWorker:
         self.results: list[CallResult] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._endpoint: SipEndpoint | None = None
+        self._idle = asyncio.Event()  # set while no call is up
+        self._idle.set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,6 +114,15 @@ class SipWorker:
             endpoint.stop()
             if not await asyncio.to_thread(endpoint.join, SHUTDOWN_WAIT_S + 5):
                 log.error("the SIP thread did not stop in time")
+
+    async def drain(self) -> None:
+        """Take no new calls (INVITE and OPTIONS are answered 503, so a proxy in front
+        sends callers elsewhere) and return once the calls up have ended."""
+        if self._endpoint is not None:
+            self._endpoint.drain()
+        log.info("draining: no new calls; waiting for %d call(s) to end", len(self.sessions))
+        await self._idle.wait()
+        log.info("drained: no call left")
 
     async def call(self, uri: str) -> CallResult:
         """Place one outbound call and run the bot on it until it ends."""
@@ -168,6 +180,7 @@ class SipWorker:
         session = self.sessions.get(leg.key)
         if session is None:
             session = self.sessions[leg.key] = _Session(leg)
+            self._idle.clear()
             if leg.direction == "inbound":  # answered: its keys must find a handle at once
                 session.handle = self._start_call(session)
             session.task = asyncio.create_task(self._run(session), name=f"sip-call-{leg.key}")
@@ -224,6 +237,8 @@ class SipWorker:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._end(session))
             self.sessions.pop(leg.key, None)
+            if not self.sessions:
+                self._idle.set()
 
     async def _wait_answered(self, session: _Session) -> bool:
         confirmed = asyncio.create_task(session.confirmed.wait())
@@ -335,9 +350,20 @@ class _SipControl:
 
 
 async def run_worker(node: CallHost) -> None:
-    """Serve calls until SIGTERM or SIGINT."""
+    """Serve calls until SIGTERM or SIGINT (the calls up are ended), or until the calls up
+    have ended after ``DRAIN_SIGNAL``."""
     stop = asyncio.Event()
+    worker = SipWorker(node)
     loop = asyncio.get_running_loop()
+    drains: set[asyncio.Task[None]] = set()
+
+    def drain() -> None:
+        if not drains:
+            task = loop.create_task(worker.drain())
+            task.add_done_callback(lambda _: stop.set())
+            drains.add(task)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await SipWorker(node).serve(stop)
+    loop.add_signal_handler(DRAIN_SIGNAL, drain)
+    await worker.serve(stop)

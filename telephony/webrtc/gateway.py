@@ -125,6 +125,9 @@ class WebRTCGateway:
         self._conversations: dict[str, Conversation] = {}
         self._calls: set[BrowserCall] = set()
         self._closing = False
+        self.draining = False
+        self._idle = asyncio.Event()  # set while no browser call is up
+        self._idle.set()
 
     @property
     def active_calls(self) -> int:
@@ -134,8 +137,8 @@ class WebRTCGateway:
         self, sdp: str, kind: str, *, token: str | None = None, caller: str | None = None
     ) -> dict[str, Any]:
         """Answer the browser's offer (ICE gathered) and start its call once connected."""
-        if self._closing:
-            raise OfferError(503, "the server is shutting down; call again in a moment")
+        if self._closing or self.draining:
+            raise OfferError(503, "this server is shutting down; call again in a moment")
         if kind != "offer":
             raise OfferError(400, f"expected an SDP offer (type 'offer'), got type {kind!r}")
         kinds = [media.kind for media in SessionDescription.parse(sdp).media]
@@ -166,6 +169,7 @@ class WebRTCGateway:
         conversation.call = call
         self._conversations[conversation.token] = conversation
         self._calls.add(call)
+        self._idle.clear()
         asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._drop_unconnected, call)
         local = pc.localDescription
         return {"sdp": local.sdp, "type": local.type, "token": conversation.token,
@@ -290,6 +294,8 @@ class WebRTCGateway:
 
     def _release(self, call: BrowserCall) -> None:
         self._calls.discard(call)
+        if not self._calls:
+            self._idle.set()
         conversation = call.conversation
         if conversation.call is call:
             conversation.call = None
@@ -303,6 +309,14 @@ class WebRTCGateway:
             call.hung_up = True
             asyncio.get_running_loop().create_task(call.pc.close())
             self._release(call)
+
+    async def drain(self) -> None:
+        """Refuse new browser calls (503) and return once the calls up have ended."""
+        self.draining = True
+        log.info("draining: no new browser calls; waiting for %d call(s) to end",
+                 len(self._calls))
+        await self._idle.wait()
+        log.info("drained: no browser call left")
 
     async def close(self) -> None:
         """Hang up every call, let them store their end, close the connections."""

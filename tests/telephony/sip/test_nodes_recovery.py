@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -29,12 +30,21 @@ from tests.support.audio_tools import piper_speech, write_wav
 from tests.support.dialog_fixtures import TEST_API_TOKEN
 from tests.support.redis_server import RedisServer
 from tests.telephony.sip.node import RunningNode, running_node
-from tests.telephony.sip.peers import Baresip, free_udp_port
+from tests.telephony.sip.peers import Baresip, free_udp_port, options
 from tests.telephony.sip.test_sip_calls import GREETING_MS, RATE, audio
 
 pytestmark = pytest.mark.integration
 
 OPENING = "Sorry, we got cut off. You were asking about order 4 8 2 1 3."
+
+
+def drain_node(data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``switchboard drain --no-wait`` for the node running from ``data_dir`` (default:
+    the one this environment's settings name)."""
+    data = {} if data_dir is None else {"SWITCHBOARD_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "switchboard", "drain", "--no-wait"],
+                          env={**os.environ, **data},
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
 
 
 def kill_node(node: RunningNode) -> None:
@@ -162,3 +172,55 @@ def test_a_caller_cut_off_by_a_killed_node_resumes_on_the_other(
     assert samples[("switchboard_turn_stage_seconds_count", (("stage", "tts"),))] >= 2
     assert ("switchboard_heartbeat_age_seconds", ()) in samples
     assert "caller@" not in text and state.call_id not in text  # no numbers, no call ids
+
+
+def test_a_draining_node_finishes_its_call_while_new_calls_go_to_the_other(
+        two_nodes: tuple[dict[str, RunningNode], int, str], tts: PiperTTS,
+        calls: CallRepository, tmp_path: Path) -> None:
+    nodes, front_port, redis_url = two_nodes
+    live = LiveState(redis_url)
+    first = caller(tts, tmp_path / "first", [
+        GREETING_MS, piper_speech(tts, "Hi, I'd like to check my order status.", RATE), 60000])
+    try:
+        first.command("dial", f"sip:bot@127.0.0.1:{front_port}")
+        assert first.wait_for_log("Call established", 15), first.log()
+        up = wait_for(lambda: live.latest_call("sip", "caller"), 20, "the call's live state")
+        draining, other = up.node, ({"node-a", "node-b"} - {up.node}).pop()
+        node = nodes[draining]
+        # its lone PJSUA2 worker answers OPTIONS 200 until it drains, then 503
+        assert (options(node.sip_port) or "").startswith("SIP/2.0 200")
+        asked = drain_node(tmp_path / draining)
+        assert asked.returncode == 0, asked.stderr
+        wait_for(lambda: (options(node.sip_port) or "").startswith("SIP/2.0 503"), 15,
+                 "the draining node answering OPTIONS 503")
+
+        # the same caller calls again: Kamailio sends the call to the other node
+        second = caller(tts, tmp_path / "second", [
+            14000, piper_speech(tts, "No, that's all. Thank you, goodbye.", RATE), 12000])
+        try:
+            second.command("dial", f"sip:bot@127.0.0.1:{front_port}")
+            assert second.wait_for_log("Call established", 20), second.log()
+            assert second.wait_for_log("terminated", 60), second.log()
+        finally:
+            second.stop()
+
+        # meanwhile the first call goes on on the draining node, turn after turn
+        for digit in "48213#":
+            first.command("sndcode", digit)
+            time.sleep(0.3)
+        wait_for(lambda: (c := live.call(up.call_id)) and "4 8 2 1 3" in c.last_bot_text, 40,
+                 "the order status, answered by the draining node")
+        assert node.child.poll() is None  # still up while its call is
+        first.command("hangup")
+    finally:
+        first.stop()
+        live.close()
+
+    wait_for(lambda: node.child.poll() is not None, 60, "the drained node's exit")
+    assert node.child.poll() == 0, node.log()[-3000:]
+    assert "drained: no call left on this node" in node.log()
+    drained_call = wait_for(lambda: (c := calls.get_call(up.call_id)) and c.ended_at and c, 20,
+                            "the first call's end")
+    assert (drained_call.node, drained_call.end_reason) == (draining, "caller_hangup")
+    [new] = [c for c in sip_calls(calls) if c.id != up.call_id]
+    assert new.node == other
