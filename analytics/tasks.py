@@ -15,18 +15,24 @@ from functools import cache
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_ready
+from celery.signals import after_setup_logger, task_postrun, task_prerun, worker_ready
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.analysis import analyze
 from analytics.celery_app import app
+from switchboard.base.logs import CALL_ID, CallContext
+from switchboard.base.logs import FORMAT as LOG_FORMAT
 from switchboard.base.settings import get_settings
 from switchboard.storage.database import make_engine
 from switchboard.storage.models import utcnow
 from switchboard.storage.repository import AnalysisRepository, CallRepository
 
 log = logging.getLogger(__name__)
+
+CALL_UUID_TASK_HEADER = "call_uuid"
+"""The message header that carries the call's id (as SIP's ``X-Call-UUID`` does) into the
+worker, where every log line of the task names the call."""
 
 _settings = get_settings()
 
@@ -98,6 +104,27 @@ def analyze_pending_calls() -> int:
     return len(call_ids)
 
 
+@task_prerun.connect
+def _enter_call(task: Task, **_: Any) -> None:
+    request = task.request
+    call_id = request.get(CALL_UUID_TASK_HEADER) or (request.headers or {}).get(
+        CALL_UUID_TASK_HEADER)
+    CALL_ID.set(str(call_id) if call_id else None)
+
+
+@task_postrun.connect
+def _leave_call(**_: Any) -> None:
+    CALL_ID.set(None)
+
+
+@after_setup_logger.connect
+def _name_calls_in_logs(logger: logging.Logger, **_: Any) -> None:
+    """The worker's log lines carry `` [call ID]`` like the node's."""
+    for handler in logger.handlers:
+        handler.addFilter(CallContext())
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+
+
 @worker_ready.connect
 def _sweep_on_start(**_: Any) -> None:
     try:
@@ -119,7 +146,8 @@ def enqueue_call_analysis(call_id: str, *, celery: Celery | None = None) -> None
     """
     sender = celery or app
     try:
-        sender.send_task(analyze_call.name, (call_id,), retry=False)
+        sender.send_task(analyze_call.name, (call_id,), retry=False,
+                         headers={CALL_UUID_TASK_HEADER: call_id})
     except Exception as exc:
         broker = str(sender.conf.broker_url).rsplit("@", 1)[-1]
         log.error("call %s: could not queue its analysis (broker %s): %s", call_id, broker, exc)

@@ -276,7 +276,7 @@ class Node:
                                            else {"resumed_from": prior.call_id})}
         info = {"transport": request.transport, "caller": request.caller,
                 "callee": request.callee, **metadata}
-        call_id = uuid.uuid4().hex
+        call_id = await asyncio.to_thread(self._new_call_id, request.call_id)
         CALL_ID.set(call_id)  # every log line of the call, from here on, names it
         await asyncio.to_thread(
             self.calls.create_call, call_id=call_id,
@@ -333,6 +333,16 @@ class Node:
         if self.analytics is not None:
             self._queue_analysis(call_id)
         return result
+
+    def _new_call_id(self, given: str | None) -> str:
+        """``given`` (the transport's id for the call) unless a call has it already (a
+        trunk that repeats its ids): a new one then."""
+        if given and not self.calls.exists(given):
+            return given
+        if given:
+            log.warning("call id %s is taken by an earlier call; this call gets a new one",
+                        given)
+        return uuid.uuid4().hex
 
     def _cut_off_call(self, transport: str, who: str | None) -> CallState | None:
         """The caller's latest call, if a lost node (or a node shut down under it) cut it

@@ -52,6 +52,9 @@ class CallRequest:
     control: CallControl | None = None
     handoff_target: str | None = None
     """Where the caller is transferred when the bot hands off (needs ``control``)."""
+    call_id: str | None = None
+    """The call's id when the transport has one already (a SIP INVITE's ``X-Call-UUID``);
+    else the node makes one."""
 
 
 class CallHandle:

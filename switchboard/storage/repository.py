@@ -124,6 +124,10 @@ class CallRepository:
             call.recording_path = path
             session.commit()
 
+    def exists(self, call_id: str) -> bool:
+        with self._sessions() as session:
+            return session.scalar(select(Call.id).where(Call.id == call_id)) is not None
+
     def get_call(self, call_id: str) -> Call | None:
         """The call with its turns and events loaded (detached, safe to read anywhere)."""
         with self._sessions() as session:

@@ -31,6 +31,9 @@ class CallLeg:
     local_uri: str = ""
     sip_call_id: str = ""
     source_address: str = ""
+    call_uuid: str = ""
+    """The call's id: an inbound INVITE's ``X-Call-UUID`` (set by a proxy or trunk in front),
+    else one made here; sent back on the 200 OK and on REFER."""
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

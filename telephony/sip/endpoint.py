@@ -8,8 +8,10 @@ import concurrent.futures
 import itertools
 import logging
 import queue
+import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,6 +31,8 @@ from telephony.sip.call import (
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
 CALL_UUID_HEADER = "X-Call-UUID"
+_CALL_UUID_LINE = re.compile(r"^X-Call-UUID[ \t]*:[ \t]*([0-9a-fA-F-]{32,36})[ \t]*\r?$",
+                             re.IGNORECASE | re.MULTILINE)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -267,6 +271,7 @@ class SipEndpoint:
         info = call.getInfo()
         leg.remote_uri, leg.local_uri = str(info.remoteUri), str(info.localUri)
         leg.sip_call_id = str(info.callIdString)
+        leg.call_uuid = call_uuid(str(prm.rdata.wholeMsg))
         op = pj.CallOpParam()
         if not source_allowed(leg.source_address, self._networks):
             log.warning("rejecting call from %s (not in SWITCHBOARD_SIP_ALLOWED_NETWORKS)",
@@ -291,6 +296,7 @@ class SipEndpoint:
             return
         self._calls[leg.key] = call
         op.statusCode = 200
+        op.txOption.headers.append(_call_uuid_header(leg.call_uuid))
         call.answer(op)
         if not call.gone:
             self.events.incoming(leg)
@@ -324,9 +330,7 @@ class SipEndpoint:
             return False
         op = pj.CallOpParam(True)
         if call_uuid:
-            header = pj.SipHeader()
-            header.hName, header.hValue = CALL_UUID_HEADER, call_uuid
-            op.txOption.headers.append(header)
+            op.txOption.headers.append(_call_uuid_header(call_uuid))
         call.xfer(uri, op)
         return True
 
@@ -391,6 +395,24 @@ class SipEndpoint:
                 break
             command.future.set_exception(RuntimeError("the SIP endpoint stopped"))
         del self.ep
+
+
+def call_uuid(message: str) -> str:
+    """The ``X-Call-UUID`` of a SIP message (32 hex digits, dashes dropped), else a
+    new one."""
+    header_part = message.split("\r\n\r\n", 1)[0]
+    match = _CALL_UUID_LINE.search(header_part)
+    if match:
+        digits = match.group(1).replace("-", "").lower()
+        if len(digits) == 32:
+            return digits
+    return uuid.uuid4().hex
+
+
+def _call_uuid_header(value: str) -> pj.SipHeader:
+    header = pj.SipHeader()
+    header.hName, header.hValue = CALL_UUID_HEADER, value
+    return header
 
 
 def _describe(exc: BaseException) -> BaseException:

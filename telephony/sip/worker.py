@@ -261,7 +261,7 @@ class SipWorker:
             callee=leg.local_uri if inbound else leg.remote_uri,
             metadata={"sip_call_id": leg.sip_call_id, "direction": leg.direction,
                       "source_address": leg.source_address},
-            control=_SipControl(self, session),
+            control=_SipControl(self, session), call_id=leg.call_uuid or None,
             handoff_target=self.settings.sip_transfer_uri or None,
         ))
 

@@ -21,7 +21,7 @@ Call-ID: [call_id]
 CSeq: 1 INVITE
 Contact: sip:sipp@[local_ip]:[local_port]
 Max-Forwards: 70
-Content-Type: application/sdp
+<extra headers>Content-Type: application/sdp
 Content-Length: [len]
 
 v=0
@@ -157,11 +157,13 @@ Content-Length: 0
 
 
 def write_scenario(path: Path, kind: str, *, wav: Path | None = None, hold_ms: int = 0,
-                   wait_ms: int = 30000) -> Path:
-    """Write the SIPp scenario ``kind`` (see ``_BODIES``) to ``path``."""
+                   wait_ms: int = 30000, invite_headers: tuple[str, ...] = ()) -> Path:
+    """Write the SIPp scenario ``kind`` (see ``_BODIES``) to ``path``; the INVITE carries
+    ``invite_headers`` ("Name: value") too."""
     body = _BODIES[kind].format(wav=wav, hold_ms=hold_ms, wait_ms=wait_ms)
+    invite = _INVITE.replace("<extra headers>", "".join(f"{h}\n" for h in invite_headers))
     path.write_text(
         '<?xml version="1.0" encoding="ISO-8859-1" ?>\n'
-        f'<scenario name="{kind}">{_INVITE}{body}</scenario>\n'
+        f'<scenario name="{kind}">{invite}{body}</scenario>\n'
     )
     return path
