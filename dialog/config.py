@@ -16,6 +16,8 @@ class RasaConfig:
     """Trained models, caches, logs and the node's API token live below it."""
     url: str = "http://127.0.0.1:5005"
     rasa_port: int = 5005
+    interface: str = "127.0.0.1"
+    """Where a Rasa server started here listens (0.0.0.0: for other hosts too)."""
     action_port: int = 5055
     database_url: str = ""
     """The database the action server reads orders from."""

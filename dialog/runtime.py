@@ -35,6 +35,7 @@ BOT_DIR = PROJECT_ROOT / "dialog" / "bot"
 TRAINING_INPUTS = ("config.yml", "domain.yml", "data")
 INSTALL_SCRIPT = PROJECT_ROOT / "scripts" / "install-rasa-venv.sh"
 LOOPBACK = "127.0.0.1"
+WILDCARDS = ("0.0.0.0", "::")
 LOG_TAIL_LINES = 40
 TAIL_BYTES = 16_384
 CHUNK_BYTES = 4096
@@ -243,7 +244,9 @@ class RasaServers(Managed):
     @property
     def url(self) -> str:
         """Base URL of the Rasa server."""
-        return f"http://{LOOPBACK}:{self.rasa_port}"
+        interface = self.config.interface
+        host = LOOPBACK if interface in WILDCARDS else interface
+        return f"http://{host}:{self.rasa_port}"
 
     @property
     def action_url(self) -> str:
@@ -275,7 +278,7 @@ class RasaServers(Managed):
                 "Rasa server",
                 [
                     str(rasa), "run", "--model", str(self.model),
-                    "--interface", LOOPBACK, "--port", str(self.rasa_port),
+                    "--interface", self.config.interface, "--port", str(self.rasa_port),
                     "--endpoints", str(endpoints),
                     "--credentials", str(self.bot_dir / "credentials.yml"),
                     *(["--enable-api", f"--auth-token={self.config.api_token}"]

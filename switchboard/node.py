@@ -145,6 +145,7 @@ def rasa_config(settings: Settings) -> RasaConfig:
         data_dir=settings.data_dir,
         url=settings.rasa_url,
         rasa_port=settings.rasa_port,
+        interface=settings.rasa_interface,
         action_port=settings.action_port,
         database_url=settings.effective_database_url,
         redis_url=settings.redis_url,

@@ -171,6 +171,10 @@ class Settings(BaseSettings):
         "false: the node uses the one at rasa_url (a dialog tier shared by several nodes, "
         "its trackers in Redis).")
     rasa_port: int = Field(default=5005, description="Port of the managed Rasa server.")
+    rasa_interface: str = Field(
+        default="127.0.0.1",
+        description="Address the managed Rasa server (or `switchboard dialog serve`) listens "
+        "on; 0.0.0.0 to serve other nodes (keep SWITCHBOARD_RASA_API_TOKEN set).")
     action_port: int = Field(default=5055, description="Port of the managed action server.")
     rasa_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Rasa request.")
     rasa_start_timeout_s: float = Field(
