@@ -10,6 +10,7 @@ files needs a console sign-in or an API token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -28,11 +29,17 @@ from admin.console import install_console, problems_of, validation_error
 from admin.security import page_session
 from switchboard.base.metrics import exposition
 from switchboard.conversation.host import CallHost
+from switchboard.storage.live import LiveState, LiveStateUnavailable
 from telephony.webrtc.gateway import OfferError, WebRTCGateway
 from telephony.webrtc.ice import rtc_configuration
 
 HERE = Path(__file__).resolve().parent
 OFFER_PATH = "/softphone/offer"
+CROSS_ORIGIN = {"Access-Control-Allow-Origin": "*"}
+"""A public softphone page may post its offer to another node's web app (its own node is
+lost): the offer carries no credential, so any origin may."""
+PREFLIGHT = {**CROSS_ORIGIN, "Access-Control-Allow-Methods": "POST",
+             "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "600"}
 
 
 class Offer(BaseModel):
@@ -58,11 +65,28 @@ def create_app(node: CallHost) -> FastAPI:
     """The FastAPI app serving ``node``'s browser calls."""
     gateway = WebRTCGateway(node)
     templates = Jinja2Templates(directory=HERE / "templates")
+    settings = node.settings
+    live = LiveState(settings.redis_url) if settings.redis_url else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await gateway.close()
+        if live is not None:
+            live.close()
+
+    def other_nodes() -> list[str]:
+        """The web apps of the other live nodes that take calls, for a page whose own node
+        is lost to reconnect to (none without Redis, or while it does not answer)."""
+        if live is None:
+            return []
+        try:
+            nodes = live.live_nodes()
+        except LiveStateUnavailable:
+            return []
+        return [str(info["web"]) for name, info in nodes.items()
+                if name != settings.effective_node_id and info.get("web")
+                and not info.get("draining")]
 
     app = FastAPI(title="Switchboard", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)  # the API's own document is behind sign-in
@@ -109,10 +133,19 @@ def create_app(node: CallHost) -> FastAPI:
     @app.post(OFFER_PATH, include_in_schema=False, dependencies=[Depends(softphone_caller)])
     async def offer(body: Offer, request: Request) -> JSONResponse:
         caller = request.client.host if request.client else None
+        headers = CROSS_ORIGIN if settings.softphone_public else None
         try:
             answer = await gateway.answer(body.sdp, body.type, token=body.token, caller=caller)
         except OfferError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
-        return JSONResponse(answer)
+            return JSONResponse({"error": exc.message}, status_code=exc.status,
+                                headers=headers)
+        answer["nodes"] = await asyncio.to_thread(other_nodes)
+        return JSONResponse(answer, headers=headers)
+
+    @app.options(OFFER_PATH, include_in_schema=False)
+    async def offer_preflight() -> Response:
+        if not settings.softphone_public:  # signed-in pages post to their own origin only
+            return Response(status_code=405)
+        return Response(status_code=204, headers=PREFLIGHT)
 
     return app

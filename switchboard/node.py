@@ -268,7 +268,8 @@ class Node:
 
     async def _run_call(self, handle: CallHandle) -> CallResult:
         request = handle.request
-        who = caller_identity(request.caller)
+        who = (request.caller_key if request.caller_key is not None
+               else caller_identity(request.caller))
         prior = await asyncio.to_thread(self._cut_off_call, request.transport, who)
         conversation_id, greet = request.conversation_id, request.greet
         if prior is not None and conversation_id is None:

@@ -187,7 +187,8 @@ class Supervisor:
         if self.settings.redis_url:
             self._keeper = NodeKeeper(self.settings, self._calls, self._analyse,
                                       info={"sip": f"{self.settings.sip_host}:"
-                                                   f"{self.settings.sip_port}"})
+                                                   f"{self.settings.sip_port}",
+                                            "web": self.settings.effective_web_url})
             self._keeper.start()
         ended = self._calls.end_active_calls(reason="node_restarted", node=self._node_id)
         if ended:

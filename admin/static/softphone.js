@@ -14,7 +14,7 @@
 
   const phone = {
     pc: null, channel: null, stream: null, audioCtx: null, analyser: null,
-    active: false, reconnects: 0, reconnectTimer: null, statsTimer: null,
+    active: false, reconnects: 0, reconnectTimer: null, statsTimer: null, otherNodes: [],
     micSpeechEnd: null, micSpeaking: false, inboundLoud: false, lastOnset: 0,
   };
   window.softphone = phone; // the tests read phone.pc.getStats()
@@ -169,11 +169,8 @@
     pc.onconnectionstatechange = () => onConnectionState(pc);
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc, 3000);
-    const response = await fetch("/softphone/offer", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", token }),
-    });
+    const response = await postOffer(
+      JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", token }));
     const body = await response.json();
     if (!response.ok) {
       pc.close();
@@ -184,8 +181,27 @@
       throw new Error(body.error || `the server answered ${response.status}`);
     }
     keepToken(body.token);
+    phone.otherNodes = body.nodes || [];
     await pc.setRemoteDescription({ type: body.type, sdp: body.sdp });
     watchInbound(pc);
+  }
+
+  // This page's own server first; when it does not answer (its node is lost) or is
+  // draining (503), the other nodes the last answer named, which resume the conversation.
+  async function postOffer(body) {
+    const servers = [""].concat(phone.otherNodes || []);
+    let failure = null;
+    for (const [index, server] of servers.entries()) {
+      try {
+        const response = await fetch(`${server}/softphone/offer`, {
+          method: "POST", headers: { "Content-Type": "application/json" }, body,
+        });
+        if (response.status !== 503 || index === servers.length - 1) return response;
+      } catch (error) {
+        failure = error;
+      }
+    }
+    throw failure || new Error("no server answered the call");
   }
 
   function onConnectionState(pc) {

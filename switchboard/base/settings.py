@@ -234,6 +234,11 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Address the web app (softphone, API) listens on."
     )
     web_port: int = Field(default=8000, description="Port of the web app.")
+    web_public_url: str = Field(
+        default="",
+        description="The web app's address as browsers reach it (e.g. "
+        "https://node-a.example.com); a softphone whose node is lost reconnects to another "
+        "node's. Default: http(s)://web_host:web_port.")
     web_tls_cert: Path | None = Field(
         default=None,
         description="PEM certificate: serve HTTPS (browsers need it for the microphone "
@@ -350,6 +355,15 @@ class Settings(BaseSettings):
     def effective_node_id(self) -> str:
         """``node_id``, or the host name."""
         return self.node_id or socket.gethostname()
+
+    @property
+    def effective_web_url(self) -> str:
+        """``web_public_url``, or the address the web app listens on."""
+        if self.web_public_url:
+            return self.web_public_url.rstrip("/")
+        scheme = "https" if self.web_tls_cert else "http"
+        host = socket.gethostname() if self.web_host in ("0.0.0.0", "::") else self.web_host
+        return f"{scheme}://{host}:{self.web_port}"
 
     @property
     def effective_database_url(self) -> str:

@@ -52,6 +52,9 @@ class CallRequest:
     control: CallControl | None = None
     handoff_target: str | None = None
     """Where the caller is transferred when the bot hands off (needs ``control``)."""
+    caller_key: str | None = None
+    """Who calls, for resuming their cut-off conversation on a new call (the softphone's
+    conversation token); default: the user part of ``caller``'s SIP URI."""
     call_id: str | None = None
     """The call's id when the transport has one already (a SIP INVITE's ``X-Call-UUID``);
     else the node makes one."""
@@ -122,6 +125,12 @@ class CallHandle:
         await self.started()
         assert self._pipeline is not None
         await self._pipeline.settled()
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The dialog's conversation id (the call's own, or the one it resumed), once the
+        conversation runs."""
+        return None if self._pipeline is None else self._pipeline.conversation_id
 
     @property
     def media_ms(self) -> int:

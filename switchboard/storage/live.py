@@ -129,6 +129,14 @@ class LiveState:
                 pipe.exists(f"{PREFIX}node:{name}")
             return {name: bool(up) for name, up in zip(names, pipe.execute(), strict=True)}
 
+    def live_nodes(self) -> dict[str, dict[str, Any]]:
+        """The nodes whose heartbeat is current, with what each says of itself."""
+        with self._errors():
+            names = sorted(_text(name) for name in self._redis.smembers(f"{PREFIX}nodes"))
+            infos = self._redis.mget([f"{PREFIX}node:{name}" for name in names]) if names else []
+        return {name: json.loads(info) for name, info in zip(names, infos, strict=True)
+                if info is not None}
+
     def forget_node(self, node_id: str) -> None:
         """A lost node with no calls left is no longer checked."""
         with self._errors():

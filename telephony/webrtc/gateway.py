@@ -7,7 +7,9 @@ a hangup to the gateway, and every stored turn back to the page.
 
 A conversation outlives its calls: the offer endpoint hands the page a token, and an
 offer that brings the token back within ``webrtc_reconnect_window_s`` of a dropped call
-continues the same dialog (same conversation id, no new greeting).
+continues the same dialog (same conversation id, no new greeting). With several nodes
+(``redis_url`` set) the token is the caller's key in the shared call state: a page whose
+node was lost brings its token to another node, which resumes the conversation there.
 """
 
 from __future__ import annotations
@@ -180,6 +182,9 @@ class WebRTCGateway:
         if not token:
             return Conversation(secrets.token_urlsafe(18))
         conversation = self._conversations.get(token)
+        if conversation is None and self.settings.redis_url:
+            # Another node's conversation, maybe: a call whose node was lost resumes here.
+            return Conversation(token)
         if conversation is None:
             raise OfferError(410, "this conversation token is unknown or its reconnect "
                                   "window has passed; start a new call without a token")
@@ -264,7 +269,7 @@ class WebRTCGateway:
         handle = self.node.start_call(CallRequest(
             transport="webrtc", source=call.source, sink=call.sink, caller=call.caller,
             metadata={"resumed": resumed}, conversation_id=conversation.conversation_id,
-            greet=not resumed,
+            greet=not resumed, caller_key=conversation.token,
         ))
         handle.on_turn(lambda record: call.send(turn_message(record)))
         return handle
@@ -276,8 +281,8 @@ class WebRTCGateway:
         reason = "failed"
         try:
             call_id = await handle.started()
-            if conversation.conversation_id is None:
-                conversation.conversation_id = call_id
+            conversation.conversation_id = handle.conversation_id or call_id
+            resumed = resumed or conversation.conversation_id != call_id  # another node's
             call.send({"type": "call", "call_id": call_id, "resumed": resumed})
             result = await handle.result()
             reason = "media_timeout" if call.source.timed_out else result.reason

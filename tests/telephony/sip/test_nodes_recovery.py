@@ -1,7 +1,9 @@
 """Two whole nodes (`switchboard run`) behind `switchboard front` (Kamailio), sharing Redis,
 the database, the speech server and a dialog tier: a real caller (baresip) is in the
 middle of a dialog when its node is killed (-9, every process of it); they call again
-and the surviving node resumes the conversation where it was."""
+and the surviving node resumes the conversation where it was. A node drained in the middle
+of a call finishes it while the caller's next call goes to the other node. A softphone whose
+node is killed reconnects to the other node's web app and goes on."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from playwright.sync_api import Playwright, expect
 from prometheus_client.parser import text_string_to_metric_families
 
 from speech.tts import PiperTTS
@@ -26,12 +30,18 @@ from switchboard.storage.live import CallState, LiveState
 from switchboard.storage.models import Call
 from switchboard.storage.repository import AnalysisRepository, CallRepository
 from tests.analytics.test_worker import wait_for
-from tests.support.audio_tools import piper_speech, write_wav
+from tests.support.audio_tools import piper_speech, silence, write_wav
 from tests.support.dialog_fixtures import TEST_API_TOKEN
 from tests.support.redis_server import RedisServer
 from tests.telephony.sip.node import RunningNode, running_node
 from tests.telephony.sip.peers import Baresip, free_udp_port, options
 from tests.telephony.sip.test_sip_calls import GREETING_MS, RATE, audio
+from tests.telephony.webrtc.test_softphone import (
+    GREETING_GAP_MS,
+    MIC_RATE,
+    TURN_TIMEOUT_MS,
+    launch,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +86,8 @@ def two_nodes(tmp_path: Path, database_url: str, rasa_server: object,
                 SWITCHBOARD_REDIS_URL=redis.url, SWITCHBOARD_RASA_MANAGED="false",
                 SWITCHBOARD_RASA_URL=rasa_server.url,  # type: ignore[attr-defined]
                 SWITCHBOARD_RASA_API_TOKEN=TEST_API_TOKEN,
-                SWITCHBOARD_WEB_PORT=str(web_ports[name])))
+                SWITCHBOARD_WEB_PORT=str(web_ports[name]),
+                SWITCHBOARD_WEBRTC_ICE_ADDRESSES="127.0.0.1"))
             nodes[name].web_port = web_ports[name]  # type: ignore[attr-defined]
         front_port = free_udp_port()
         front_log = tmp_path / "front.log"
@@ -224,3 +235,51 @@ def test_a_draining_node_finishes_its_call_while_new_calls_go_to_the_other(
     assert (drained_call.node, drained_call.end_reason) == (draining, "caller_hangup")
     [new] = [c for c in sip_calls(calls) if c.id != up.call_id]
     assert new.node == other
+
+
+def test_a_softphone_call_cut_off_by_a_killed_node_reconnects_to_the_other(
+        two_nodes: tuple[dict[str, RunningNode], int, str], tts: PiperTTS,
+        calls: CallRepository, playwright_driver: Playwright, artifacts: Path,
+        tmp_path: Path) -> None:
+    nodes, _, _ = two_nodes
+    mic = tmp_path / "caller.wav"
+    write_wav(mic, np.concatenate([
+        silence(GREETING_GAP_MS, MIC_RATE),
+        piper_speech(tts, "Hi, I'd like to check my order status.", MIC_RATE),
+        silence(90_000, MIC_RATE),
+    ]), MIC_RATE)
+    web = {name: f"http://127.0.0.1:{node.web_port}"  # type: ignore[attr-defined]
+           for name, node in nodes.items()}
+    browser = launch(playwright_driver, mic)
+    try:
+        page = browser.new_page(viewport={"width": 1000, "height": 760})
+        page.goto(f"{web['node-a']}/softphone")
+        page.get_by_role("button", name="Call", exact=True).click()
+        expect(page.locator("#state")).to_have_text("connected", timeout=15_000)
+        bot = page.locator("#transcript li.bot")
+        expect(bot.nth(1)).to_contain_text("order number", timeout=TURN_TIMEOUT_MS)
+        first_call = page.evaluate("window.softphone.callId")
+        assert page.evaluate("window.softphone.otherNodes") == [web["node-b"]]
+
+        kill_node(nodes["node-a"])  # the page's own server, with its call, is gone
+        expect(bot.filter(has_text="we got cut off")).to_have_count(1, timeout=60_000)
+        expect(page.locator("#state")).to_have_text("connected")
+        page.screenshot(path=str(artifacts / "softphone-reconnected-to-another-node.png"))
+        resumed_call = page.evaluate("window.softphone.callId")
+        for digit in "48213#":
+            page.locator(f"#keypad button[data-digit='{digit}']").click()
+        expect(bot.filter(has_text="shipped")).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+        page.get_by_role("button", name="Hang up").click()
+        expect(page.locator("#state")).to_have_text("ended", timeout=5_000)
+    finally:
+        browser.close()
+
+    lost = wait_for(lambda: (c := calls.get_call(first_call)) and c.ended_at and c, 20,
+                    "the lost browser call's end")
+    assert (lost.node, lost.end_reason) == ("node-a", "node_lost")
+    resumed = wait_for(lambda: (c := calls.get_call(resumed_call)) and c.ended_at and c, 20,
+                       "the resumed browser call's end")
+    assert (resumed.node, resumed.transport) == ("node-b", "webrtc")
+    assert resumed.call_metadata["resumed_from"] == first_call
+    texts = [t.text for t in resumed.turns]
+    assert "[keypad] 48213" in texts and not any("Acme support" in t for t in texts)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect
 
 from speech.tts import PiperTTS
 from switchboard.storage.database import prepare_database
@@ -32,12 +31,6 @@ TURN_TIMEOUT_MS = 30_000
 STORED_TIMEOUT_S = 15.0
 AUDIBLE_ENERGY = 0.001
 """Growth of the inbound ``totalAudioEnergy`` that a spoken reply clearly exceeds."""
-
-
-@pytest.fixture(scope="module")
-def playwright_driver() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
 
 
 def launch(driver: Playwright, mic_wav: Path) -> Browser:
