@@ -45,6 +45,7 @@ from switchboard.conversation.engines import (
 )
 from switchboard.conversation.pipeline import CallResult, ConversationPipeline
 from switchboard.conversation.recorder import CallRecorder
+from switchboard.conversation.tracing import CallTracing
 from switchboard.conversation.turn_detector import TurnTaking
 from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import prepare_database
@@ -215,6 +216,8 @@ class Node:
     """The speech servers' client, when this node made one."""
     live: LiveWriter | None = None
     """Where each call's state goes after every turn (Redis), when ``redis_url`` is set."""
+    tracing: CallTracing | None = None
+    """Each call's trace (OpenTelemetry), when ``otlp_endpoint`` is set."""
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -256,8 +259,9 @@ class Node:
         live = (LiveWriter(LiveState(settings.redis_url,
                                      recovery_window_s=settings.recovery_window_s))
                 if settings.redis_url else None)
+        tracing = CallTracing(settings) if settings.otlp_endpoint else None
         return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned,
-                   pool, live)
+                   pool, live, tracing)
 
     def start_call(self, request: CallRequest) -> CallHandle:
         """Store a new call and run the conversation on the request's media; the handle
@@ -268,6 +272,7 @@ class Node:
 
     async def _run_call(self, handle: CallHandle) -> CallResult:
         request = handle.request
+        began_ns = time.time_ns()
         who = (request.caller_key if request.caller_key is not None
                else caller_identity(request.caller))
         prior = await asyncio.to_thread(self._cut_off_call, request.transport, who)
@@ -316,6 +321,12 @@ class Node:
                      conversation_id, prior.call_id, prior.end_reason or "node lost")
         self._track(handle, state)
         handle.on_turn(observe_stages)
+        span = None if self.tracing is None else self.tracing.start(
+            call_id, began_ns, transport=request.transport, node=self.node_id,
+            conversation_id=pipeline.conversation_id,
+            resumed_from="" if prior is None else prior.call_id)
+        if span is not None:
+            handle.on_turn(span.turn)
         handle.attach(call_id, pipeline)
         log.info("call %s started (%s from %s)", call_id, request.transport,
                  request.caller or "unknown")
@@ -326,9 +337,17 @@ class Node:
         except asyncio.CancelledError:
             self._ended(state, "cancelled")
             CALLS_ENDED.labels(request.transport, "cancelled").inc()
+            if span is not None:
+                span.end("cancelled")
+            raise
+        except Exception:
+            if span is not None:
+                span.end("failed")
             raise
         finally:
             active.dec()
+        if span is not None:
+            span.end(result.reason)
         CALLS_ENDED.labels(request.transport, result.reason).inc()
         self._ended(state, result.reason, result.handoff)
         log.info("call %s ended: %s", call_id, result.reason)
@@ -405,5 +424,7 @@ class Node:
         if self.live is not None:
             await asyncio.to_thread(self.live.close)
             self.live.live.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
         if self.speech is not None:
             await asyncio.to_thread(self.speech.close)

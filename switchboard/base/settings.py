@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         default=2.0, gt=0,
         description="A node whose heartbeat is this old is lost: a survivor ends its calls "
         "(node_lost) and queues their analysis.")
+    otlp_endpoint: str = Field(
+        default="",
+        description="OpenTelemetry: an OTLP/HTTP collector (e.g. http://127.0.0.1:4318) to "
+        "send each call's trace to (a span per call, per bot reply and per stage); empty: "
+        "no tracing.")
     drain_timeout_s: float = Field(
         default=300.0, ge=0,
         description="A draining node (`switchboard drain`, SIGTERM) waits this long for its "
