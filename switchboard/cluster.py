@@ -94,6 +94,18 @@ class NodeKeeper:
             self.live.forget_node(node)
         return ended
 
+    def end_calls(self, call_ids: list[str], reason: str) -> None:
+        """Calls of this node that ended without their process saying so (it died): ended
+        in Redis too, so that their callers resume on a redial."""
+        def end() -> None:
+            states = [state for call_id in call_ids
+                      if (state := self.live.call(call_id)) is not None and state.active]
+            for state in states:
+                state.state, state.end_reason, state.updated_at = "ended", reason, time.time()
+            self.live.write_calls(states)
+
+        self._guarded(end)
+
     def _run(self) -> None:
         interval = self.settings.heartbeat_interval_s
         while not self._stop.wait(interval):

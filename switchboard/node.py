@@ -169,9 +169,9 @@ async def dialog_ready(settings: Settings) -> AsyncIterator[Settings]:
         yield with_rasa(settings, rasa)
 
 
-RESUMABLE_ENDS = frozenset({"node_lost", "cancelled"})
-"""Ends of a call that cut the caller off: calling again within the recovery window
-resumes its conversation."""
+RESUMABLE_ENDS = frozenset({"node_lost", "cancelled", "worker_died"})
+"""Ends of a call that cut the caller off (its node lost, shut down under it, or its
+process crashed): calling again within the recovery window resumes its conversation."""
 ANONYMOUS = frozenset({"anonymous", "unknown", "restricted", "unavailable"})
 _SIP_USER = re.compile(r"sips?:([^@;>\s]+)@", re.IGNORECASE)
 

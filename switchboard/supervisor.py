@@ -192,7 +192,9 @@ class Supervisor:
             self._keeper.start()
         ended = self._calls.end_active_calls(reason="node_restarted", node=self._node_id)
         if ended:
-            log.warning("marked %d calls left active by a previous run as ended", ended)
+            log.warning("marked %d calls left active by a previous run as ended", len(ended))
+            for call_id in ended:
+                self._analyse(call_id)
         try:
             self._start_all()
             log.info("node ready: %s", self._summary())
@@ -327,7 +329,11 @@ class Supervisor:
             lost = self._calls.end_active_calls(reason="worker_died", worker=child.worker,
                                                 node=self._node_id)
             if lost:
-                log.error("%s held %d calls; marked ended (worker_died)", name, lost)
+                log.error("%s held %d calls; marked ended (worker_died)", name, len(lost))
+                if self._keeper is not None:
+                    self._keeper.end_calls(lost, "worker_died")
+                for call_id in lost:
+                    self._analyse(call_id)
         if len(child.restarts) > MAX_RESTARTS:
             raise SupervisorError(
                 f"{name} died {len(child.restarts)} times in {RESTART_WINDOW_S:.0f} s; "

@@ -146,9 +146,11 @@ class CallRepository:
             )
 
     def end_active_calls(self, *, reason: str, worker: str | None = None,
-                         node: str | None = None, call_ids: list[str] | None = None) -> int:
+                         node: str | None = None, call_ids: list[str] | None = None
+                         ) -> list[str]:
         """Mark the calls still active as ended after a crash: those of one node (and
-        those stored before calls had nodes), of one of its workers, or the ones named."""
+        those stored before calls had nodes), of one of its workers, or the ones named.
+        Returns their ids."""
         with self._sessions() as session:
             query = select(Call).where(Call.status == "active")
             if node is not None:
@@ -163,7 +165,7 @@ class CallRepository:
                 call.end_reason = reason
                 call.ended_at = utcnow()
             session.commit()
-            return len(calls)
+            return [call.id for call in calls]
 
 
 class OrderRepository:

@@ -233,3 +233,22 @@ async def test_calls_go_on_while_redis_is_down_and_their_state_follows(
     said = [r.getMessage() for r in caplog.records if "Redis" in r.getMessage()]
     assert len(said) == 2, said  # gone (once), back
     assert "keeping call state in memory" in said[0] and "is back" in said[1]
+
+
+async def test_a_caller_cut_off_by_a_dead_worker_resumes_on_the_same_node(
+        database_url: str, redis_server: RedisServer, live: LiveState) -> None:
+    lost_call(live)
+    live.beat("node-a", {}, ttl_s=30)  # the node lives on; only the call's worker died
+    keeper = NodeKeeper(settings_for("node-a", database_url, redis_server.url),
+                        CallRepository(prepare_database(database_url)), lambda _: None)
+    try:
+        keeper.end_calls(["old-call"], "worker_died")  # what the supervisor does
+    finally:
+        keeper.stop()
+    state = live.call("old-call")
+    assert state is not None and (state.state, state.end_reason) == ("ended", "worker_died")
+    dialog = FakeDialog(script, slots=slots)
+    sim = await one_call(settings_for("node-a", database_url, redis_server.url), dialog,
+                         ["No thanks that is all"], lead_ms=9000)
+    assert "/call_start" not in dialog.received and set(dialog.senders) == {"conversation-1"}
+    assert sim.result.turns[0].text.startswith("Sorry, we got cut off.")

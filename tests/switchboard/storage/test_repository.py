@@ -59,11 +59,11 @@ def test_calls_left_active_by_a_dead_worker_are_ended(url: str) -> None:
     calls = CallRepository(prepare_database(url))
     lost = calls.create_call(transport="sip", worker="sip-1")
     other = calls.create_call(transport="sip", worker="sip-0")
-    assert calls.end_active_calls(reason="worker_died", worker="sip-1") == 1
+    assert len(calls.end_active_calls(reason="worker_died", worker="sip-1")) == 1
     call = calls.get_call(lost)
     assert call is not None and call.end_reason == "worker_died" and call.status == "ended"
     assert calls.get_call(other).status == "active"  # type: ignore[union-attr]
-    assert calls.end_active_calls(reason="node_restarted") == 1
+    assert len(calls.end_active_calls(reason="node_restarted")) == 1
 
 
 def test_unreachable_database_is_a_clear_error() -> None:

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from switchboard.base.processes import descendants
-from switchboard.storage.repository import CallRepository
+from switchboard.storage.repository import AnalysisRepository, CallRepository
 from tests.integration.test_node import command_line
 from tests.telephony.sip.node import running_node
 from tests.telephony.sip.peers import free_udp_port, options, sipp_command, stop_process, ulaw_wav
@@ -33,7 +34,7 @@ def wait_for(check: object, timeout: float, what: str, log_path: Path) -> object
 
 
 def test_a_dead_worker_is_restarted_and_its_call_ended(
-    database_url: str, calls: CallRepository, tmp_path: Path
+    database_url: str, calls: CallRepository, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     caller: subprocess.Popen[bytes] | None = None
     with running_node(tmp_path, database_url) as node:
@@ -67,6 +68,10 @@ def test_a_dead_worker_is_restarted_and_its_call_ended(
                      120, "the worker restarted", node.log_path)
             assert options(node.sip_port) == "SIP/2.0 200 OK"
             assert node.child.poll() is None
+            # the cut-off call is analysed all the same (queued by the supervisor)
+            analyses = AnalysisRepository(sessions)
+            wait_for(lambda: analyses.get(str(call_id)), 60, "the dead call's analysis",
+                     node.log_path)
         finally:
             if caller is not None:
                 stop_process(caller)
