@@ -502,6 +502,36 @@ def bench_sip(
                       target=target), json_path)
 
 
+@bench_app.command("failover")
+def bench_failover(
+    kills: Annotated[int, typer.Option(
+        min=1, max=200, help="Node kills to time (the two nodes take turns).")] = 20,
+    database_url: Annotated[str | None, typer.Option(
+        help="An EMPTY database for the nodes (e.g. a fresh PostgreSQL database); default: "
+        "a SQLite file in data_dir/bench-failover.")] = None,
+    redial_after_s: Annotated[float, typer.Option(
+        min=0.0, max=60.0,
+        help="Seconds the cut-off caller waits after the kill before calling again.")] = 0.0,
+    json_path: JsonOption = None,
+) -> None:
+    """Kill a whole node mid-call KILLS times (two nodes behind `switchboard front`): time
+    to detect it, time until the redial is answered and the resumed opening heard, turns
+    lost, calls resumed. Starts Redis, speech, Rasa, the nodes and the front for the run."""
+    from dialog.runtime import RasaError
+    from switchboard.base.children import ChildError
+    from switchboard.bench.failover import FailoverError
+    from switchboard.bench.failover import bench_failover as run_bench
+
+    settings = get_settings()
+    _setup_logging(settings, quiet=True)
+    try:
+        report = run_bench(settings, kills, database_url=database_url,
+                           redial_after_s=redial_after_s)
+    except (FailoverError, ChildError, RasaError) as exc:
+        raise _fail(str(exc)) from None
+    _report(report, json_path)
+
+
 @bench_app.command("grammar")
 def bench_grammar(
     numbers: Annotated[int, typer.Option(min=1, max=500,

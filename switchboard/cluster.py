@@ -83,7 +83,7 @@ class NodeKeeper:
             if not self.live.claim_lost(call_id, self.node_id):
                 continue
             state.state, state.end_reason, state.updated_at = "ended", LOST_REASON, time.time()
-            self.live.write_calls([state])
+            self.live.write_calls([state], index_callers=False)
             stored = self.calls.end_active_calls(reason=LOST_REASON, call_ids=[call_id])
             log.warning("node %s is lost: its call %s ended (%s)%s", node, call_id, LOST_REASON,
                         "" if stored else "; it was already ended in the database")
@@ -102,7 +102,7 @@ class NodeKeeper:
                       if (state := self.live.call(call_id)) is not None and state.active]
             for state in states:
                 state.state, state.end_reason, state.updated_at = "ended", reason, time.time()
-            self.live.write_calls(states)
+            self.live.write_calls(states, index_callers=False)
 
         self._guarded(end)
 

@@ -377,11 +377,26 @@ class Node:
             if prior is None or time.time() - prior.updated_at > live.recovery_window_s:
                 return None
             if prior.active:
-                return prior if not live.alive(prior.node) else None
+                return prior if self._node_gone(prior.node) else None
         except LiveStateUnavailable as exc:
             self.live.unavailable(exc)
             return None
         return prior if prior.end_reason in RESUMABLE_ENDS else None
+
+    def _node_gone(self, node: str) -> bool:
+        """Whether ``node`` is lost. A redial can reach this node before the lost node's
+        heartbeat has expired: a heartbeat not renewed for two beats is waited out (at
+        most ``heartbeat_ttl_s``)."""
+        assert self.live is not None
+        live, settings = self.live.live, self.settings
+        left = live.heartbeat_left(node)
+        if left is None:
+            return True
+        if node == self.node_id or settings.heartbeat_ttl_s - left < (
+                2 * settings.heartbeat_interval_s):
+            return False  # it beats: the caller has two calls up at once
+        time.sleep(min(left, settings.heartbeat_ttl_s) + 0.05)
+        return live.heartbeat_left(node) is None
 
     def _track(self, handle: CallHandle, state: CallState) -> None:
         """Write the call's state now and after every turn."""

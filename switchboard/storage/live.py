@@ -118,6 +118,12 @@ class LiveState:
         with self._errors():
             return bool(self._redis.exists(f"{PREFIX}node:{node_id}"))
 
+    def heartbeat_left(self, node_id: str) -> float | None:
+        """Seconds until the node's heartbeat expires (None: expired)."""
+        with self._errors():
+            left_ms = int(self._redis.pttl(f"{PREFIX}node:{node_id}"))
+        return None if left_ms < 0 else left_ms / 1000
+
     def nodes(self) -> dict[str, bool]:
         """Every node seen, and whether its heartbeat is current."""
         with self._errors():
@@ -149,8 +155,10 @@ class LiveState:
 
     # ------------------------------------------------------------------ calls
 
-    def write_calls(self, states: list[CallState]) -> None:
-        """Store each state (in one round trip) and index it by node and caller."""
+    def write_calls(self, states: list[CallState], *, index_callers: bool = True) -> None:
+        """Store each state (in one round trip) and index it by node and, from the call's
+        own node (``index_callers``), by caller: another node ending a lost call must not
+        point its caller back at it while their redial is already up."""
         window = int(self.recovery_window_s) + 1
         with self._errors():
             pipe = self._redis.pipeline()
@@ -163,7 +171,7 @@ class LiveState:
                     pipe.sadd(calls, state.call_id)
                 else:
                     pipe.srem(calls, state.call_id)
-                if state.caller:
+                if state.caller and index_callers:
                     pipe.set(self._caller_key(state.transport, state.caller), state.call_id,
                              ex=window)
             pipe.execute()

@@ -21,10 +21,10 @@ from analytics.tasks import enqueue_call_analysis
 from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import Settings
+from switchboard.bench.local_cluster import RedisServer
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import AnalysisRepository
 from tests.analytics.calls import order_call, store_call
-from tests.support.redis_server import RedisServer
 
 WORKER_START_TIMEOUT_S = 30.0
 ANALYSIS_TIMEOUT_S = 30.0
@@ -113,7 +113,7 @@ def test_a_real_worker_analyses_an_ended_call(
     url = (request.getfixturevalue("redis_url") if broker == "redis"
            else f"sqla+sqlite:///{tmp_path / 'celery-broker.db'}")
     workers = workers_on(url)
-    workers.start("w1")
+    _, log = workers.start("w1")
     call_id = store_call(workers.sessions, order_call(datetime.now(UTC)))
     analyses = AnalysisRepository(workers.sessions)
 
@@ -121,6 +121,8 @@ def test_a_real_worker_analyses_an_ended_call(
     stored = wait_for(lambda: analyses.get(call_id), ANALYSIS_TIMEOUT_S, "the analysis")
 
     assert stored.outcome == "resolved" and stored.runs == 1 and stored.turns == 7
+    # the call's id travels in the task's headers: the worker's log lines name the call
+    assert f"[call {call_id}] analysis of call {call_id} completed" in log.read_text()
 
 
 def test_a_task_whose_worker_is_killed_mid_task_completes_once_on_the_next_worker(

@@ -252,3 +252,25 @@ async def test_a_caller_cut_off_by_a_dead_worker_resumes_on_the_same_node(
                          ["No thanks that is all"], lead_ms=9000)
     assert "/call_start" not in dialog.received and set(dialog.senders) == {"conversation-1"}
     assert sim.result.turns[0].text.startswith("Sorry, we got cut off.")
+
+
+async def test_a_redial_before_the_lost_nodes_heartbeat_expires_still_resumes(
+        database_url: str, redis_server: RedisServer, live: LiveState) -> None:
+    lost_call(live)
+    live.beat("node-a", {}, ttl_s=0.8)  # last renewed 1.2 s ago: node-a stopped beating
+    dialog = FakeDialog(script, slots=slots)
+    sim = await one_call(settings_for("node-b", database_url, redis_server.url), dialog,
+                         ["No thanks that is all"], lead_ms=9000)
+    assert set(dialog.senders) == {"conversation-1"}
+    assert sim.result.turns[0].text.startswith("Sorry, we got cut off.")
+
+
+def test_ending_a_lost_call_does_not_point_its_caller_back_at_it(live: LiveState) -> None:
+    lost = lost_call(live)
+    redial = CallState(call_id="redial", node="node-b", transport="simulate",
+                       conversation_id="conversation-1", caller="1001")
+    live.write_calls([redial])  # the redial is up on the survivor
+    lost.state, lost.end_reason = "ended", "node_lost"
+    live.write_calls([lost], index_callers=False)  # then a survivor reaps the lost call
+    latest = live.latest_call("simulate", "1001")
+    assert latest is not None and latest.call_id == "redial"

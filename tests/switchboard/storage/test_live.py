@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from switchboard.bench.local_cluster import RedisServer
 from switchboard.storage.live import CallState, LiveState, LiveStateUnavailable, LiveWriter
-from tests.support.redis_server import RedisServer
 
 
 def call(call_id: str = "c1", **fields: object) -> CallState:

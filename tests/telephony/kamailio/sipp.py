@@ -20,7 +20,7 @@ from types import TracebackType
 
 import pytest
 
-from tests.telephony.sip.peers import free_udp_port
+from switchboard.bench.local_cluster import free_udp_port
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 LOOPBACK = "127.0.0.1"

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from switchboard.base.settings import Settings
+from switchboard.bench.local_cluster import free_udp_port
 from telephony import kamailio
 from telephony.kamailio import KamailioError, KamailioProxy, options_status, worker_ports
 from tests.telephony.kamailio.sipp import (
@@ -28,7 +29,6 @@ from tests.telephony.kamailio.sipp import (
     place_calls,
     require_sipp,
 )
-from tests.telephony.sip.peers import free_udp_port
 
 PING_INTERVAL_S = 1
 FAILOVER_TIMEOUT_S = 1.0

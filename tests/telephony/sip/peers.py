@@ -17,30 +17,9 @@ import numpy as np
 import soundfile
 
 from switchboard.base.children import ChildProcess
-from switchboard.base.processes import free_port
+from switchboard.bench.local_cluster import free_udp_port
 
 BARESIP_MODULES = Path("/usr/lib/baresip/modules")
-
-
-def free_udp_port(step: int = 1) -> int:
-    """A port on 127.0.0.1 free for UDP and TCP (SIP listens on both), with ``step - 1``
-    such ports after it (an RTP range). ``switchboard.base.processes.free_port`` finds one port
-    of one kind."""
-    for _ in range(200):
-        port = free_port(socket.SOCK_DGRAM)
-        if port + step < 65535 and all(_free(p) for p in range(port, port + step)):
-            return port
-    raise RuntimeError("no free port range on 127.0.0.1")
-
-
-def _free(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from switchboard.bench.local_cluster import free_udp_port, running_node
 from switchboard.storage.repository import CallRepository
 from tests.analytics.test_worker import wait_for
-from tests.telephony.sip.node import running_node
 from tests.telephony.sip.peers import (
-    free_udp_port,
     invite,
     options,
     sip_request,

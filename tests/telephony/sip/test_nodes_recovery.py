@@ -8,7 +8,6 @@ node is killed reconnects to the other node's web app and goes on."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,18 +22,23 @@ from playwright.sync_api import Playwright, expect
 from prometheus_client.parser import text_string_to_metric_families
 
 from speech.tts import PiperTTS
-from switchboard.base.children import ChildProcess, log_probe
-from switchboard.base.processes import descendants, free_port
+from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
+from switchboard.bench.local_cluster import (
+    RedisServer,
+    RunningNode,
+    free_udp_port,
+    front_process,
+    kill_node,
+    running_node,
+)
 from switchboard.storage.live import CallState, LiveState
 from switchboard.storage.models import Call
 from switchboard.storage.repository import AnalysisRepository, CallRepository
 from tests.analytics.test_worker import wait_for
 from tests.support.audio_tools import piper_speech, silence, write_wav
 from tests.support.dialog_fixtures import TEST_API_TOKEN
-from tests.support.redis_server import RedisServer
-from tests.telephony.sip.node import RunningNode, running_node
-from tests.telephony.sip.peers import Baresip, free_udp_port, options
+from tests.telephony.sip.peers import Baresip, options
 from tests.telephony.sip.test_sip_calls import GREETING_MS, RATE, audio
 from tests.telephony.webrtc.test_softphone import (
     GREETING_GAP_MS,
@@ -55,17 +59,6 @@ def drain_node(data_dir: Path | None = None) -> subprocess.CompletedProcess[str]
     return subprocess.run([sys.executable, "-m", "switchboard", "drain", "--no-wait"],
                           env={**os.environ, **data},
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
-
-
-def kill_node(node: RunningNode) -> None:
-    """SIGKILL the supervisor and every process under it, as a crashed machine would."""
-    pid = node.child.pid
-    assert pid is not None
-    victims = [pid, *descendants(pid)]
-    for victim in victims:
-        os.kill(victim, signal.SIGSTOP)  # nobody restarts anybody meanwhile
-    for victim in victims:
-        os.kill(victim, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -90,14 +83,8 @@ def two_nodes(tmp_path: Path, database_url: str, rasa_server: object,
                 SWITCHBOARD_WEBRTC_ICE_ADDRESSES="127.0.0.1"))
             nodes[name].web_port = web_ports[name]  # type: ignore[attr-defined]
         front_port = free_udp_port()
-        front_log = tmp_path / "front.log"
-        front = ChildProcess(
-            "front", [sys.executable, "-m", "switchboard", "front", "--port", str(front_port),
-                      "--nodes", ",".join(f"127.0.0.1:{n.sip_port}" for n in nodes.values())],
-            log_path=front_log, healthy=log_probe(front_log, "front: "), cwd=PROJECT_ROOT,
-            base_env={**os.environ, "SWITCHBOARD_DATA_DIR": str(tmp_path / "front")},
-            start_timeout_s=30.0)
-        stack.enter_context(front)
+        stack.enter_context(
+            front_process(front_port, [n.sip_port for n in nodes.values()], tmp_path))
         yield nodes, front_port, redis.url
 
 

@@ -7,6 +7,7 @@ import difflib
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import soundfile
 from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
 from switchboard.base.processes import free_port
+from switchboard.bench.local_cluster import free_udp_port
 from switchboard.storage.models import Call
 from switchboard.storage.repository import CallRepository
 from tests.support.audio_tools import normalize_digits, piper_speech, silence, write_wav
@@ -25,7 +27,6 @@ from tests.support.speech_fixtures import speech_models_mapped
 from tests.telephony.sip.conftest import TRANSFER_URI
 from tests.telephony.sip.peers import (
     Baresip,
-    free_udp_port,
     header,
     invite,
     options,
@@ -202,14 +203,17 @@ def test_bot_hangs_up_with_bye_after_goodbye(
     assert result.returncode == 0, (tmp_path / "goodbye-errors.log").read_text()
     [call] = stored_call(calls, f"sipp{local_port}@")
     assert call.end_reason == "bot_hangup"
+    messages = (tmp_path / "goodbye-messages.log").read_text()
+    assert header(messages, "SIP/2.0 200", "X-Call-UUID") == call.id  # the node named it
 
 
 def test_handoff_is_a_refer_to_the_transfer_uri(
     sip_worker: Worker, tts: PiperTTS, calls: CallRepository, tmp_path: Path
 ) -> None:
     wav = sipp_caller_wav(tts, tmp_path, "agent", "I want to talk to a human agent.", 12000)
+    trunk_uuid = uuid.uuid4()  # a trunk (or the front) that names its calls
     scenario = write_scenario(tmp_path / "handoff.xml", "transferred", wav=wav,
-                              wait_ms=25000)
+                              wait_ms=25000, invite_headers=(f"X-Call-UUID: {trunk_uuid}",))
     local_port = free_udp_port()
     result = run_sipp(scenario, sip_worker.port, tmp_path, local_port=local_port)
     assert result.returncode == 0, (tmp_path / "handoff-errors.log").read_text()
@@ -218,7 +222,9 @@ def test_handoff_is_a_refer_to_the_transfer_uri(
     assert refer_to is not None and TRANSFER_URI in refer_to
     [call] = stored_call(calls, f"sipp{local_port}@")
     assert call.end_reason == "handoff"
-    assert header(messages, "REFER", "X-Call-UUID") == call.id
+    assert call.id == trunk_uuid.hex  # one id from the trunk to the database, the
+    assert header(messages, "SIP/2.0 200", "X-Call-UUID") == call.id  # answer
+    assert header(messages, "REFER", "X-Call-UUID") == call.id  # and the transfer
     transfer = [e for e in call.events if e.kind == "transfer"]
     assert transfer and transfer[0].data["status"] == 200
 

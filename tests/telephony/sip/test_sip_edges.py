@@ -24,6 +24,7 @@ import pytest
 from speech.stt import WhisperSTT
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
+from switchboard.bench.local_cluster import free_udp_port
 from switchboard.conversation.pipeline import CallResult
 from switchboard.storage.models import Call
 from switchboard.storage.repository import CallRepository
@@ -33,7 +34,6 @@ from telephony.sip.worker import SipWorker
 from tests.support.audio_tools import silence, write_wav
 from tests.telephony.sip.peers import (
     Baresip,
-    free_udp_port,
     invite,
     options,
     run_sipp,

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from switchboard.base.processes import descendants
+from switchboard.bench.local_cluster import free_udp_port, running_node
 from switchboard.storage.repository import AnalysisRepository, CallRepository
 from tests.integration.test_node import command_line
-from tests.telephony.sip.node import running_node
-from tests.telephony.sip.peers import free_udp_port, options, sipp_command, stop_process, ulaw_wav
+from tests.telephony.sip.peers import options, sipp_command, stop_process, ulaw_wav
 from tests.telephony.sip.scenarios import write_scenario
 from tests.telephony.sip.test_sip_calls import audio
 

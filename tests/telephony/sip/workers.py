@@ -12,7 +12,8 @@ from pathlib import Path
 
 from switchboard.base.children import ChildProcess
 from switchboard.base.settings import PROJECT_ROOT
-from tests.telephony.sip.peers import free_udp_port, options
+from switchboard.bench.local_cluster import free_udp_port
+from tests.telephony.sip.peers import options
 
 WORKER_START_TIMEOUT_S = 60.0
 
