@@ -142,7 +142,7 @@ def create_app(node: CallHost) -> FastAPI:
         answer["nodes"] = await asyncio.to_thread(other_nodes)
         return JSONResponse(answer, headers=headers)
 
-    @app.options(OFFER_PATH, include_in_schema=False)
+    @app.options(OFFER_PATH, include_in_schema=False, dependencies=[Depends(softphone_caller)])
     async def offer_preflight() -> Response:
         if not settings.softphone_public:  # signed-in pages post to their own origin only
             return Response(status_code=405)

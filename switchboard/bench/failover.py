@@ -623,13 +623,8 @@ async def _dial(endpoint: SipEndpoint, events: _Events, pipe: Connection, uri: s
     except Exception as exc:
         pipe.send(("failed", number, f"dial: {exc}"))
         return None
-    confirmed = events._event(events.answered, leg.key)
     gone = events._event(events.gone, leg.key)
-    waiters = [asyncio.ensure_future(confirmed.wait()), asyncio.ensure_future(gone.wait())]
-    await asyncio.wait(waiters, timeout=DIAL_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in waiters:
-        waiter.cancel()
-    if not confirmed.is_set():
+    if not await events.answered_in_time(leg.key, DIAL_TIMEOUT_S):
         pipe.send(("failed", number, f"setup: {events.status.get(leg.key, 'timeout')}"))
         key = leg.key
         endpoint.submit(lambda: endpoint.hangup(key))

@@ -56,6 +56,16 @@ class _Events:
     def _event(self, table: dict[int, asyncio.Event], key: int) -> asyncio.Event:
         return table.setdefault(key, asyncio.Event())
 
+    async def answered_in_time(self, key: int, timeout_s: float) -> bool:
+        """Wait until call ``key`` is answered or gone, at most ``timeout_s``; whether it
+        was answered."""
+        confirmed, gone = self._event(self.answered, key), self._event(self.gone, key)
+        waiters = [asyncio.ensure_future(confirmed.wait()), asyncio.ensure_future(gone.wait())]
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        return confirmed.is_set()
+
     def incoming(self, leg: CallLeg) -> None:
         """The bench only places calls."""
 
@@ -139,13 +149,8 @@ async def _one_call(endpoint: SipEndpoint, events: _Events, uri: str,
             stats.failed = f"dial: {exc}"
             return stats
     started = time.perf_counter()
-    confirmed = events._event(events.answered, leg.key)
     gone = events._event(events.gone, leg.key)
-    waiters = [asyncio.ensure_future(confirmed.wait()), asyncio.ensure_future(gone.wait())]
-    await asyncio.wait(waiters, timeout=SETUP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in waiters:
-        waiter.cancel()
-    if not confirmed.is_set():
+    if not await events.answered_in_time(leg.key, SETUP_TIMEOUT_S):
         stats.failed = f"setup: {events.status.get(leg.key, 'timeout')}"
     else:
         stats.setup_ms = (time.perf_counter() - started) * 1000
