@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,7 +51,7 @@ from switchboard.conversation.turn_detector import TurnTaking
 from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import prepare_database
 from switchboard.storage.live import CallState, LiveState, LiveStateUnavailable, LiveWriter
-from switchboard.storage.repository import CallRepository
+from switchboard.storage.repository import CallIdTaken, CallRepository
 
 log = logging.getLogger(__name__)
 
@@ -283,14 +284,12 @@ class Node:
                                            else {"resumed_from": prior.call_id})}
         info = {"transport": request.transport, "caller": request.caller,
                 "callee": request.callee, **metadata}
-        call_id = await asyncio.to_thread(self._new_call_id, request.call_id)
-        CALL_ID.set(call_id)  # every log line of the call, from here on, names it
-        await asyncio.to_thread(
-            self.calls.create_call, call_id=call_id,
+        call_id = await asyncio.to_thread(
+            self._store_call, request.call_id,
             transport=request.transport, caller=request.caller, callee=request.callee,
-            metadata=metadata,
-            worker=self.settings.worker_name or None, node=self.node_id,
+            metadata=metadata, worker=self.settings.worker_name or None, node=self.node_id,
         )
+        CALL_ID.set(call_id)  # every log line of the call, from here on, names it
         try:
             pipeline = ConversationPipeline(
                 call_id=call_id, source=request.source, sink=request.sink,
@@ -332,38 +331,33 @@ class Node:
                  request.caller or "unknown")
         active = CALLS_ACTIVE.labels(request.transport)
         active.inc()
+        reason, handoff = "failed", None
         try:
             result = await pipeline.run()
+            reason, handoff = result.reason, result.handoff
         except asyncio.CancelledError:
-            self._ended(state, "cancelled")
-            CALLS_ENDED.labels(request.transport, "cancelled").inc()
-            if span is not None:
-                span.end("cancelled")
-            raise
-        except Exception:
-            if span is not None:
-                span.end("failed")
+            reason = "cancelled"  # the node stops under it: resumable on a redial
             raise
         finally:
             active.dec()
-        if span is not None:
-            span.end(result.reason)
-        CALLS_ENDED.labels(request.transport, result.reason).inc()
-        self._ended(state, result.reason, result.handoff)
+            CALLS_ENDED.labels(request.transport, reason).inc()
+            self._ended(state, reason, handoff)
+            if span is not None:
+                span.end(reason)
         log.info("call %s ended: %s", call_id, result.reason)
         if self.analytics is not None:
             self._queue_analysis(call_id)
         return result
 
-    def _new_call_id(self, given: str | None) -> str:
-        """``given`` (the transport's id for the call) unless a call has it already (a
-        trunk that repeats its ids): a new one then."""
-        if given and not self.calls.exists(given):
-            return given
-        if given:
+    def _store_call(self, given: str | None, **fields: Any) -> str:
+        """Store the new call under ``given`` (the transport's id for it), or under a new
+        id when there is none or an earlier call has it (a trunk that repeats its ids)."""
+        try:
+            return self.calls.create_call(call_id=given or uuid.uuid4().hex, **fields)
+        except CallIdTaken:
             log.warning("call id %s is taken by an earlier call; this call gets a new one",
                         given)
-        return uuid.uuid4().hex
+            return self.calls.create_call(call_id=uuid.uuid4().hex, **fields)
 
     def _cut_off_call(self, transport: str, who: str | None) -> CallState | None:
         """The caller's latest call, if a lost node (or a node shut down under it) cut it

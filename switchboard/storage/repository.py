@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from switchboard.storage.models import Call, CallAnalysis, CallEvent, Order, Turn, utcnow
@@ -42,6 +43,10 @@ class StoredTurn(Protocol):
     def response_ms(self) -> float | None: ...
 
 
+class CallIdTaken(ValueError):
+    """A new call was given the id of an earlier one."""
+
+
 class CallRepository:
     """Calls with their turns and events. Each method is one short transaction."""
 
@@ -59,13 +64,21 @@ class CallRepository:
         worker: str | None = None,
         node: str | None = None,
     ) -> str:
+        """Store a new call; its id (``call_id`` when given: :class:`CallIdTaken` if an
+        earlier call has it)."""
         with self._sessions() as session:
             call = Call(transport=transport, caller=caller, callee=callee,
                         call_metadata=metadata or {}, worker=worker, node=node)
             if call_id:
                 call.id = call_id
             session.add(call)
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError as exc:
+                session.rollback()
+                if call_id and session.get(Call, call_id) is not None:
+                    raise CallIdTaken(call_id) from exc
+                raise
             return call.id
 
     def add_turn(self, call_id: str, turn: StoredTurn) -> int:
@@ -123,10 +136,6 @@ class CallRepository:
                 raise KeyError(f"no call with id {call_id}")
             call.recording_path = path
             session.commit()
-
-    def exists(self, call_id: str) -> bool:
-        with self._sessions() as session:
-            return session.scalar(select(Call.id).where(Call.id == call_id)) is not None
 
     def get_call(self, call_id: str) -> Call | None:
         """The call with its turns and events loaded (detached, safe to read anywhere)."""

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -274,3 +275,14 @@ def test_ending_a_lost_call_does_not_point_its_caller_back_at_it(live: LiveState
     live.write_calls([lost], index_callers=False)  # then a survivor reaps the lost call
     latest = live.latest_call("simulate", "1001")
     assert latest is not None and latest.call_id == "redial"
+
+
+def test_a_call_given_a_taken_id_gets_a_new_one(database_url: str) -> None:
+    settings = Settings(database_url=database_url)  # type: ignore[call-arg]
+    node = Node.create(settings, stt=FakeSTT([]), tts=FakeTTS(), dialog=FakeDialog(script),
+                       analytics=False)
+    given = uuid.uuid4().hex
+    assert node._store_call(given, transport="sip") == given
+    again = node._store_call(given, transport="sip")
+    assert again != given and len(again) == 32
+    asyncio.run(node.aclose())

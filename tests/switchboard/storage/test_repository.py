@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import DatabaseError, prepare_database
-from switchboard.storage.repository import CallRepository, OrderRepository
+from switchboard.storage.repository import CallIdTaken, CallRepository, OrderRepository
 
 
 def test_migrations_create_every_table_and_are_idempotent(url: str) -> None:
@@ -69,3 +69,13 @@ def test_calls_left_active_by_a_dead_worker_are_ended(url: str) -> None:
 def test_unreachable_database_is_a_clear_error() -> None:
     with pytest.raises(DatabaseError, match=r"127\.0\.0\.1:1"):
         prepare_database("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+
+
+def test_a_call_id_already_taken_is_refused_and_nothing_is_lost(url: str) -> None:
+    calls = CallRepository(prepare_database(url))
+    first = calls.create_call(transport="sip", caller="1001", call_id="a" * 32)
+    with pytest.raises(CallIdTaken):
+        calls.create_call(transport="sip", caller="1002", call_id="a" * 32)
+    stored = calls.get_call(first)
+    assert stored is not None and stored.caller == "1001"
+    assert calls.create_call(transport="sip", caller="1002", call_id="b" * 32) == "b" * 32
