@@ -37,7 +37,6 @@ import itertools
 import multiprocessing
 import os
 import shutil
-import socket
 import sys
 import time
 from collections import Counter
@@ -65,7 +64,13 @@ from switchboard.bench.local_cluster import (
     kill_node,
     running_node,
 )
-from switchboard.bench.sip_callers import CALLS_PER_PROCESS, RATE, CallStats, _converse, _Events
+from switchboard.bench.sip_callers import (
+    RATE,
+    CallerEvents,
+    CallStats,
+    caller_endpoint,
+    converse,
+)
 from switchboard.cluster import LOST_REASON
 from switchboard.conversation.audio import FRAME_MS
 from switchboard.node import local_speech_address, rasa_config, speech_server_process
@@ -76,7 +81,6 @@ from telephony.kamailio import PING_INTERVAL_S
 from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip.call import CallLeg
 from telephony.sip.endpoint import SipEndpoint
-from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
 T = TypeVar("T")
 
@@ -567,18 +571,7 @@ def _caller_process(pipe: Connection, uri: str, user: str, lines: list[np.ndarra
 async def _caller(pipe: Connection, uri: str, user: str, lines: list[np.ndarray],
                   rtp_port: int) -> None:
     loop = asyncio.get_running_loop()
-    events = _Events(loop)
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        sip_port=free_port(socket.SOCK_DGRAM), sip_transports="udp", sip_rtp_port=rtp_port,
-        sip_record=False, sip_allowed_networks="", sip_max_calls=CALLS_PER_PROCESS,
-        sip_username=user,
-    )
-
-    def new_media() -> tuple[SipAudioSource, SipAudioSink]:
-        return SipAudioSource(loop, RATE), SipAudioSink(RATE)
-
-    endpoint = SipEndpoint(settings, events, new_media, sample_rate=RATE)
+    endpoint, events = caller_endpoint(rtp_port, user)
     commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     loop.add_reader(pipe.fileno(), _read_command, pipe, commands)
     calls: dict[int, tuple[CallLeg, asyncio.Task[None]]] = {}
@@ -615,7 +608,7 @@ def _read_command(pipe: Connection, commands: asyncio.Queue[tuple[Any, ...]]) ->
     commands.put_nowait(command)
 
 
-async def _dial(endpoint: SipEndpoint, events: _Events, pipe: Connection, uri: str,
+async def _dial(endpoint: SipEndpoint, events: CallerEvents, pipe: Connection, uri: str,
                 number: int, lines: list[np.ndarray]
                 ) -> tuple[CallLeg, asyncio.Task[None]] | None:
     try:
@@ -623,7 +616,7 @@ async def _dial(endpoint: SipEndpoint, events: _Events, pipe: Connection, uri: s
     except Exception as exc:
         pipe.send(("failed", number, f"dial: {exc}"))
         return None
-    gone = events._event(events.gone, leg.key)
+    gone = events.gone_event(leg.key)
     if not await events.answered_in_time(leg.key, DIAL_TIMEOUT_S):
         pipe.send(("failed", number, f"setup: {events.status.get(leg.key, 'timeout')}"))
         key = leg.key
@@ -638,7 +631,7 @@ async def _media(leg: CallLeg, lines: list[np.ndarray], pipe: Connection, number
     """Say ``lines`` as the kit's SIP callers do, then listen (sending silence) and report
     the first audible frame heard after them."""
     if lines:
-        await _converse(leg, lines, CallStats())
+        await converse(leg, lines, CallStats())
         if not gone.is_set():
             pipe.send(("talked", number, time.monotonic()))
     silence = np.zeros(RATE * FRAME_MS // 1000, dtype=np.int16)

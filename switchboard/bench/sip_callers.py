@@ -44,7 +44,7 @@ class CallStats:
     failed: str | None = None
 
 
-class _Events:
+class CallerEvents:
     """PJSUA2 call events of the bench caller, handed to its event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -55,6 +55,10 @@ class _Events:
 
     def _event(self, table: dict[int, asyncio.Event], key: int) -> asyncio.Event:
         return table.setdefault(key, asyncio.Event())
+
+    def gone_event(self, key: int) -> asyncio.Event:
+        """Set once call ``key`` is disconnected."""
+        return self._event(self.gone, key)
 
     async def answered_in_time(self, key: int, timeout_s: float) -> bool:
         """Wait until call ``key`` is answered or gone, at most ``timeout_s``; whether it
@@ -93,7 +97,7 @@ class _Events:
         """The call ends by itself when the node hangs up."""
 
 
-async def _converse(leg: CallLeg, lines: list[np.ndarray], stats: CallStats) -> None:
+async def converse(leg: CallLeg, lines: list[np.ndarray], stats: CallStats) -> None:
     """Speak each line when the bot has finished, and time its answer (on the caller's
     media clock: one received frame every 20 ms)."""
     source, sink = leg.source, leg.sink
@@ -132,7 +136,7 @@ async def _converse(leg: CallLeg, lines: list[np.ndarray], stats: CallStats) -> 
     stats.voice_to_voice_ms = voice.samples_ms
 
 
-async def _one_call(endpoint: SipEndpoint, events: _Events, uri: str,
+async def _one_call(endpoint: SipEndpoint, events: CallerEvents, uri: str,
                     lines: list[np.ndarray]) -> CallStats:
     stats = CallStats()
     started = time.perf_counter()
@@ -149,14 +153,14 @@ async def _one_call(endpoint: SipEndpoint, events: _Events, uri: str,
             stats.failed = f"dial: {exc}"
             return stats
     started = time.perf_counter()
-    gone = events._event(events.gone, leg.key)
+    gone = events.gone_event(leg.key)
     if not await events.answered_in_time(leg.key, SETUP_TIMEOUT_S):
         stats.failed = f"setup: {events.status.get(leg.key, 'timeout')}"
     else:
         stats.setup_ms = (time.perf_counter() - started) * 1000
         budget = 60 + len(lines) * (REPLY_TIMEOUT_S + 10)
         try:
-            await asyncio.wait_for(_converse(leg, lines, stats), budget)
+            await asyncio.wait_for(converse(leg, lines, stats), budget)
         except TimeoutError:
             stats.failed = "conversation timed out"
     if not gone.is_set():
@@ -168,20 +172,27 @@ async def _one_call(endpoint: SipEndpoint, events: _Events, uri: str,
     return stats
 
 
-async def _caller_process(index: int, uri: str, calls: int, concurrency: int,
-                          lines: list[np.ndarray], rtp_base: int) -> list[CallStats]:
+def caller_endpoint(rtp_port: int, user: str = "") -> tuple[SipEndpoint, CallerEvents]:
+    """A PJSUA2 endpoint placing calls from this process (UDP, a free SIP port, RTP from
+    ``rtp_port``, From ``user`` if given), and its events on the running loop."""
     loop = asyncio.get_running_loop()
-    events = _Events(loop)
+    events = CallerEvents(loop)
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
-        sip_port=free_port(socket.SOCK_DGRAM), sip_transports="udp", sip_rtp_port=rtp_base,
+        sip_port=free_port(socket.SOCK_DGRAM), sip_transports="udp", sip_rtp_port=rtp_port,
         sip_record=False, sip_allowed_networks="", sip_max_calls=CALLS_PER_PROCESS,
+        sip_username=user,
     )
 
     def new_media() -> tuple[SipAudioSource, SipAudioSink]:
         return SipAudioSource(loop, RATE), SipAudioSink(RATE)
 
-    endpoint = SipEndpoint(settings, events, new_media, sample_rate=RATE)
+    return SipEndpoint(settings, events, new_media, sample_rate=RATE), events
+
+
+async def _caller_process(index: int, uri: str, calls: int, concurrency: int,
+                          lines: list[np.ndarray], rtp_base: int) -> list[CallStats]:
+    endpoint, events = caller_endpoint(rtp_base)
     await asyncio.wrap_future(endpoint.start())
     limit = asyncio.Semaphore(concurrency)
 
