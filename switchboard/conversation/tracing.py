@@ -73,10 +73,6 @@ class CallTracing:
             **{f"switchboard.{name}": value for name, value in attributes.items() if value}})
         return CallSpan(self.tracer, span)
 
-    def flush(self) -> None:
-        if self.provider is not None:
-            self.provider.force_flush(5_000)
-
     def close(self) -> None:
         if self.provider is not None:
             self.provider.shutdown()

@@ -114,10 +114,6 @@ class LiveState:
             pipe.sadd(f"{PREFIX}nodes", node_id)
             pipe.execute()
 
-    def alive(self, node_id: str) -> bool:
-        with self._errors():
-            return bool(self._redis.exists(f"{PREFIX}node:{node_id}"))
-
     def heartbeat_left(self, node_id: str) -> float | None:
         """Seconds until the node's heartbeat expires (None: expired)."""
         with self._errors():
@@ -310,13 +306,14 @@ class LiveWriter:
                 continue
             except Exception:  # a bug must not stop the writer: the calls go on
                 log.exception("writing %d call states failed; dropped", len(batch))
+            else:
+                if self._down_since is not None:  # said before flush() returns
+                    log.warning("Redis at %s is back after %.1f s: call state written",
+                                redacted(self.live.url), time.monotonic() - self._down_since)
+                    self._down_since = None
             with self._changed:
                 self._writing = 0
                 self._changed.notify_all()
-            if self._down_since is not None:
-                log.warning("Redis at %s is back after %.1f s: call state written",
-                            redacted(self.live.url), time.monotonic() - self._down_since)
-                self._down_since = None
 
     def _keep(self, batch: list[CallState]) -> None:
         """Put back what failed, unless a newer state of the call came meanwhile."""

@@ -23,7 +23,10 @@ def test_heartbeats_expire(live: LiveState) -> None:
     assert live.nodes() == {"node-a": True, "node-b": True}
     time.sleep(0.5)
     assert live.nodes() == {"node-a": False, "node-b": True}
-    assert not live.alive("node-a")
+    assert live.heartbeat_left("node-a") is None
+    left = live.heartbeat_left("node-b")
+    assert left is not None and 25 < left <= 30
+    assert live.live_nodes() == {"node-b": {"pid": 2}}
     live.forget_node("node-a")
     assert live.nodes() == {"node-b": True}
 
