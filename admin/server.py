@@ -16,7 +16,7 @@ import uvicorn
 
 from admin.accounts import has_users
 from admin.app import create_app
-from switchboard.base.children import DRAIN_SIGNAL
+from switchboard.base.children import on_drain_signal
 from switchboard.base.settings import Settings
 from switchboard.conversation.host import CallHost
 from telephony.webrtc.gateway import WebRTCGateway
@@ -73,16 +73,7 @@ async def _serve(settings: Settings, create_host: Callable[[Settings], CallHost]
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _ignore_repeated_signal)
         gateway: WebRTCGateway = app.state.gateway
-        drains: set[asyncio.Task[None]] = set()
-
-        def drain() -> None:
-            """Finish the browser calls up, take no new ones, then stop serving."""
-            if not drains:
-                task = asyncio.get_running_loop().create_task(gateway.drain())
-                task.add_done_callback(lambda _: setattr(server, "should_exit", True))
-                drains.add(task)
-
-        asyncio.get_running_loop().add_signal_handler(DRAIN_SIGNAL, drain)
+        on_drain_signal(gateway.drain, lambda: setattr(server, "should_exit", True))
         await server.serve()
     finally:
         await node.aclose()

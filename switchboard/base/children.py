@@ -9,12 +9,13 @@ carry the last lines of the child's log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -31,6 +32,23 @@ START_HEADER = "=== switchboard started "
 DRAIN_SIGNAL = signal.SIGUSR1
 """Asks a child that carries calls (a SIP worker, the web app) to drain: take no new calls,
 let the calls up end, then exit."""
+
+
+
+def on_drain_signal(drain: Callable[[], Awaitable[object]], then: Callable[[], object]) -> None:
+    """In a child that carries calls: on ``DRAIN_SIGNAL`` (the first one), run ``drain()``
+    on the running loop, then ``then()`` (stop serving)."""
+    loop = asyncio.get_running_loop()
+    draining: list[asyncio.Future[object]] = []
+
+    def start() -> None:
+        if not draining:
+            task = asyncio.ensure_future(drain(), loop=loop)
+            task.add_done_callback(lambda _: then())
+            draining.append(task)
+
+    loop.add_signal_handler(DRAIN_SIGNAL, start)
+
 
 Probe = Callable[[], str | None]
 """A health probe: ``None`` once the child is healthy, else what is still missing."""

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from switchboard.base.children import DRAIN_SIGNAL
+from switchboard.base.children import on_drain_signal
 from switchboard.conversation.audio import FRAME_MS
 from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.host import CallHost
@@ -355,15 +355,7 @@ async def run_worker(node: CallHost) -> None:
     stop = asyncio.Event()
     worker = SipWorker(node)
     loop = asyncio.get_running_loop()
-    drains: set[asyncio.Task[None]] = set()
-
-    def drain() -> None:
-        if not drains:
-            task = loop.create_task(worker.drain())
-            task.add_done_callback(lambda _: stop.set())
-            drains.add(task)
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(DRAIN_SIGNAL, drain)
+    on_drain_signal(worker.drain, stop.set)
     await worker.serve(stop)
