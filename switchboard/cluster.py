@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from switchboard.base.metrics import HEARTBEAT_AGE, RECOVERIES
 from switchboard.base.settings import Settings
-from switchboard.storage.live import LiveState, LiveStateUnavailable
+from switchboard.storage.live import CallState, LiveState, LiveStateUnavailable
 from switchboard.storage.repository import CallRepository
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,7 @@ class NodeKeeper:
                 continue
             if not self.live.claim_lost(call_id, self.node_id):
                 continue
-            state.state, state.end_reason, state.updated_at = "ended", LOST_REASON, time.time()
-            self.live.write_calls([state], index_callers=False)
+            self._end_in_redis([state], LOST_REASON)
             stored = self.calls.end_active_calls(reason=LOST_REASON, call_ids=[call_id])
             log.warning("node %s is lost: its call %s ended (%s)%s", node, call_id, LOST_REASON,
                         "" if stored else "; it was already ended in the database")
@@ -98,13 +97,17 @@ class NodeKeeper:
         """Calls of this node that ended without their process saying so (it died): ended
         in Redis too, so that their callers resume on a redial."""
         def end() -> None:
-            states = [state for call_id in call_ids
-                      if (state := self.live.call(call_id)) is not None and state.active]
-            for state in states:
-                state.state, state.end_reason, state.updated_at = "ended", reason, time.time()
-            self.live.write_calls(states, index_callers=False)
+            self._end_in_redis([state for call_id in call_ids
+                                if (state := self.live.call(call_id)) is not None
+                                and state.active], reason)
 
         self._guarded(end)
+
+    def _end_in_redis(self, states: list[CallState], reason: str) -> None:
+        """Mark calls ended (not as their callers' latest call: a redial may be up)."""
+        for state in states:
+            state.state, state.end_reason, state.updated_at = "ended", reason, time.time()
+        self.live.write_calls(states, index_callers=False)
 
     def _run(self) -> None:
         interval = self.settings.heartbeat_interval_s
