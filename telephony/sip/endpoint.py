@@ -5,6 +5,7 @@ tears everything down in the order PJSUA2 needs (calls, ports, account, library)
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import queue
@@ -398,14 +399,11 @@ class SipEndpoint:
 
 
 def call_uuid(message: str) -> str:
-    """The ``X-Call-UUID`` of a SIP message (32 hex digits, dashes dropped), else a
-    new one."""
-    header_part = message.split("\r\n\r\n", 1)[0]
-    match = _CALL_UUID_LINE.search(header_part)
+    """The ``X-Call-UUID`` of a SIP message (as 32 hex digits), else a new one."""
+    match = _CALL_UUID_LINE.search(message.split("\r\n\r\n", 1)[0])
     if match:
-        digits = match.group(1).replace("-", "").lower()
-        if len(digits) == 32:
-            return digits
+        with contextlib.suppress(ValueError):
+            return uuid.UUID(match.group(1)).hex
     return uuid.uuid4().hex
 
 
