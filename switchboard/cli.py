@@ -512,11 +512,15 @@ def bench_failover(
     redial_after_s: Annotated[float, typer.Option(
         min=0.0, max=60.0,
         help="Seconds the cut-off caller waits after the kill before calling again.")] = 0.0,
+    rejoin: Annotated[bool, typer.Option(
+        help="The survivor calls the cut-off caller back (INVITE with Replaces, "
+        "sip_rejoin_lost_calls); the caller never redials.")] = False,
     json_path: JsonOption = None,
 ) -> None:
     """Kill a whole node mid-call KILLS times (two nodes behind `switchboard front`): time
-    to detect it, time until the redial is answered and the resumed opening heard, turns
-    lost, calls resumed. Starts Redis, speech, Rasa, the nodes and the front for the run."""
+    to detect it, time until the redial is answered (or, with --rejoin, the call taken
+    back) and the resumed opening heard, turns lost, calls resumed. Starts Redis, speech,
+    Rasa, the nodes and the front for the run."""
     from dialog.runtime import RasaError
     from switchboard.base.children import ChildError
     from switchboard.bench.failover import FailoverError
@@ -526,7 +530,7 @@ def bench_failover(
     _setup_logging(settings, quiet=True)
     try:
         report = run_bench(settings, kills, database_url=database_url,
-                           redial_after_s=redial_after_s)
+                           redial_after_s=redial_after_s, rejoin=rejoin)
     except (FailoverError, ChildError, RasaError) as exc:
         raise _fail(str(exc)) from None
     _report(report, json_path)

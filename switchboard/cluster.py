@@ -7,7 +7,9 @@ the other nodes: the calls of a node whose heartbeat expired are ended as ``node
 (in Redis, so that their callers resume elsewhere, and in the database) and queued for
 analysis; a claim in Redis makes exactly one survivor do it for each call. At start the
 keeper does the same for the calls its own node left behind (a restart under the same
-``node_id``).
+``node_id``). With ``sip_rejoin_lost_calls``, each such SIP call whose caller can take an
+INVITE with Replaces is handed to this node's SIP workers, which call the caller back into
+the same conversation (``rejoin:`` jobs in Redis); the others wait for the caller's redial.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 
 from switchboard.base.metrics import HEARTBEAT_AGE, RECOVERIES
 from switchboard.base.settings import Settings
-from switchboard.storage.live import CallState, LiveState, LiveStateUnavailable
+from switchboard.storage.live import CallState, LiveState, LiveStateUnavailable, RejoinJob
 from switchboard.storage.repository import CallRepository
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class NodeKeeper:
             if not self.live.claim_lost(call_id, self.node_id):
                 continue
             self._end_in_redis([state], LOST_REASON)
+            self._rejoin([state])
             stored = self.calls.end_active_calls(reason=LOST_REASON, call_ids=[call_id])
             log.warning("node %s is lost: its call %s ended (%s)%s", node, call_id, LOST_REASON,
                         "" if stored else "; it was already ended in the database")
@@ -97,11 +100,24 @@ class NodeKeeper:
         """Calls of this node that ended without their process saying so (it died): ended
         in Redis too, so that their callers resume on a redial."""
         def end() -> None:
-            self._end_in_redis([state for call_id in call_ids
-                                if (state := self.live.call(call_id)) is not None
-                                and state.active], reason)
+            states = [state for call_id in call_ids
+                      if (state := self.live.call(call_id)) is not None and state.active]
+            self._end_in_redis(states, reason)
+            self._rejoin(states)
 
         self._guarded(end)
+
+    def _rejoin(self, states: list[CallState]) -> None:
+        """Hand the ended calls whose callers can be called back to this node's workers."""
+        if not self.settings.sip_rejoin_lost_calls:
+            return
+        for state in states:
+            if state.transport == "sip" and state.rejoin:
+                self.live.queue_rejoin(self.node_id,
+                                       RejoinJob(state.call_id, state.caller, state.rejoin),
+                                       self.settings.rejoin_timeout_s)
+                log.info("call %s: calling its caller back (INVITE with Replaces)",
+                         state.call_id)
 
     def _end_in_redis(self, states: list[CallState], reason: str) -> None:
         """Mark calls ended (not as their callers' latest call: a redial may be up)."""

@@ -276,7 +276,8 @@ class Node:
         began_ns = time.time_ns()
         who = (request.caller_key if request.caller_key is not None
                else caller_identity(request.caller))
-        prior = await asyncio.to_thread(self._cut_off_call, request.transport, who)
+        prior = await asyncio.to_thread(self._cut_off_call, request.transport, who,
+                                        request.resumes)
         conversation_id, greet = request.conversation_id, request.greet
         if prior is not None and conversation_id is None:
             conversation_id, greet = prior.conversation_id, False
@@ -309,13 +310,13 @@ class Node:
         state = CallState(
             call_id=call_id, node=self.node_id, transport=request.transport,
             conversation_id=pipeline.conversation_id, caller=who,
-            sip_call_id=request.metadata.get("sip_call_id"))
+            sip_call_id=request.metadata.get("sip_call_id"), rejoin=request.rejoin)
         if prior is not None:  # carried over, so that a second cut-off resumes as well
             state.resumed_from, state.turns, state.slots = prior.call_id, prior.turns, dict(
                 prior.slots)
             state.last_intent, state.expects = prior.last_intent, prior.expects
             state.last_bot_text = prior.last_bot_text
-            RECOVERIES.labels("redial").inc()
+            RECOVERIES.labels("rejoin" if request.resumes else "redial").inc()
             log.info("call %s resumes conversation %s of call %s (cut off: %s)", call_id,
                      conversation_id, prior.call_id, prior.end_reason or "node lost")
         self._track(handle, state)
@@ -359,15 +360,17 @@ class Node:
                         given)
             return self.calls.create_call(call_id=uuid.uuid4().hex, **fields)
 
-    def _cut_off_call(self, transport: str, who: str | None) -> CallState | None:
-        """The caller's latest call, if a lost node (or a node shut down under it) cut it
-        off within the recovery window; None without Redis or when Redis does not answer
-        (the call then starts afresh)."""
-        if self.live is None or who is None:
+    def _cut_off_call(self, transport: str, who: str | None, resumes: str | None = None
+                      ) -> CallState | None:
+        """The caller's latest call (or the call ``resumes`` names), if a lost node (or a
+        node shut down under it) cut it off within the recovery window; None without Redis
+        or when Redis does not answer (the call then starts afresh)."""
+        if self.live is None or (who is None and resumes is None):
             return None
         live = self.live.live
         try:
-            prior = live.latest_call(transport, who)
+            prior = (live.call(resumes) if resumes is not None
+                     else live.latest_call(transport, who or ""))
             if prior is None or time.time() - prior.updated_at > live.recovery_window_s:
                 return None
             if prior.active:

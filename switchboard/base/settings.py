@@ -56,6 +56,16 @@ class Settings(BaseSettings):
         default=2.0, gt=0,
         description="A node whose heartbeat is this old is lost: a survivor ends its calls "
         "(node_lost) and queues their analysis.")
+    sip_rejoin_lost_calls: bool = Field(
+        default=False,
+        description="A survivor calls the SIP callers of a lost node back itself: an INVITE "
+        "with Replaces (RFC 3891) to the caller's Contact takes over the cut-off call, so "
+        "the caller need not redial. Only for callers whose INVITE said 'Supported: "
+        "replaces' and whose Contact every node can reach.")
+    rejoin_timeout_s: float = Field(
+        default=15.0, gt=0,
+        description="A lost call not taken back from its caller this long after its node "
+        "was found lost is left to the caller's redial.")
     otlp_endpoint: str = Field(
         default="",
         description="OpenTelemetry: an OTLP/HTTP collector (e.g. http://127.0.0.1:4318) to "

@@ -12,16 +12,19 @@ for every call) calls the front, asks about its order and says the number (the k
 two lines, spoken by Piper at run time). Once the bot has answered, the node holding the
 call is killed (SIGSTOP, then SIGKILL, of its whole process tree, as a crashed machine).
 The caller hangs up, calls again at once, hears the resumed opening and hangs up; the dead
-node is started again before the next kill. The kills alternate between the nodes: the
-front hashes each caller to a node, so a call that reached the node whose turn it is not
-is hung up during the greeting and the next user calls.
+node is started again before the next kill. With ``rejoin`` the nodes call their lost
+callers back themselves (``sip_rejoin_lost_calls``: an INVITE with Replaces, RFC 3891): the
+caller stays in its call, which the survivor takes over, and never redials. The kills
+alternate between the nodes: the front hashes each caller to a node, so a call that reached
+the node whose turn it is not is hung up during the greeting and the next user calls.
 
 Per kill, on the monotonic clock the bench shares with its caller process, from the kill:
 
 - detection: until the lost call's state in Redis says it ended ``node_lost`` (written by
   the survivor's reaper, before the database);
 - redial answered: until the redial's 200 OK (the front first tries the dead node for up
-  to its failover timeout, unless its OPTIONS pings already marked it down);
+  to its failover timeout, unless its OPTIONS pings already marked it down); with
+  ``rejoin``, until the caller's call was replaced by the survivor's INVITE;
 - opening heard: until the resumed call's first audible frame at the caller;
 - turns lost: the turns the lost call had stored minus those the resumed call's state
   carried over; "resumed" means the redial continued the lost call and opened with the
@@ -182,11 +185,12 @@ def kill_table(kills: list[KillFigures]) -> list[str]:
     return lines
 
 
-def failover_report(kills: list[KillFigures], wall_s: float) -> FailoverReport:
+def failover_report(kills: list[KillFigures], wall_s: float, *, rejoin: bool = False
+                    ) -> FailoverReport:
     """The per-kill table, the series (ms) and the summary figures of a run."""
     series = {
         "detection": _ms([k.detection_s for k in kills]),
-        "redial_answered": _ms([k.answered_s for k in kills]),
+        "rejoined" if rejoin else "redial_answered": _ms([k.answered_s for k in kills]),
         "opening_heard": _ms([k.heard_s for k in kills]),
     }
     lost = [k.turns_lost for k in kills]
@@ -206,11 +210,14 @@ def failover_report(kills: list[KillFigures], wall_s: float) -> FailoverReport:
     })
     return FailoverReport(
         title=f"bench failover: {len(kills)} kills of a whole node (SIGKILL of its process "
-              "tree) mid-call, two nodes behind `switchboard front`",
+              "tree) mid-call, two nodes behind `switchboard front`"
+              + (", the survivor calling the caller back (Replaces)" if rejoin else ""),
         series=series, figures=figures, kills=kills,
         notes=[*kill_table(kills), "",
                "times from the kill: detection = the lost call ended node_lost in Redis; "
-               "answered = the redial's 200 OK; heard = its first audible frame.",
+               + ("answered = the caller's call replaced by the survivor's INVITE; "
+                  if rejoin else "answered = the redial's 200 OK; ")
+               + "heard = the first audible frame after it.",
                f"targets: detection <= {TARGET_DETECTION_MS / 1000:.0f} s, 0 turns lost, "
                "every kill resumed."],
     )
@@ -256,11 +263,12 @@ class Cluster:
 
 
 def bench_failover(settings: Settings, kills: int = 20, *, database_url: str | None = None,
-                   redial_after_s: float = 0.0) -> Report:
+                   redial_after_s: float = 0.0, rejoin: bool = False) -> Report:
     """Kill the node holding a call ``kills`` times (alternating between two nodes) and
     time its recovery. ``database_url``: an empty database (e.g. PostgreSQL) for the nodes;
     default a SQLite file. ``redial_after_s``: how long the cut-off caller waits between
-    the kill and calling again. Its files and logs stay in ``data_dir/bench-failover``."""
+    the kill and calling again. ``rejoin``: the survivor calls the caller back instead.
+    Its files and logs stay in ``data_dir/bench-failover``."""
     workdir = settings.data_dir / "bench-failover"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -269,22 +277,23 @@ def bench_failover(settings: Settings, kills: int = 20, *, database_url: str | N
     started = time.monotonic()
     results: list[KillFigures] = []
     users = itertools.count(FIRST_USER)
-    with two_nodes(settings, workdir, database_url) as cluster:
+    with two_nodes(settings, workdir, database_url, rejoin=rejoin) as cluster:
         print(kill_table([])[0], flush=True)
         for index in range(kills):
             _check_running(cluster)
-            figures = _kill_once(index, cluster, lines, users, redial_after_s)
+            figures = _kill_once(index, cluster, lines, users, redial_after_s, rejoin)
             results.append(figures)
             print(kill_table([figures])[1], flush=True)
             if figures.node and index + 1 < kills:  # two nodes up for the next kill
                 print(f"restarting {figures.node}...", flush=True)
                 cluster.nodes[figures.node].restart()
                 time.sleep(FRONT_SEES_NODE_S)
-    return failover_report(results, time.monotonic() - started)
+    return failover_report(results, time.monotonic() - started, rejoin=rejoin)
 
 
 @contextmanager
-def two_nodes(settings: Settings, workdir: Path, database_url: str) -> Iterator[Cluster]:
+def two_nodes(settings: Settings, workdir: Path, database_url: str, *, rejoin: bool = False
+              ) -> Iterator[Cluster]:
     """Redis, speech, Rasa, two nodes and the front, all stopped (by PID) on exit."""
     with ExitStack() as stack:
         sessions = prepare_database(database_url, demo_data=True)  # the orders callers ask
@@ -310,7 +319,8 @@ def two_nodes(settings: Settings, workdir: Path, database_url: str) -> Iterator[
                 data_dir, database_url, SWITCHBOARD_DATA_DIR=str(data_dir),
                 SWITCHBOARD_NODE_ID=name, SWITCHBOARD_REDIS_URL=redis.url,
                 SWITCHBOARD_RASA_MANAGED="false", SWITCHBOARD_RASA_URL=dialog.url,
-                SWITCHBOARD_RASA_API_TOKEN=rasa.api_token, SWITCHBOARD_SPEECH_SERVERS=speech))
+                SWITCHBOARD_RASA_API_TOKEN=rasa.api_token, SWITCHBOARD_SPEECH_SERVERS=speech,
+                SWITCHBOARD_SIP_REJOIN_LOST_CALLS=str(rejoin).lower()))
         front_port = free_udp_port()
         stack.enter_context(front_process(front_port, [n.sip_port for n in nodes.values()],
                                           workdir))
@@ -327,12 +337,12 @@ def _check_running(cluster: Cluster) -> None:
 
 
 def _kill_once(index: int, cluster: Cluster, lines: list[np.ndarray],
-               users: Iterator[int], redial_after_s: float) -> KillFigures:
+               users: Iterator[int], redial_after_s: float, rejoin: bool) -> KillFigures:
     figures = KillFigures(kill=index + 1)
     caller: Caller | None = None
     try:
         caller, state = _place(cluster, NODE_IDS[index % len(NODE_IDS)], lines, users, figures)
-        _kill_and_redial(cluster, caller, state, figures, redial_after_s)
+        _kill_and_redial(cluster, caller, state, figures, redial_after_s, rejoin)
     except FailoverError as exc:
         figures.add_note(str(exc))
     finally:
@@ -372,7 +382,7 @@ def _call(cluster: Cluster, lines: list[np.ndarray], users: Iterator[int],
 
 
 def _kill_and_redial(cluster: Cluster, caller: Caller, state: CallState,
-                     figures: KillFigures, redial_after_s: float) -> None:
+                     figures: KillFigures, redial_after_s: float, rejoin: bool) -> None:
     live, calls = cluster.live, cluster.calls
     caller.expect("talked", FIRST_CALL, CONVERSATION_TIMEOUT_S)
     answered = _poll(lambda: _order_answered(live, state.call_id), ANSWER_TIMEOUT_S)
@@ -385,10 +395,11 @@ def _kill_and_redial(cluster: Cluster, caller: Caller, state: CallState,
     figures.node = before.node
     kill_node(cluster.nodes[before.node])
     killed_at = time.monotonic()
-    caller.hang_up(FIRST_CALL)
-    if redial_after_s:
-        time.sleep(redial_after_s)
-    caller.dial(REDIAL, talk=False)
+    if not rejoin:  # else the caller stays in the call until a survivor replaces it
+        caller.hang_up(FIRST_CALL)
+        if redial_after_s:
+            time.sleep(redial_after_s)
+        caller.dial(REDIAL, talk=False)
 
     deadline = killed_at + RECOVERY_TIMEOUT_S
     while time.monotonic() < deadline and (figures.detection_s is None
@@ -574,7 +585,16 @@ async def _caller(pipe: Connection, uri: str, user: str, lines: list[np.ndarray]
     endpoint, events = caller_endpoint(rtp_port, user)
     commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     loop.add_reader(pipe.fileno(), _read_command, pipe, commands)
-    calls: dict[int, tuple[CallLeg, asyncio.Task[None]]] = {}
+    calls: dict[int, tuple[CallLeg, asyncio.Task[None], _Listening]] = {}
+
+    def replaced(leg: CallLeg) -> None:  # a survivor took the first call back: the redial
+        placed = calls.get(FIRST_CALL)
+        if placed is not None and placed[0].key == leg.key and REDIAL not in calls:
+            calls[REDIAL] = calls.pop(FIRST_CALL)
+            placed[2].number, placed[2].heard = REDIAL, False
+            pipe.send(("answered", REDIAL, time.monotonic()))
+
+    events.on_replaced = replaced
     try:
         await asyncio.wrap_future(endpoint.start())
         pipe.send(("ready", 0, time.monotonic()))
@@ -588,13 +608,13 @@ async def _caller(pipe: Connection, uri: str, user: str, lines: list[np.ndarray]
                 if placed is not None:
                     calls[number] = placed
             elif kind == "hangup" and number in calls:
-                _hang_up(endpoint, *calls.pop(number))
+                _hang_up(endpoint, *calls.pop(number)[:2])
     except Exception as exc:  # told to the bench, which gives up this kill
         with contextlib.suppress(OSError):
             pipe.send(("failed", 0, f"{type(exc).__name__}: {exc}"))
     finally:
         loop.remove_reader(pipe.fileno())
-        for leg, media in calls.values():
+        for leg, media, _ in calls.values():
             _hang_up(endpoint, leg, media)
         endpoint.stop()
         await asyncio.to_thread(endpoint.join, ENDPOINT_STOP_TIMEOUT_S)
@@ -608,9 +628,18 @@ def _read_command(pipe: Connection, commands: asyncio.Queue[tuple[Any, ...]]) ->
     commands.put_nowait(command)
 
 
+@dataclass
+class _Listening:
+    """Which call a caller's media reports its first audible frame for (a call the
+    survivor replaced goes on as the redial)."""
+
+    number: int
+    heard: bool = False
+
+
 async def _dial(endpoint: SipEndpoint, events: CallerEvents, pipe: Connection, uri: str,
                 number: int, lines: list[np.ndarray]
-                ) -> tuple[CallLeg, asyncio.Task[None]] | None:
+                ) -> tuple[CallLeg, asyncio.Task[None], _Listening] | None:
     try:
         leg = await asyncio.wrap_future(endpoint.submit(lambda: endpoint.dial(uri)))
     except Exception as exc:
@@ -623,23 +652,23 @@ async def _dial(endpoint: SipEndpoint, events: CallerEvents, pipe: Connection, u
         endpoint.submit(lambda: endpoint.hangup(key))
         return None
     pipe.send(("answered", number, time.monotonic()))
-    return leg, asyncio.create_task(_media(leg, lines, pipe, number, gone))
+    listening = _Listening(number)
+    return leg, asyncio.create_task(_media(leg, lines, pipe, listening, gone)), listening
 
 
-async def _media(leg: CallLeg, lines: list[np.ndarray], pipe: Connection, number: int,
-                 gone: asyncio.Event) -> None:
+async def _media(leg: CallLeg, lines: list[np.ndarray], pipe: Connection,
+                 listening: _Listening, gone: asyncio.Event) -> None:
     """Say ``lines`` as the kit's SIP callers do, then listen (sending silence) and report
-    the first audible frame heard after them."""
+    the first audible frame heard after them (and after the call was replaced)."""
     if lines:
         await converse(leg, lines, CallStats())
         if not gone.is_set():
-            pipe.send(("talked", number, time.monotonic()))
+            pipe.send(("talked", listening.number, time.monotonic()))
     silence = np.zeros(RATE * FRAME_MS // 1000, dtype=np.int16)
-    heard = False
     while (frame := await leg.source.read()) is not None:
-        if not heard and audible(frame):
-            heard = True
-            pipe.send(("heard", number, time.monotonic()))
+        if not listening.heard and audible(frame):
+            listening.heard = True
+            pipe.send(("heard", listening.number, time.monotonic()))
         await leg.sink.write(silence)
 
 

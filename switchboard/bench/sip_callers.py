@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class CallerEvents:
         self.answered: dict[int, asyncio.Event] = {}
         self.gone: dict[int, asyncio.Event] = {}
         self.status: dict[int, str] = {}
+        self.on_replaced: Callable[[CallLeg], None] | None = None
 
     def _event(self, table: dict[int, asyncio.Event], key: int) -> asyncio.Event:
         return table.setdefault(key, asyncio.Event())
@@ -95,6 +97,11 @@ class CallerEvents:
 
     def rtp_timeout(self, leg: CallLeg) -> None:
         """The call ends by itself when the node hangs up."""
+
+    def replaced(self, leg: CallLeg) -> None:
+        """A node took the call back (RFC 3891): said to ``on_replaced``, if set."""
+        if self.on_replaced is not None:
+            self.loop.call_soon_threadsafe(self.on_replaced, leg)
 
 
 async def converse(leg: CallLeg, lines: list[np.ndarray], stats: CallStats) -> None:

@@ -58,6 +58,12 @@ class CallRequest:
     call_id: str | None = None
     """The call's id when the transport has one already (a SIP INVITE's ``X-Call-UUID``);
     else the node makes one."""
+    rejoin: dict[str, str] | None = None
+    """How another node can take this call back from the caller if this node is lost
+    (for SIP: the caller's Contact and the dialog to replace, RFC 3891)."""
+    resumes: str | None = None
+    """The id of the cut-off call this call takes over (a node calling back the caller of
+    a lost node's call); default: the caller's latest call, found by ``caller_key``."""
 
 
 class CallHandle:

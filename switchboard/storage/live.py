@@ -11,7 +11,9 @@ Keys, under ``switchboard:live:``:
   its last write;
 - ``caller:{transport}:{caller}``: the id of the caller's latest call, for the window;
 - ``lost:{call id}``: set once, by the survivor that ends a lost node's call (so the call's
-  end is stored and its analysis queued exactly once).
+  end is stored and its analysis queued exactly once);
+- ``rejoin:{node id}``: lost calls the node's SIP workers are to take back from their
+  callers (a list of JSON jobs, :class:`RejoinJob`).
 
 :class:`LiveState` does one Redis round trip per method and raises
 :class:`LiveStateUnavailable` when Redis cannot be reached. :class:`LiveWriter` writes call
@@ -65,6 +67,9 @@ class CallState:
     expects: str | None = None
     """The slot the bot asked for last (Rasa's requested slot)."""
     handoff: dict[str, Any] | None = None
+    rejoin: dict[str, str] | None = None
+    """How another node can take the call back from the caller (the transport's
+    ``CallRequest.rejoin``)."""
     end_reason: str | None = None
     resumed_from: str | None = None
     started_at: float = field(default_factory=time.time)
@@ -82,6 +87,26 @@ class CallState:
         data = json.loads(raw)
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class RejoinJob:
+    """A lost call for a survivor's SIP worker to take back from its caller."""
+
+    call_id: str
+    """The lost call."""
+    caller: str | None
+    rejoin: dict[str, str]
+    queued_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> RejoinJob:
+        data = json.loads(raw)
+        return cls(call_id=str(data["call_id"]), caller=data.get("caller"),
+                   rejoin=dict(data["rejoin"]), queued_at=float(data["queued_at"]))
 
 
 def redacted(url: str) -> str:
@@ -192,6 +217,28 @@ class LiveState:
         with self._errors():
             return bool(self._redis.set(f"{PREFIX}lost:{call_id}", claimer, nx=True,
                                         ex=int(self.recovery_window_s) + LONGEST_CALL_S))
+
+    def queue_rejoin(self, node_id: str, job: RejoinJob, ttl_s: float) -> None:
+        """Give ``job`` to the SIP workers of ``node_id`` (kept ``ttl_s`` at most)."""
+        key = f"{PREFIX}rejoin:{node_id}"
+        with self._errors():
+            pipe = self._redis.pipeline()
+            pipe.rpush(key, job.to_json())
+            pipe.expire(key, max(1, int(ttl_s)))
+            pipe.execute()
+
+    def next_rejoin(self, node_id: str, wait_s: float) -> RejoinJob | None:
+        """The next job for ``node_id``'s SIP workers, waiting up to ``wait_s`` (less than
+        the connection's timeout) for one; a malformed job is dropped."""
+        with self._errors():
+            found = self._redis.blpop([f"{PREFIX}rejoin:{node_id}"], timeout=wait_s)
+        if found is None:
+            return None
+        try:
+            return RejoinJob.from_json(found[1])
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropped a malformed rejoin job: %.200r", found[1])
+            return None
 
     # ------------------------------------------------------------------ helpers
 

@@ -28,6 +28,7 @@ from telephony.sip.call import (
     SipCall,
     parse_networks,
     source_allowed,
+    supports_replaces,
 )
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
@@ -97,6 +98,9 @@ class SipEndpoint:
         # in onIncomingCall after the callback, and a call object dropped before that hangs
         # up with 603 Decline instead.
         self._rejected: dict[int, SipCall] = {}
+        # Calls replaced by a new dialog (RFC 3891), held until their own DISCONNECTED: the
+        # PJSUA2 object must outlive its PJSUA call.
+        self._replaced_calls: list[SipCall] = []
         self._keys = itertools.count(1)
         self._stop = threading.Event()
         self._ready: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
@@ -262,17 +266,33 @@ class SipEndpoint:
         return CallLeg(key=next(self._keys), direction=direction, source=source, sink=sink)
 
     def _forget(self, call: SipCall) -> None:
-        self._calls.pop(call.leg.key, None)
-        self._rejected.pop(call.leg.key, None)
+        key = call.leg.key
+        for table in (self._calls, self._rejected):
+            if table.get(key) is call:  # not the call that replaced it
+                del table[key]
+        if call in self._replaced_calls:
+            self._replaced_calls.remove(call)
+
+    def _replaced(self, old: SipCall, new: SipCall) -> None:
+        self._replaced_calls.append(old)
+        if self._calls.get(old.leg.key) is old:
+            self._calls[old.leg.key] = new
+
+    def _new_call(self, account: pj.Account, leg: CallLeg,
+                  call_id: int = pj.PJSUA_INVALID_ID) -> SipCall:
+        return SipCall(account, leg, self.events, self.sample_rate, self._forget, call_id,
+                       on_replaced=self._replaced)
 
     def on_incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
         leg = self._new_leg("inbound")
         leg.source_address = str(prm.rdata.srcAddress)
-        call = SipCall(account, leg, self.events, self.sample_rate, self._forget, prm.callId)
+        call = self._new_call(account, leg, prm.callId)
         info = call.getInfo()
         leg.remote_uri, leg.local_uri = str(info.remoteUri), str(info.localUri)
         leg.sip_call_id = str(info.callIdString)
-        leg.call_uuid = call_uuid(str(prm.rdata.wholeMsg))
+        invite = str(prm.rdata.wholeMsg)
+        leg.call_uuid = call_uuid(invite)
+        leg.supports_replaces = supports_replaces(invite)
         op = pj.CallOpParam()
         if not source_allowed(leg.source_address, self._networks):
             log.warning("rejecting call from %s (not in SWITCHBOARD_SIP_ALLOWED_NETWORKS)",
@@ -298,18 +318,21 @@ class SipEndpoint:
         self._calls[leg.key] = call
         op.statusCode = 200
         op.txOption.headers.append(_call_uuid_header(leg.call_uuid))
+        call.announce = True  # events.incoming once the 200 OK is out
         call.answer(op)
-        if not call.gone:
-            self.events.incoming(leg)
 
-    def dial(self, uri: str) -> CallLeg:
-        """Place an outbound call (runs on this thread via ``submit``)."""
+    def dial(self, uri: str, headers: dict[str, str] | None = None) -> CallLeg:
+        """Place an outbound call (runs on this thread via ``submit``), with extra SIP
+        ``headers`` on its INVITE."""
         leg = self._new_leg("outbound")
-        call = SipCall(self.account, leg, self.events, self.sample_rate, self._forget)
+        call = self._new_call(self.account, leg)
         leg.remote_uri = uri
         self._calls[leg.key] = call
+        op = pj.CallOpParam(True)
+        for name, value in (headers or {}).items():
+            op.txOption.headers.append(_header(name, value))
         try:
-            call.makeCall(uri, pj.CallOpParam(True))
+            call.makeCall(uri, op)
         except pj.Error:
             self._calls.pop(leg.key, None)
             raise
@@ -374,6 +397,7 @@ class SipEndpoint:
             call.release_media()
         self._calls.clear()
         self._rejected.clear()
+        self._replaced_calls.clear()
         self._run_commands()
         self._destroy()
 
@@ -407,10 +431,14 @@ def call_uuid(message: str) -> str:
     return uuid.uuid4().hex
 
 
-def _call_uuid_header(value: str) -> pj.SipHeader:
+def _header(name: str, value: str) -> pj.SipHeader:
     header = pj.SipHeader()
-    header.hName, header.hValue = CALL_UUID_HEADER, value
+    header.hName, header.hValue = name, value
     return header
+
+
+def _call_uuid_header(value: str) -> pj.SipHeader:
+    return _header(CALL_UUID_HEADER, value)
 
 
 def _describe(exc: BaseException) -> BaseException:

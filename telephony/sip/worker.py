@@ -5,6 +5,11 @@ Each call's :class:`~switchboard.conversation.call.CallControl` (``_SipControl``
 handoff (to ``sip_transfer_uri``) or a transfer asked of the handle into a REFER; otherwise
 the call is hung up (BYE) when the conversation ends. Every call is recorded as a stereo WAV when
 ``sip_record`` is on.
+
+With ``sip_rejoin_lost_calls``, the worker also takes the node's rejoin jobs from Redis (the
+calls of a lost node, or of a dead worker, whose callers support Replaces): it calls the
+caller's Contact with an INVITE that replaces the cut-off dialog (RFC 3891), and the call
+resumes the lost conversation where it was.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +28,9 @@ from switchboard.conversation.audio import FRAME_MS
 from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.host import CallHost
 from switchboard.conversation.pipeline import CallResult
+from switchboard.storage.live import LiveState, LiveStateUnavailable, RejoinJob
 from telephony.sip.call import CallLeg
-from telephony.sip.endpoint import SipEndpoint
+from telephony.sip.endpoint import CALL_UUID_HEADER, SipEndpoint
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
 from telephony.sip.recording import CallRecording
 
@@ -41,6 +48,8 @@ SHUTDOWN_WAIT_S = 5.0
 """How long shutdown waits for the calls' pipelines to store their ends."""
 START_WAIT_S = 20.0
 """How long the SIP endpoint may take to start."""
+REJOIN_POLL_S = 1.0
+"""How long one wait for a rejoin job in Redis lasts."""
 
 
 class SipCallFailed(RuntimeError):
@@ -62,6 +71,8 @@ class _Session:
     transfer_status: int = 0
     rtp_timed_out: bool = False
     started: float = field(default_factory=time.perf_counter)
+    rejoins: RejoinJob | None = None
+    """The lost call this outbound call takes back from its caller."""
 
 
 class SipWorker:
@@ -95,11 +106,19 @@ class SipWorker:
         return listening
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Answer calls until ``stop`` is set, then shut down cleanly."""
+        """Answer calls (and call back the callers of lost calls, when configured) until
+        ``stop`` is set, then shut down cleanly."""
         await self.start()
+        settings = self.settings
+        rejoins = (asyncio.create_task(self._take_rejoins(), name="sip-rejoins")
+                   if settings.redis_url and settings.sip_rejoin_lost_calls else None)
         try:
             await stop.wait()
         finally:
+            if rejoins is not None:
+                rejoins.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await rejoins
             await self.aclose()
 
     async def aclose(self) -> None:
@@ -144,6 +163,69 @@ class SipWorker:
                 f"{uri} did not answer: SIP {session.end_status} {session.end_reason}".strip())
         return result
 
+    async def rejoin(self, job: RejoinJob) -> CallResult | None:
+        """Take lost call ``job.call_id`` back from its caller: an INVITE to their Contact
+        that replaces the cut-off dialog; the call resumes the conversation. None when the
+        caller did not take it (their old dialog is gone: they hung up, or redialled)."""
+        endpoint = self.require_endpoint()
+        call_uuid = uuid.uuid4().hex
+        headers = {"Replaces": job.rejoin["replaces"], "Require": "replaces",
+                   CALL_UUID_HEADER: call_uuid}
+
+        def dial() -> CallLeg:
+            leg = endpoint.dial(job.rejoin["uri"], headers)
+            leg.call_uuid = call_uuid
+            self._post(self._begin, leg, job)
+            return leg
+
+        try:
+            leg = await asyncio.wrap_future(endpoint.submit(dial))
+        except RuntimeError as exc:
+            log.warning("call %s: cannot call the caller back: %s", job.call_id, exc)
+            return None
+        session = self._begin(leg, job)
+        assert session.task is not None
+        result = await session.task
+        if result is None:
+            log.info("call %s: the caller did not take the call back (SIP %s %s); their "
+                     "redial resumes it", job.call_id, session.end_status, session.end_reason)
+        return result
+
+    async def _take_rejoins(self) -> None:
+        """Take this node's rejoin jobs from Redis while a call slot is free."""
+        settings = self.settings
+        live = LiveState(settings.redis_url, recovery_window_s=settings.recovery_window_s,
+                         timeout_s=REJOIN_POLL_S + 1.0)
+        node_id, redis_down = settings.effective_node_id, False
+        tasks: set[asyncio.Task[CallResult | None]] = set()
+        try:
+            while True:
+                endpoint = self._endpoint
+                if (endpoint is None or endpoint.draining
+                        or len(self.sessions) >= settings.sip_max_calls):
+                    await asyncio.sleep(REJOIN_POLL_S)
+                    continue
+                try:
+                    job = await asyncio.to_thread(live.next_rejoin, node_id, REJOIN_POLL_S)
+                except LiveStateUnavailable as exc:
+                    if not redis_down:
+                        log.warning("%s; lost calls are not called back until it returns", exc)
+                    redis_down = True
+                    await asyncio.sleep(REJOIN_POLL_S)
+                    continue
+                redis_down = False
+                if job is None:
+                    continue
+                if time.time() - job.queued_at > settings.rejoin_timeout_s:
+                    log.info("call %s: too late to call the caller back; left to their redial",
+                             job.call_id)
+                    continue
+                task = asyncio.create_task(self.rejoin(job), name=f"sip-rejoin-{job.call_id}")
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            await asyncio.to_thread(live.close)
+
     def require_endpoint(self) -> SipEndpoint:
         if self._endpoint is None:
             raise RuntimeError("the SIP worker is not started")
@@ -174,12 +256,16 @@ class SipWorker:
     def rtp_timeout(self, leg: CallLeg) -> None:
         self._post(self._on_rtp_timeout, leg.key)
 
+    def replaced(self, leg: CallLeg) -> None:
+        """The caller replaced the dialog (an attended transfer to the bot, say): the call
+        goes on in the new one."""
+
     # ------------------------------------------------------------------ loop side
 
-    def _begin(self, leg: CallLeg) -> _Session:
+    def _begin(self, leg: CallLeg, rejoins: RejoinJob | None = None) -> _Session:
         session = self.sessions.get(leg.key)
         if session is None:
-            session = self.sessions[leg.key] = _Session(leg)
+            session = self.sessions[leg.key] = _Session(leg, rejoins=rejoins)
             self._idle.clear()
             if leg.direction == "inbound":  # answered: its keys must find a handle at once
                 session.handle = self._start_call(session)
@@ -252,17 +338,25 @@ class SipWorker:
         return session.confirmed.is_set() and not session.disconnected.is_set()
 
     def _start_call(self, session: _Session) -> CallHandle:
-        leg = session.leg
+        leg, job = session.leg, session.rejoins
         account_uri = f"sip:{self.settings.sip_username or 'switchboard'}@{self.settings.sip_host}"
-        inbound = leg.direction == "inbound"
+        if job is not None:  # the caller's call again, as they placed it
+            caller, callee = job.rejoin.get("caller"), job.rejoin.get("callee")
+        elif leg.direction == "inbound":
+            caller, callee = leg.remote_uri, leg.local_uri
+        else:
+            caller, callee = account_uri, leg.remote_uri
         return self.node.start_call(CallRequest(
-            transport="sip", source=leg.source, sink=leg.sink,
-            caller=leg.remote_uri if inbound else account_uri,
-            callee=leg.local_uri if inbound else leg.remote_uri,
-            metadata={"sip_call_id": leg.sip_call_id, "direction": leg.direction,
+            transport="sip", source=leg.source, sink=leg.sink, caller=caller, callee=callee,
+            metadata={"sip_call_id": leg.sip_call_id,
+                      "direction": "rejoin" if job else leg.direction,
                       "source_address": leg.source_address},
             control=_SipControl(self, session), call_id=leg.call_uuid or None,
             handoff_target=self.settings.sip_transfer_uri or None,
+            rejoin=({**leg.rejoin, "caller": caller or "", "callee": callee or ""}
+                    if leg.rejoin else None),
+            caller_key=None if job is None else job.caller,
+            resumes=None if job is None else job.call_id,
         ))
 
     async def _converse(self, session: _Session) -> CallResult:

@@ -286,3 +286,36 @@ def test_a_call_given_a_taken_id_gets_a_new_one(database_url: str) -> None:
     again = node._store_call(given, transport="sip")
     assert again != given and len(again) == 32
     asyncio.run(node.aclose())
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_survivor_hands_lost_sip_calls_it_can_call_back_to_its_workers(
+        enabled: bool, database_url: str, redis_server: RedisServer, live: LiveState) -> None:
+    calls = CallRepository(prepare_database(database_url))
+    target = {"uri": "sip:1001@127.0.0.1:5062", "replaces": "abc;to-tag=1;from-tag=2",
+              "caller": "sip:1001@127.0.0.1", "callee": "sip:bot@127.0.0.1"}
+    states = [CallState(call_id=calls.create_call(transport="sip", node="node-a"),
+                        node="node-a", transport="sip", conversation_id=f"c{i}",
+                        caller=f"100{i}", rejoin=target if i < 2 else None)
+              for i in range(3)]
+    live.write_calls(states)
+    live.beat("node-a", {}, ttl_s=0.001)  # seen once, beating no more: it is gone
+    time.sleep(0.05)
+    keeper = NodeKeeper(settings_for("node-b", database_url, redis_server.url,
+                                     sip_rejoin_lost_calls=enabled), calls, lambda _: None)
+    try:
+        assert sorted(keeper.sweep()) == sorted(s.call_id for s in states)
+    finally:
+        keeper.stop()
+    jobs = []
+    while (job := live.next_rejoin("node-b", 0.05)) is not None:
+        jobs.append(job)
+    if not enabled:
+        assert jobs == []
+        return
+    assert sorted((j.call_id, j.caller) for j in jobs) == sorted(
+        (s.call_id, s.caller) for s in states[:2])  # the third has no target: a redial
+    assert all(j.rejoin == target for j in jobs)
+    assert live.next_rejoin("node-a", 0.05) is None
+    live._redis.rpush("switchboard:live:rejoin:node-b", "{not json")
+    assert live.next_rejoin("node-b", 0.05) is None  # dropped, said in the log

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from speech.tts import PiperTTS
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
+from switchboard.bench.failover import FIRST_CALL, REDIAL, Caller
+from switchboard.bench.sip_callers import RATE as CALLER_RATE
 from switchboard.bench.local_cluster import (
     RedisServer,
     RunningNode,
@@ -61,10 +63,29 @@ def drain_node(data_dir: Path | None = None) -> subprocess.CompletedProcess[str]
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
 
 
+Cluster = tuple[dict[str, RunningNode], int, str]
+
+
 @pytest.fixture
 def two_nodes(tmp_path: Path, database_url: str, rasa_server: object,
-              speech_server: object) -> Iterator[tuple[dict[str, RunningNode], int, str]]:
+              speech_server: object) -> Iterator[Cluster]:
     """Nodes node-a and node-b, the front's SIP port, and the Redis URL."""
+    with nodes_behind_front(tmp_path, database_url, rasa_server) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def two_rejoining_nodes(tmp_path: Path, database_url: str, rasa_server: object,
+                        speech_server: object) -> Iterator[Cluster]:
+    """:func:`two_nodes` that call the callers of a lost node back themselves."""
+    with nodes_behind_front(tmp_path, database_url, rasa_server,
+                            SWITCHBOARD_SIP_REJOIN_LOST_CALLS="true") as cluster:
+        yield cluster
+
+
+@contextmanager
+def nodes_behind_front(tmp_path: Path, database_url: str, rasa_server: object,
+                       **env: str) -> Iterator[Cluster]:
     with ExitStack() as stack:
         redis = stack.enter_context(RedisServer(tmp_path))
         nodes: dict[str, RunningNode] = {}
@@ -81,7 +102,8 @@ def two_nodes(tmp_path: Path, database_url: str, rasa_server: object,
                 SWITCHBOARD_RASA_API_TOKEN=TEST_API_TOKEN,
                 SWITCHBOARD_WEB_PORT=str(web_ports[name]),
                 SWITCHBOARD_WEBRTC_ICE_ADDRESSES="127.0.0.1",
-                SWITCHBOARD_DRAIN_TIMEOUT_S="150"))  # the drained call lasts a minute
+                SWITCHBOARD_DRAIN_TIMEOUT_S="150",  # the drained call lasts a minute
+                **env))
             nodes[name].web_port = web_ports[name]  # type: ignore[attr-defined]
         front_port = free_udp_port()
         stack.enter_context(
@@ -170,10 +192,7 @@ def test_a_caller_cut_off_by_a_killed_node_resumes_on_the_other(
     live.close()
 
     # the survivor's /metrics: the sum of its processes (supervisor, SIP worker, web app)
-    port = nodes[survivor].web_port  # type: ignore[attr-defined]
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    text, samples = node_metrics(nodes[survivor])
     assert samples[("switchboard_recoveries_total", (("mode", "redial"),))] == 1
     assert samples[("switchboard_recoveries_total", (("mode", "node_lost"),))] == 1
     assert samples[("switchboard_calls_ended_total",
@@ -182,6 +201,71 @@ def test_a_caller_cut_off_by_a_killed_node_resumes_on_the_other(
     assert samples[("switchboard_turn_stage_seconds_count", (("stage", "tts"),))] >= 2
     assert ("switchboard_heartbeat_age_seconds", ()) in samples
     assert "caller@" not in text and state.call_id not in text  # no numbers, no call ids
+
+
+def node_metrics(node: RunningNode) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]],
+                                                    float]]:
+    """A node's /metrics (the sum of its processes), as text and as parsed samples."""
+    port = node.web_port  # type: ignore[attr-defined]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return text, {(s.name, tuple(sorted(s.labels.items()))): s.value
+                  for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_a_killed_nodes_caller_is_called_back_by_the_other_without_redialling(
+        two_rejoining_nodes: Cluster, tts: PiperTTS, calls: CallRepository,
+        tmp_path: Path) -> None:
+    """The stretch goal: the survivor takes the cut-off SIP call back itself, with an
+    INVITE that replaces the lost dialog at the caller (RFC 3891), a PJSUA2 caller in a
+    process of its own; the caller never hangs up and hears where they were."""
+    nodes, front_port, redis_url = two_rejoining_nodes
+    live = LiveState(redis_url)
+    lines = [piper_speech(tts, text, CALLER_RATE) for text in (
+        "Hi, I'd like to check my order status.", "four eight two one three")]
+    caller = Caller(f"sip:bot@127.0.0.1:{front_port}", "7001", lines, tmp_path / "caller.log")
+    try:
+        caller.dial(FIRST_CALL, talk=True)
+        caller.expect("answered", FIRST_CALL, 20)
+        caller.expect("talked", FIRST_CALL, 90)
+
+        def answered() -> CallState | None:
+            state = live.latest_call("sip", "7001")
+            return state if state and "4 8 2 1 3" in state.last_bot_text else None
+
+        state = wait_for(answered, 30, "the order status, in the call's live state")
+        doomed, survivor = state.node, ({"node-a", "node-b"} - {state.node}).pop()
+        kill_node(nodes[doomed])
+        killed_at = time.monotonic()
+        taken_back = caller.expect("answered", REDIAL, 30) - killed_at  # replaced, not redialled
+        heard = caller.expect("heard", REDIAL, 30) - killed_at
+        rejoined = wait_for(lambda: next((c for c in calls.list_calls(limit=50)
+                                          if "sip:7001@" in (c.caller or "")
+                                          and c.id != state.call_id), None),
+                            20, "the call taken back, in the database")
+        opening = wait_for(lambda: next((t.text for t in (calls.get_call(rejoined.id) or
+                                                           rejoined).turns
+                                         if t.speaker == "bot"), None), 20, "its opening")
+        caller.hang_up(REDIAL)
+    finally:
+        caller.close()
+    rejoined = wait_for(lambda: (c := calls.get_call(rejoined.id)) and c.ended_at and c, 30,
+                        "the call's end")
+    assert opening.startswith(OPENING), opening
+    assert rejoined.node == survivor
+    assert rejoined.call_metadata["resumed_from"] == state.call_id
+    assert rejoined.call_metadata["direction"] == "rejoin"
+    assert "sip:7001@127.0.0.1" in (rejoined.caller or "")
+    lost = calls.get_call(state.call_id)
+    assert lost is not None and lost.end_reason == "node_lost"
+    after = live.call(rejoined.id)
+    assert after is not None and after.slots.get("order_number") == "48213"
+    assert after.rejoin and after.rejoin["uri"].startswith("sip:7001@127.0.0.1:")  # again
+    live.close()
+    _, samples = node_metrics(nodes[survivor])
+    assert samples[("switchboard_recoveries_total", (("mode", "rejoin"),))] == 1
+    assert ("switchboard_recoveries_total", (("mode", "redial"),)) not in samples or samples[
+        ("switchboard_recoveries_total", (("mode", "redial"),))] == 0
+    print(f"taken back {taken_back:.1f} s after the kill, opening heard at {heard:.1f} s")
 
 
 def test_a_draining_node_finishes_its_call_while_new_calls_go_to_the_other(
