@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from admin import api, calls, dashboard, users
+from admin import api, calls, dashboard, live, users
 from admin.accounts import SessionView
 from admin.security import (
     FLASH_COOKIE,
@@ -238,5 +238,6 @@ def install_console(app: FastAPI, settings: Settings, sessions: sessionmaker[Ses
     app.include_router(router)
     app.include_router(dashboard.router)
     app.include_router(calls.router)
+    app.include_router(live.router)
     app.include_router(users.router)
     api.install(app)

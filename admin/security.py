@@ -34,12 +34,14 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 PERMISSIONS: dict[str, frozenset[str]] = {
     "dashboard": frozenset({"admin", "supervisor", "agent"}),
     "calls": frozenset({"admin", "supervisor", "agent"}),
+    "live": frozenset({"admin", "supervisor", "agent"}),
     "recordings": frozenset({"admin", "supervisor"}),
     "users": frozenset({"admin"}),
 }
 PERMISSION_NAMES = {
     "dashboard": "the dashboard",
     "calls": "calls",
+    "live": "live calls",
     "recordings": "call recordings",
     "users": "user management",
 }

@@ -50,7 +50,13 @@ from switchboard.conversation.tracing import CallTracing
 from switchboard.conversation.turn_detector import TurnTaking
 from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import prepare_database
-from switchboard.storage.live import CallState, LiveState, LiveStateUnavailable, LiveWriter
+from switchboard.storage.live import (
+    CallState,
+    LiveState,
+    LiveStateUnavailable,
+    LiveWriter,
+    TurnEvent,
+)
 from switchboard.storage.repository import CallIdTaken, CallRepository
 
 log = logging.getLogger(__name__)
@@ -310,7 +316,8 @@ class Node:
         state = CallState(
             call_id=call_id, node=self.node_id, transport=request.transport,
             conversation_id=pipeline.conversation_id, caller=who,
-            sip_call_id=request.metadata.get("sip_call_id"), rejoin=request.rejoin)
+            sip_call_id=request.metadata.get("sip_call_id"), rejoin=request.rejoin,
+            caller_label=request.caller or "")
         if prior is not None:  # carried over, so that a second cut-off resumes as well
             state.resumed_from, state.turns, state.slots = prior.call_id, prior.turns, dict(
                 prior.slots)
@@ -409,7 +416,9 @@ class Node:
                 state.last_bot_text, state.expects = record.text, record.expects
             elif record.intent:
                 state.last_intent = record.intent
-            writer.put(state)
+            writer.put(state, TurnEvent(
+                call_id=state.call_id, seq=state.turns, speaker=record.speaker,
+                text=record.text, at=record.started_at.timestamp(), intent=record.intent))
 
         handle.on_turn(turn)
         writer.put(state)

@@ -13,7 +13,13 @@ Keys, under ``switchboard:live:``:
 - ``lost:{call id}``: set once, by the survivor that ends a lost node's call (so the call's
   end is stored and its analysis queued exactly once);
 - ``rejoin:{node id}``: lost calls the node's SIP workers are to take back from their
-  callers (a list of JSON jobs, :class:`RejoinJob`).
+  callers (a list of JSON jobs, :class:`RejoinJob`);
+- ``turns:{call id}``: the call's transcript so far (a stream of :class:`TurnEvent`), kept
+  as long as the call's state.
+
+Every state written and every turn added is also published on ``events`` (pub/sub, JSON
+``{"kind": "call", "call": {...}}`` or ``{"kind": "turn", "turn": {...}}``) for the
+console's live board.
 
 :class:`LiveState` does one Redis round trip per method and raises
 :class:`LiveStateUnavailable` when Redis cannot be reached. :class:`LiveWriter` writes call
@@ -41,6 +47,9 @@ ACTIVE_STATES = frozenset({"bot"})
 LONGEST_CALL_S = 4 * 3600
 """A running call's state outlives its last write by this much plus the recovery window
 (a node that vanished without a survivor to reap it leaves nothing forever)."""
+EVENTS_CHANNEL = f"{PREFIX}events"
+TRANSCRIPT_MAX = 500
+"""Turns kept per call in its live transcript (the database has them all)."""
 
 
 class LiveStateUnavailable(RuntimeError):
@@ -75,15 +84,54 @@ class CallState:
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
+    caller_label: str = ""
+    """Who calls, as the console shows them (a SIP From URI, a browser's address); never
+    the softphone's conversation token that ``caller`` may hold."""
+
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    def public(self) -> dict[str, Any]:
+        """What the console's live board may show of the call (no resume token, no SIP
+        dialog)."""
+        return {"call_id": self.call_id, "node": self.node, "transport": self.transport,
+                "caller": self.caller_label, "state": self.state, "turns": self.turns,
+                "last_intent": self.last_intent, "slots": self.slots,
+                "expects": self.expects, "handoff": self.handoff,
+                "end_reason": self.end_reason, "resumed_from": self.resumed_from,
+                "started_at": self.started_at, "updated_at": self.updated_at}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> CallState:
+        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class TurnEvent:
+    """One turn of a call's live transcript."""
+
+    call_id: str
+    seq: int
+    """The turn's number in the conversation (resumed calls go on counting)."""
+    speaker: str
+    text: str
+    at: float
+    """When the turn began (epoch seconds)."""
+    intent: str | None = None
+    emitted_at: float = field(default_factory=time.time)
+    """When the node had the turn (its end): the board's update delay counts from here."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TurnEvent:
         data = json.loads(raw)
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
@@ -176,14 +224,25 @@ class LiveState:
 
     # ------------------------------------------------------------------ calls
 
-    def write_calls(self, states: list[CallState], *, index_callers: bool = True) -> None:
-        """Store each state (in one round trip) and index it by node and, from the call's
-        own node (``index_callers``), by caller: another node ending a lost call must not
-        point its caller back at it while their redial is already up."""
+    def write_calls(self, states: list[CallState], *, index_callers: bool = True,
+                    turns: list[TurnEvent] | None = None) -> None:
+        """Store each state and add each turn to its call's transcript (in one round trip),
+        index the states by node and, from the call's own node (``index_callers``), by
+        caller: another node ending a lost call must not point its caller back at it while
+        their redial is already up. Each is published on ``events``."""
         window = int(self.recovery_window_s) + 1
         with self._errors():
             pipe = self._redis.pipeline()
+            for turn in turns or []:
+                key = f"{PREFIX}turns:{turn.call_id}"
+                pipe.xadd(key, {"turn": turn.to_json()}, maxlen=TRANSCRIPT_MAX,
+                          approximate=True)
+                pipe.expire(key, window + LONGEST_CALL_S)
+                pipe.publish(EVENTS_CHANNEL, json.dumps({"kind": "turn", "turn": asdict(turn)},
+                                                        separators=(",", ":")))
             for state in states:
+                pipe.publish(EVENTS_CHANNEL, json.dumps(
+                    {"kind": "call", "call": state.public()}, separators=(",", ":")))
                 running = state.active
                 pipe.set(f"{PREFIX}call:{state.call_id}", state.to_json(),
                          ex=window + (LONGEST_CALL_S if running else 0))
@@ -201,6 +260,26 @@ class LiveState:
         with self._errors():
             raw = self._redis.get(f"{PREFIX}call:{call_id}")
         return None if raw is None else CallState.from_json(raw)
+
+    def active_calls(self) -> list[CallState]:
+        """Every running call of every node (lost nodes' calls until they are reaped),
+        oldest first."""
+        with self._errors():
+            nodes = sorted(_text(name) for name in self._redis.smembers(f"{PREFIX}nodes"))
+            pipe = self._redis.pipeline()
+            for node in nodes:
+                pipe.smembers(f"{PREFIX}node-calls:{node}")
+            ids = sorted({_text(call) for members in pipe.execute() for call in members})
+            raws = self._redis.mget([f"{PREFIX}call:{call}" for call in ids]) if ids else []
+        states = [CallState.from_json(raw) for raw in raws if raw is not None]
+        return sorted((s for s in states if s.active), key=lambda s: s.started_at)
+
+    def transcript(self, call_id: str, count: int = TRANSCRIPT_MAX) -> list[TurnEvent]:
+        """The call's latest ``count`` turns, oldest first."""
+        with self._errors():
+            entries = self._redis.xrevrange(f"{PREFIX}turns:{call_id}", count=count)
+        return [TurnEvent.from_json(data["turn"])
+                for _, data in reversed(list(entries or [])) if data and "turn" in data]
 
     def latest_call(self, transport: str, caller: str) -> CallState | None:
         """The caller's latest call within the recovery window, if any."""
@@ -275,12 +354,16 @@ class LiveWriter:
     ``put`` never blocks; a newer state of a call replaces one not written yet. While
     Redis is unreachable the latest state of every call is kept and retried every
     ``retry_s``; one log line says Redis went away, one that it came back and how many
-    states were written then."""
+    states were written then. Turns for the live transcripts are kept too, the latest
+    ``MAX_KEPT_TURNS`` of them."""
+
+    MAX_KEPT_TURNS = 5000
 
     def __init__(self, live: LiveState, *, retry_s: float = 0.5) -> None:
         self.live = live
         self.retry_s = retry_s
         self._pending: dict[str, CallState] = {}
+        self._turns: list[TurnEvent] = []
         self._changed = threading.Condition()
         self._writing = 0
         self._closed = False
@@ -288,18 +371,21 @@ class LiveWriter:
         self._thread = threading.Thread(target=self._run, name="live-writer", daemon=True)
         self._thread.start()
 
-    def put(self, state: CallState) -> None:
-        """Queue a copy of ``state`` for writing."""
+    def put(self, state: CallState, turn: TurnEvent | None = None) -> None:
+        """Queue a copy of ``state`` (and the turn that changed it) for writing."""
         copy = replace(state, slots=dict(state.slots), updated_at=time.time())
         with self._changed:
             self._pending.pop(copy.call_id, None)
             self._pending[copy.call_id] = copy
+            if turn is not None:
+                self._turns.append(turn)
+                del self._turns[:-self.MAX_KEPT_TURNS]
             self._changed.notify_all()
 
     @property
     def unwritten(self) -> int:
         with self._changed:
-            return len(self._pending) + self._writing
+            return len(self._pending) + len(self._turns) + self._writing
 
     @property
     def redis_down(self) -> bool:
@@ -316,7 +402,7 @@ class LiveWriter:
         """Wait until every queued state is written; False when time ran out."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while self._pending or self._writing:
+            while self._pending or self._turns or self._writing:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -337,16 +423,17 @@ class LiveWriter:
     def _run(self) -> None:
         while True:
             with self._changed:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._turns and not self._closed:
                     self._changed.wait()
                 if self._closed:
                     return
                 batch, self._pending = list(self._pending.values()), {}
-                self._writing = len(batch)
+                turns, self._turns = self._turns, []
+                self._writing = len(batch) + len(turns)
             try:
-                self.live.write_calls(batch)
+                self.live.write_calls(batch, turns=turns)
             except LiveStateUnavailable as exc:
-                self._keep(batch)
+                self._keep(batch, turns)
                 self.unavailable(exc)
                 with self._changed:
                     self._changed.wait_for(lambda: self._closed, self.retry_s)
@@ -362,11 +449,12 @@ class LiveWriter:
                 self._writing = 0
                 self._changed.notify_all()
 
-    def _keep(self, batch: list[CallState]) -> None:
+    def _keep(self, batch: list[CallState], turns: list[TurnEvent]) -> None:
         """Put back what failed, unless a newer state of the call came meanwhile."""
         with self._changed:
             newer = self._pending
             self._pending = {s.call_id: s for s in batch if s.call_id not in newer}
             self._pending.update(newer)
+            self._turns = [*turns, *self._turns][-self.MAX_KEPT_TURNS:]
             self._writing = 0
             self._changed.notify_all()

@@ -78,6 +78,7 @@ def stack(redis_url: str, workers_on: object, rasa_server: object, tts: PiperTTS
         "SWITCHBOARD_DATA_DIR": str(tmp_path),
         "SWITCHBOARD_DATABASE_URL": workers.database_url,
         "SWITCHBOARD_CELERY_BROKER_URL": redis_url,
+        "SWITCHBOARD_REDIS_URL": redis_url,  # the live board's shared state, too
         "SWITCHBOARD_RASA_URL": rasa_server.url,  # type: ignore[attr-defined]
         "SWITCHBOARD_RASA_API_TOKEN": TEST_API_TOKEN,
         "SWITCHBOARD_WEB_HOST": "127.0.0.1",
@@ -211,3 +212,51 @@ def test_a_simulated_call_shows_in_the_console_with_its_analysis(
     assert response is not None and response.status == 403
     expect(agent.locator("main")).to_contain_text("cannot open user management")
     agent.screenshot(path=str(stack.artifacts / "console-agent-refused.png"), full_page=True)
+
+
+def test_the_live_board_follows_a_call_as_it_is_spoken(
+        stack: Stack, browser: Browser, tts: PiperTTS, tmp_path: Path) -> None:
+    """An agent watches /live while `switchboard simulate` places a call: its row appears,
+    its transcript grows turn by turn (redacted, as everywhere), then it ends."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.goto(f"{stack.url}/live")
+    page.fill("input[name=username]", "bob")
+    page.fill("input[name=password]", AGENT_PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{stack.url}/live")
+    expect(page.locator("#live-status")).to_have_text("live")
+    expect(page.locator("#live-empty")).to_be_visible()  # the fixture's call has ended
+
+    caller = tmp_path / "live-caller.wav"
+    write_wav(caller, np.concatenate([
+        silence(7000), piper_speech(tts, "Hi, I'd like to check my order status."),
+        silence(6000), piper_speech(tts, "My card is 4111 1111 1111 1111."),
+        silence(8000)]), 16000)
+    call = subprocess.Popen(
+        [sys.executable, "-m", "switchboard", "simulate", str(caller)], cwd=PROJECT_ROOT,
+        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        row = page.locator("#live-calls tbody tr").first
+        expect(row).to_contain_text("simulate", timeout=60_000)
+        expect(row).to_contain_text("with the bot")
+        transcript = page.locator("#live-transcript")
+        expect(transcript.locator("li.bot").first).to_contain_text("Acme", timeout=30_000)
+        expect(transcript.locator("li.caller").first).to_contain_text(
+            re.compile("order", re.I), timeout=30_000)
+        expect(transcript.locator("li.bot").nth(1)).to_contain_text(
+            re.compile("order number", re.I), timeout=30_000)
+        expect(transcript.locator("li.caller").nth(1)).to_contain_text("[card]",
+                                                                      timeout=30_000)
+        expect(transcript).not_to_contain_text("4111")
+        page.screenshot(path=str(stack.artifacts / "console-live.png"), full_page=True)
+        assert call.wait(SIMULATE_TIMEOUT_S) == 0, call.stdout.read() if call.stdout else ""
+    finally:
+        if call.poll() is None:
+            call.kill()
+            call.wait()
+    expect(row).to_contain_text("ended", timeout=10_000)
+    expect(page.locator("#live-empty")).to_be_visible(timeout=20_000)
+    delays = page.evaluate("window.liveTurnDelays || []")
+    assert len(delays) >= 4, delays
+    print("board update delay after a turn (s):", " ".join(f"{d:.3f}" for d in delays))

@@ -25,7 +25,6 @@ from speech.tts import PiperTTS
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
 from switchboard.bench.failover import FIRST_CALL, REDIAL, Caller
-from switchboard.bench.sip_callers import RATE as CALLER_RATE
 from switchboard.bench.local_cluster import (
     RedisServer,
     RunningNode,
@@ -34,6 +33,7 @@ from switchboard.bench.local_cluster import (
     kill_node,
     running_node,
 )
+from switchboard.bench.sip_callers import RATE as CALLER_RATE
 from switchboard.storage.live import CallState, LiveState
 from switchboard.storage.models import Call
 from switchboard.storage.repository import AnalysisRepository, CallRepository
