@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import redis
@@ -56,8 +56,24 @@ class LiveStateUnavailable(RuntimeError):
     """Redis did not answer; the message names it (without a password)."""
 
 
+class _Record:
+    """A dataclass kept in Redis as JSON; fields it does not know (written by a newer
+    node) are ignored, missing ones raise TypeError."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Self:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, not {type(data).__name__}")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
 @dataclass
-class CallState:
+class CallState(_Record):
     """Where one call stands, written after every turn."""
 
     call_id: str
@@ -102,18 +118,10 @@ class CallState:
                 "end_reason": self.end_reason, "resumed_from": self.resumed_from,
                 "started_at": self.started_at, "updated_at": self.updated_at}
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> CallState:
-        data = json.loads(raw)
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 @dataclass
-class TurnEvent:
+class TurnEvent(_Record):
     """One turn of a call's live transcript."""
 
     call_id: str
@@ -127,18 +135,10 @@ class TurnEvent:
     emitted_at: float = field(default_factory=time.time)
     """When the node had the turn (its end): the board's update delay counts from here."""
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> TurnEvent:
-        data = json.loads(raw)
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 @dataclass
-class RejoinJob:
+class RejoinJob(_Record):
     """A lost call for a survivor's SIP worker to take back from its caller."""
 
     call_id: str
@@ -147,14 +147,6 @@ class RejoinJob:
     rejoin: dict[str, str]
     queued_at: float = field(default_factory=time.time)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> RejoinJob:
-        data = json.loads(raw)
-        return cls(call_id=str(data["call_id"]), caller=data.get("caller"),
-                   rejoin=dict(data["rejoin"]), queued_at=float(data["queued_at"]))
 
 
 def redacted(url: str) -> str:
