@@ -22,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from admin.accounts import AccountError, UserView
+from admin.audit import log_action
 from admin.calls import call_detail, parse_filters, recording_response
 from admin.security import api_user, console_of, ensure_allowed
 from analytics.aggregates import compute_aggregates
@@ -219,12 +220,15 @@ def list_users(request: Request) -> list[UserView]:
 
 @router.post("/users", response_model=UserView, status_code=201,
              summary="Add a console user (admins)", dependencies=[_allowed("users")])
-def add_user(body: NewUser, request: Request) -> UserView:
+def add_user(body: NewUser, request: Request,
+             user: Annotated[UserView, Depends(api_user)]) -> UserView:
     try:
         created = console_of(request).accounts.create_user(body.username, body.password,
                                                            body.role)
     except AccountError as exc:
         raise ApiError(400, str(exc)) from None
+    log_action(request, user.username, "user.create", target=created.username,
+          detail={"role": created.role, "via": "api"})
     return created
 
 
@@ -232,12 +236,14 @@ def add_user(body: NewUser, request: Request) -> UserView:
               summary="Change a user's role or switch them off (admins)",
               dependencies=[_allowed("users")])
 def change_user(user_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], body: UserChange,
-                request: Request) -> UserView:
+                request: Request, user: Annotated[UserView, Depends(api_user)]) -> UserView:
     try:
         changed = console_of(request).accounts.update_user(user_id, role=body.role,
                                                            active=body.active)
     except AccountError as exc:
         raise ApiError(400, str(exc)) from None
+    log_action(request, user.username, "user.update", target=changed.username,
+          detail={"role": changed.role, "active": changed.active, "via": "api"})
     return changed
 
 

@@ -18,8 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from admin import api, calls, dashboard, live, users
+from admin import api, audit, calls, dashboard, live, users
 from admin.accounts import SessionView
+from admin.audit import log_action
 from admin.security import (
     FLASH_COOKIE,
     LOGIN_CSRF_COOKIE,
@@ -104,12 +105,14 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
         minutes = max(1, round(result.locked_for_s / 60))
         log.warning("sign-in refused for %r from %s: too many failures", username,
                     client_ip(request))
+        log_action(request, username.strip(), "login.locked")
         return _login_page(
             request, next_path=next, username=username, status_code=429,
             error=f"Too many failed sign-ins. Try again in about {minutes} minute"
                   f"{'s' if minutes != 1 else ''}.")
     if result.user is None:
         log.info("failed sign-in for %r from %s", username, client_ip(request))
+        log_action(request, username.strip(), "login.failed")
         return _login_page(request, next_path=next, username=username, status_code=401,
                            error="Wrong user name or password.")
     previous = request.cookies.get(SESSION_COOKIE, "")
@@ -118,6 +121,7 @@ def login(request: Request, username: str = Form(""), password: str = Form(""),
     token, _ = console.accounts.start_session(
         result.user.id, ip=client_ip(request), user_agent=request.headers.get("user-agent"))
     log.info("%s signed in from %s", result.user.username, client_ip(request))
+    log_action(request, result.user.username, "login")
     response = RedirectResponse(_safe_next(next), status_code=303)
     console.set_cookie(response, SESSION_COOKIE, token,
                        max_age=int(console.accounts.session_lifetime.total_seconds()))
@@ -131,6 +135,7 @@ def logout(request: Request, csrf_token: str = Form(""),
     check_csrf(view, csrf_token)
     console = console_of(request)
     console.accounts.end_session(request.cookies.get(SESSION_COOKIE, ""))
+    log_action(request, view.user.username, "logout")
     response = RedirectResponse("/login", status_code=303)
     console.clear_cookie(response, SESSION_COOKIE)
     return response
@@ -239,5 +244,6 @@ def install_console(app: FastAPI, settings: Settings, sessions: sessionmaker[Ses
     app.include_router(dashboard.router)
     app.include_router(calls.router)
     app.include_router(live.router)
+    app.include_router(audit.router)
     app.include_router(users.router)
     api.install(app)

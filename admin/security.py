@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from admin.accounts import AccountRepository, SessionView, UserView
 from switchboard.base.settings import Settings
+from switchboard.storage.repository import AuditRepository
 
 SESSION_COOKIE = "switchboard_session"
 LOGIN_CSRF_COOKIE = "switchboard_login_csrf"
@@ -37,6 +38,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "live": frozenset({"admin", "supervisor", "agent"}),
     "recordings": frozenset({"admin", "supervisor"}),
     "users": frozenset({"admin"}),
+    "audit": frozenset({"admin"}),
 }
 PERMISSION_NAMES = {
     "dashboard": "the dashboard",
@@ -44,6 +46,7 @@ PERMISSION_NAMES = {
     "live": "live calls",
     "recordings": "call recordings",
     "users": "user management",
+    "audit": "the audit log",
 }
 
 
@@ -80,12 +83,13 @@ class Console:
     sessions: sessionmaker[Session]
     accounts: AccountRepository
     templates: Jinja2Templates
+    audit: AuditRepository
 
     @classmethod
     def create(cls, settings: Settings, sessions: sessionmaker[Session],
                templates: Jinja2Templates) -> Console:
         accounts = AccountRepository.from_settings(settings, sessions)
-        return cls(settings, sessions, accounts, templates)
+        return cls(settings, sessions, accounts, templates, AuditRepository(sessions))
 
     def render(self, request: Request, template: str, context: dict[str, Any],
                status_code: int = 200) -> Response:

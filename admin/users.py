@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 
 from admin.accounts import ROLES, AccountError, SessionView
+from admin.audit import log_action
 from admin.security import (
     FLASH_COOKIE,
     check_csrf,
@@ -64,6 +65,8 @@ def create_user(request: Request, username: str = Form(""), password: str = Form
     except AccountError as exc:
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            form={"username": username, "role": role}, status_code=400)
+    log_action(request, view.user.username, "user.create", target=user.username,
+          detail={"role": user.role})
     return redirect_with_flash(request, "/users", f"Created {user.username} ({user.role}).")
 
 
@@ -83,6 +86,8 @@ def update_user(user_id: str, request: Request, role: str = Form(""),
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            status_code=400)
     state = "active" if user.active else "switched off"
+    log_action(request, view.user.username, "user.update", target=user.username,
+          detail={"role": user.role, "active": user.active})
     return redirect_with_flash(request, "/users", f"{user.username} is now {user.role}, {state}.")
 
 
@@ -102,6 +107,7 @@ def reset_password(user_id: str, request: Request, password: str = Form(""),
     except AccountError as exc:
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            status_code=400)
+    log_action(request, view.user.username, "user.password_reset", target=user.username)
     return redirect_with_flash(request, "/users", f"New password set for {user.username}; "
                                "their sessions ended. Their API tokens were revoked.")
 
@@ -119,6 +125,7 @@ def admin_revoke_token(token_id: str, request: Request, csrf_token: str = Form("
     except AccountError as exc:
         return _users_page(request, messages=[{"kind": "error", "text": str(exc)}],
                            status_code=400)
+    log_action(request, view.user.username, "token.revoke", target=f"token {number}")
     return redirect_with_flash(request, "/users", "Token revoked.")
 
 
@@ -164,6 +171,7 @@ def change_password(request: Request, current: str = Form(""), password: str = F
     if error:
         return _account_page(request, view, messages=[{"kind": "error", "text": error}],
                              status_code=400)
+    log_action(request, view.user.username, "account.password", target=view.user.username)
     return redirect_with_flash(request, "/login", "Password changed; sign in with the new one.")
 
 
@@ -176,6 +184,7 @@ def create_token(request: Request, name: str = Form(""), csrf_token: str = Form(
     except AccountError as exc:
         return _account_page(request, view, messages=[{"kind": "error", "text": str(exc)}],
                              status_code=400)
+    log_action(request, view.user.username, "token.create", target=name.strip())
     return _account_page(request, view, new_token=token, messages=[{
         "kind": "ok", "text": f"Token {name.strip()!r} created. Copy it now: it is not shown "
                               "again."}])
@@ -193,4 +202,5 @@ def revoke_token(token_id: str, request: Request, csrf_token: str = Form(""),
     except AccountError as exc:
         return _account_page(request, view, messages=[{"kind": "error", "text": str(exc)}],
                              status_code=400)
+    log_action(request, view.user.username, "token.revoke", target=f"token {number}")
     return redirect_with_flash(request, "/account", "Token revoked.")

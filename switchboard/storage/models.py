@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models: calls, turns, call events, users and the demo orders."""
+"""SQLAlchemy 2 models: calls, turns, call events, users, the audit log and the demo
+orders."""
 
 from __future__ import annotations
 
@@ -181,6 +182,22 @@ class LoginFailure(Base):
     username: Mapped[str] = mapped_column(String(64), index=True)
     ip: Mapped[str | None] = mapped_column(String(64), index=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class AuditEvent(Base):
+    """Who did what in the console: user management, sign-ins, tokens (and, from the
+    agents' desk, every accept, listen, barge and transfer). Shown to admins."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64), index=True)
+    """The user name (as typed, for a failed sign-in), or ``system``."""
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    target: Mapped[str | None] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    ip: Mapped[str | None] = mapped_column(String(64))
 
 
 class Order(Base):

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from switchboard.storage.models import Call, CallAnalysis, CallEvent, Order, Turn, utcnow
+from switchboard.storage.models import (
+    AuditEvent,
+    Call,
+    CallAnalysis,
+    CallEvent,
+    Order,
+    Turn,
+    as_utc,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
 
 
 class StoredTurn(Protocol):
@@ -335,3 +347,55 @@ class CallSearch:
         with self._sessions() as session:
             return sorted(i for i in session.scalars(
                 select(Turn.intent).where(Turn.intent.is_not(None)).distinct()) if i)
+
+
+AUDIT_PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    detail: dict[str, Any]
+    ip: str | None
+
+
+class AuditRepository:
+    """The audit log in the console's database."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def record(self, actor: str, action: str, *, target: str | None = None,
+               detail: dict[str, Any] | None = None, ip: str | None = None) -> None:
+        """Add one entry; a database error is logged, not raised (the action is done)."""
+        try:
+            with self.sessions.begin() as session:
+                session.add(AuditEvent(actor=actor[:64], action=action[:40],
+                                       target=None if target is None else target[:128],
+                                       detail=detail or {}, ip=ip))
+        except SQLAlchemyError as exc:
+            log.error("audit log: could not record %s by %s on %s: %s", action, actor,
+                      target, exc)
+
+    def entries(self, *, limit: int = AUDIT_PAGE_SIZE, before: int | None = None,
+                actor: str = "", action: str = "") -> list[AuditEntry]:
+        """Newest first; ``before`` an id pages back (keyset, not offset)."""
+        query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(AuditEvent.id < before)
+        if actor:
+            query = query.where(AuditEvent.actor == actor)
+        if action:
+            query = query.where(AuditEvent.action == action)
+        with self.sessions() as session:
+            return [AuditEntry(e.id, as_utc(e.at), e.actor, e.action, e.target,
+                               dict(e.detail or {}), e.ip)
+                    for e in session.scalars(query)]
+
+    def actions(self) -> list[str]:
+        with self.sessions() as session:
+            return sorted(session.scalars(select(AuditEvent.action).distinct()))
