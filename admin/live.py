@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 
 import redis
@@ -80,7 +81,7 @@ def snapshot(url: str) -> dict[str, Any]:
 
 
 def _board_call(state: CallState, turns: list[TurnEvent]) -> dict[str, Any]:
-    return {**state.public(), "transcript": [_board_turn(t.__dict__) for t in turns]}
+    return {**state.public(), "transcript": [_board_turn(asdict(t)) for t in turns]}
 
 
 def _board_turn(turn: dict[str, Any]) -> dict[str, Any]:

@@ -85,12 +85,12 @@ class NodeKeeper:
             if not self.live.claim_lost(call_id, self.node_id):
                 continue
             self._end_in_redis([state], LOST_REASON)
-            self._rejoin([state])
             stored = self.calls.end_active_calls(reason=LOST_REASON, call_ids=[call_id])
             log.warning("node %s is lost: its call %s ended (%s)%s", node, call_id, LOST_REASON,
                         "" if stored else "; it was already ended in the database")
             self.analyse(call_id)
             RECOVERIES.labels("node_lost").inc()
+            self._rejoin([state])  # last: its failure must not cost the claimed call its end
             ended.append(call_id)
         if node != self.node_id and not self.live.node_calls(node):
             self.live.forget_node(node)

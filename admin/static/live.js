@@ -130,7 +130,6 @@
     const known = calls.get(update.call_id);
     if (!known && update.state === "ended") return;
     const call = Object.assign(known || placeholder(update.call_id), update);
-    call.transcript = known ? known.transcript : [];
     calls.set(call.call_id, call);
     if (call.state === "ended" && !call.endedAt) {
       call.endedAt = Date.now();

@@ -553,7 +553,7 @@ class Caller:
 
     def close(self) -> None:
         """Hang up and stop the caller process (by PID, SIGKILL if it does not exit)."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(FailoverError):  # the caller process is gone already
             self._send("quit", 0)
         self._process.join(CALLER_STOP_TIMEOUT_S)
         if self._process.is_alive():

@@ -45,14 +45,13 @@ class CallLeg:
 
 
 _TAG = re.compile(r";\s*tag\s*=\s*([^;>\s,]+)", re.IGNORECASE)
-_HEADER = re.compile(r"^(From|f|To|t|Call-ID|i|Supported|k)[ \t]*:[ \t]*(.*?)[ \t]*\r?$",
-                     re.IGNORECASE | re.MULTILINE)
-_SHORT = {"f": "from", "t": "to", "i": "call-id", "k": "supported"}
+_HEADER = re.compile(r"^([A-Za-z0-9.!%*_+`'~-]+)[ \t]*:[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
+_SHORT = {"f": "from", "t": "to", "i": "call-id", "k": "supported", "m": "contact"}
 
 
 def sip_headers(message: str) -> dict[str, str]:
-    """The From, To, Call-ID and Supported headers of a SIP message (lower-case names,
-    compact forms expanded; the first of each)."""
+    """The headers of a SIP message (not its body): lower-case names, compact forms
+    expanded, the first of each name."""
     found: dict[str, str] = {}
     for name, value in _HEADER.findall(message.split("\r\n\r\n", 1)[0]):
         found.setdefault(_SHORT.get(name.lower(), name.lower()), value)

@@ -9,7 +9,6 @@ import contextlib
 import itertools
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -27,14 +26,13 @@ from telephony.sip.call import (
     CallLeg,
     SipCall,
     parse_networks,
+    sip_headers,
     source_allowed,
     supports_replaces,
 )
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
 CALL_UUID_HEADER = "X-Call-UUID"
-_CALL_UUID_LINE = re.compile(r"^X-Call-UUID[ \t]*:[ \t]*([0-9a-fA-F-]{32,36})[ \t]*\r?$",
-                             re.IGNORECASE | re.MULTILINE)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -424,10 +422,10 @@ class SipEndpoint:
 
 def call_uuid(message: str) -> str:
     """The ``X-Call-UUID`` of a SIP message (as 32 hex digits), else a new one."""
-    match = _CALL_UUID_LINE.search(message.split("\r\n\r\n", 1)[0])
-    if match:
+    given = sip_headers(message).get(CALL_UUID_HEADER.lower(), "")
+    if 32 <= len(given) <= 36:
         with contextlib.suppress(ValueError):
-            return uuid.UUID(match.group(1)).hex
+            return uuid.UUID(given).hex
     return uuid.uuid4().hex
 
 

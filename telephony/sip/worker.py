@@ -145,17 +145,7 @@ class SipWorker:
 
     async def call(self, uri: str) -> CallResult:
         """Place one outbound call and run the bot on it until it ends."""
-        endpoint = self.require_endpoint()
-
-        def dial() -> CallLeg:
-            leg = endpoint.dial(uri)
-            # Queue the session's start ahead of this call's events (a fast 200 OK could
-            # otherwise reach the loop before the dial's result, and be dropped).
-            self._post(self._begin, leg)
-            return leg
-
-        leg = await asyncio.wrap_future(endpoint.submit(dial))
-        session = self._begin(leg)
+        session = await self._place(uri)
         assert session.task is not None
         result = await session.task
         if result is None:
@@ -163,27 +153,35 @@ class SipWorker:
                 f"{uri} did not answer: SIP {session.end_status} {session.end_reason}".strip())
         return result
 
+    async def _place(self, uri: str, rejoins: RejoinJob | None = None) -> _Session:
+        """Dial ``uri`` (its INVITE names the call in ``X-Call-UUID``; for a rejoin it also
+        replaces the lost dialog) and start the call's session."""
+        endpoint = self.require_endpoint()
+        call_uuid = uuid.uuid4().hex
+        headers = {CALL_UUID_HEADER: call_uuid}
+        if rejoins is not None:
+            headers.update({"Replaces": rejoins.rejoin["replaces"], "Require": "replaces"})
+
+        def dial() -> CallLeg:
+            leg = endpoint.dial(uri, headers)
+            leg.call_uuid = call_uuid
+            # Queue the session's start ahead of this call's events (a fast 200 OK could
+            # otherwise reach the loop before the dial's result, and be dropped).
+            self._post(self._begin, leg, rejoins)
+            return leg
+
+        leg = await asyncio.wrap_future(endpoint.submit(dial))
+        return self._begin(leg, rejoins)
+
     async def rejoin(self, job: RejoinJob) -> CallResult | None:
         """Take lost call ``job.call_id`` back from its caller: an INVITE to their Contact
         that replaces the cut-off dialog; the call resumes the conversation. None when the
         caller did not take it (their old dialog is gone: they hung up, or redialled)."""
-        endpoint = self.require_endpoint()
-        call_uuid = uuid.uuid4().hex
-        headers = {"Replaces": job.rejoin["replaces"], "Require": "replaces",
-                   CALL_UUID_HEADER: call_uuid}
-
-        def dial() -> CallLeg:
-            leg = endpoint.dial(job.rejoin["uri"], headers)
-            leg.call_uuid = call_uuid
-            self._post(self._begin, leg, job)
-            return leg
-
         try:
-            leg = await asyncio.wrap_future(endpoint.submit(dial))
+            session = await self._place(job.rejoin["uri"], job)
         except RuntimeError as exc:
             log.warning("call %s: cannot call the caller back: %s", job.call_id, exc)
             return None
-        session = self._begin(leg, job)
         assert session.task is not None
         result = await session.task
         if result is None:

@@ -300,9 +300,10 @@ class _AnswerAtOnce:
         thread.join()
         return future
 
-    def dial(self, uri: str) -> CallLeg:
+    def dial(self, uri: str, headers: dict[str, str] | None = None) -> CallLeg:
         leg = CallLeg(1, "outbound", MagicMock(), MagicMock(), remote_uri=uri)
         self.legs[leg.key] = leg
+        self.headers = dict(headers or {})
         return leg
 
     def hangup(self, key: int) -> None:
@@ -326,3 +327,6 @@ async def test_an_outbound_call_answered_at_once_is_not_missed(
     result = await asyncio.wait_for(worker.call("sip:me@127.0.0.1:9"), 10)
     assert result.reason == "caller_hangup"
     assert worker.sessions == {}
+    endpoint = worker._endpoint
+    sent = endpoint.headers  # type: ignore[union-attr]
+    assert len(sent["X-Call-UUID"]) == 32 and "Replaces" not in sent  # the call's id
