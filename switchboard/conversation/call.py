@@ -174,7 +174,7 @@ class CallHandle:
                     exc if isinstance(exc, Exception) else RuntimeError("call cancelled"))
                 self._attached.exception()  # seen here; started() raises it again
             raise
-        target = self._transfer_to or (
+        target = self._transfer_to or result.transfer_to or (
             self.request.handoff_target if result.reason == "handoff" else None)
         control = self.request.control
         if target and control is not None:

@@ -24,6 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from switchboard.conversation.audio import FRAME_MS
+from switchboard.conversation.bridge import AgentRequest, Bridge
+from switchboard.conversation.desk import AgentLeg, AgentTakesOver, Desk, HoldMusic
 from switchboard.conversation.engines import DialogEngine, SpeechToText, TextToSpeech, VadFactory
 from switchboard.conversation.media import AudioSink, AudioSource, Playout
 from switchboard.conversation.recorder import Recorder
@@ -73,6 +75,8 @@ class CallResult:
     failed_writes: int = 0
     transferred: bool | None = None
     """After a transfer was asked: whether the far end accepted it."""
+    transfer_to: str | None = None
+    """Where an agent on the call asked it to be transferred."""
 
 
 class ConversationPipeline:
@@ -83,13 +87,15 @@ class ConversationPipeline:
                  recorder: Recorder, turn_taking: TurnTaking,
                  metadata: dict[str, Any] | None = None, conversation_id: str | None = None,
                  greet: bool = True, opening: str | None = None,
-                 expect: str | None = None) -> None:
+                 expect: str | None = None, desk: Desk | None = None) -> None:
         """``conversation_id`` is the dialog's sender id (default: the call id); a caller
         who reconnects passes the earlier one with ``greet=False`` to carry on where the
         conversation was, with the ``opening`` the bot says first (where they were) and
         the answer the bot was waiting for (``expect``, the dialog's requested slot).
         ``vad`` builds the speech detector for the call's rate and the
-        ``vad_threshold``. ``on_turn``, when set, sees every turn as it is stored."""
+        ``vad_threshold``. ``on_turn``, when set, sees every turn as it is stored.
+        With a ``desk``, a handoff waits for an agent, who then talks with the caller
+        through the call's :class:`Bridge`."""
         if source.sample_rate != sink.sample_rate:
             raise ValueError(
                 f"source rate {source.sample_rate} Hz differs from sink rate {sink.sample_rate} Hz"
@@ -108,6 +114,13 @@ class ConversationPipeline:
         self.speculative = SpeculativeTranscriber(stt, self.rate)
         self.timers = CallTimers(turn_taking)
         self.responder = Responder(self, stt, tts, dialog, turn_taking.apology_text)
+        self.desk = desk
+        self.hold: HoldMusic | None = None
+        self.bridge = Bridge(lambda: TurnDetector.create(
+            self.rate, vad(self.rate, turn_taking.vad_threshold), turn_taking),
+            lambda item: self._inputs.put_nowait(item))
+        self._waiting_for: str | None = None
+        self._agent_joined = asyncio.Event()
         self._inputs: asyncio.Queue[Input] = asyncio.Queue()
         if greet:  # first, before keys pressed before the call runs
             self._inputs.put_nowait(DialogInput("call_start", started_wall=time.perf_counter()))
@@ -127,6 +140,8 @@ class ConversationPipeline:
         """Run the call to its end and return how it ended. Always stores the end of the
         call, also when the call is cancelled from outside (then re-raised) or a task fails."""
         self.recorder.event("answered", {"sample_rate": self.rate, **self.metadata})
+        detach = (self.desk.attach(self.call_id, self.rate, self._on_leg)
+                  if self.desk is not None else None)
         media = asyncio.create_task(self._media_loop(), name=f"media-{self.call_id[:8]}")
         respond = asyncio.create_task(self._respond(), name=f"respond-{self.call_id[:8]}")
         ended = asyncio.create_task(self._ended.wait())
@@ -143,6 +158,9 @@ class ConversationPipeline:
             cancelled = True
             self._finish(CallEnded("cancelled", "failed"))
         finally:
+            if detach is not None:
+                detach()
+            self.bridge.close()
             await self._stop_tasks(media, respond, ended)
         end = self._end or CallEnded("internal_error", "failed")
         handoff = self.responder.handoff
@@ -153,7 +171,8 @@ class ConversationPipeline:
             raise asyncio.CancelledError
         return CallResult(call_id=self.call_id, reason=end.reason, status=end.status,
                           handoff=handoff, turns=self.turns,
-                          failed_writes=len(self.recorder.failed))
+                          failed_writes=len(self.recorder.failed),
+                          transfer_to=self.responder.transfer_to)
 
     def keypad(self, key: str) -> None:
         """A keypad key (DTMF) from the transport; '#' ends the entry. Call it on the event
@@ -227,12 +246,13 @@ class ConversationPipeline:
                 ):
                     self._carry_out(decision, speech)
                 out = None if self.detector.holding else self.playout.pop()
-                if out is not None:
-                    if speech is not None:
-                        speech.frame_played()
-                    await self.sink.write(out)
-                else:
-                    await self.sink.write(self.playout.silence)
+                if out is not None and speech is not None:
+                    speech.frame_played()
+                if out is None and self.hold is not None and speech is None:
+                    out = self.hold.frame()
+                if self.bridge:
+                    out = self.bridge.exchange(frame, out, self._media_ms)
+                await self.sink.write(self.playout.silence if out is None else out)
                 self._tick_timers()
                 self.settle_update()
         except Exception as exc:  # a transport error must still end the call cleanly
@@ -247,6 +267,8 @@ class ConversationPipeline:
             self.speculative.start(decision.audio, self.responder.expect)
         elif isinstance(decision, DropSpeculative):
             self.speculative.drop()
+        elif isinstance(decision, CallerTurnEnded) and self.responder.queued:
+            self.recorder.event("said_on_hold", {"speech_end_ms": decision.speech_end_ms})
         elif isinstance(decision, CallerTurnEnded):
             self._inputs.put_nowait(CallerTurn(
                 audio=decision.audio, speech_start_ms=decision.speech_start_ms,
@@ -294,10 +316,59 @@ class ConversationPipeline:
             except CallEnded as end:
                 self._finish(end)
                 return
+            except AgentTakesOver as taken:
+                await self._bring_agent(taken.agent)
             finally:
                 self._busy = False
                 self.timers.activity()
                 self.settle_update()
+
+    # ------------------------------------------------------------------ agents
+
+    def _on_leg(self, leg: AgentLeg) -> None:
+        """A browser leg for this call was answered (the desk, on the call's loop)."""
+        if self._ended.is_set():
+            leg.close()
+        elif leg.mode == "talk" and leg.agent != self._waiting_for:
+            log.warning("call %s: agent %s is not the one who took the call", self.call_id,
+                        leg.agent)
+            leg.close()
+        else:
+            self.bridge.join(leg)
+            self.recorder.event("agent_joined" if leg.mode == "talk" else leg.mode,
+                                {"agent": leg.agent})
+            if leg.mode == "talk":
+                self._waiting_for = None
+                self._agent_joined.set()
+
+    async def _bring_agent(self, agent: str) -> None:
+        """``agent`` took the call: wait for their audio, then they talk with the caller
+        (the responder transcribes both sides). If they do not connect in time the bot
+        takes the caller back."""
+        assert self.desk is not None
+        self._waiting_for, self.responder.handoff = agent, None
+        self._agent_joined.clear()
+        self.hold = HoldMusic(self.desk.music(self.rate), self.rate)
+        try:
+            await asyncio.wait_for(self._agent_joined.wait(),
+                                   self.desk.policy.connect_timeout_s)
+        except TimeoutError:
+            self._waiting_for = None
+            self.recorder.event("agent_not_connected", {"agent": agent})
+            self._inputs.put_nowait(AgentRequest(agent, "not_connected"))
+        finally:
+            self.hold = None
+
+    @property
+    def with_agent(self) -> bool:
+        """An agent talks with the caller (the bot is silent)."""
+        return self.bridge.agent is not None
+
+    def release_agent(self) -> None:
+        """The agent leaves; the bot takes the caller back."""
+        leg = self.bridge.release()
+        if leg is not None:
+            self.recorder.event("agent_left", {"agent": leg.agent})
 
     def settle_update(self) -> None:
         """Something was computed or queued: re-evaluate the settled signal."""

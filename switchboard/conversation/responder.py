@@ -9,6 +9,7 @@ Goodbyes, handoff announcements and apologies are not interruptible.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from switchboard.conversation.bridge import AgentRequest, AgentTurn
+from switchboard.conversation.desk import AgentTakesOver, Desk, HoldMusic, QueueWait
 from switchboard.conversation.engines import (
     DialogEngine,
     DialogReply,
@@ -68,7 +71,7 @@ class Announcement:
     text: str
 
 
-Input = CallerTurn | DialogInput | Announcement
+Input = CallerTurn | DialogInput | Announcement | AgentTurn | AgentRequest
 
 
 class CallEnded(Exception):
@@ -95,6 +98,17 @@ class Stage(Protocol):
     recorder: Recorder
     timers: CallTimers
     playout: Playout
+    turns: list[TurnRecord]
+    desk: Desk | None
+    """Where a handoff waits for an agent; None: the call ends with the handoff."""
+    hold: HoldMusic | None
+
+    @property
+    def with_agent(self) -> bool:
+        """An agent talks with the caller: turns are transcribed, not answered."""
+        ...
+
+    def release_agent(self) -> None: ...
 
     @property
     def media_ms(self) -> int: ...
@@ -126,6 +140,10 @@ class Responder:
         self.expect: str | None = None
         """The answer the bot asked for last (the dialog's requested slot): the caller's
         next turn is transcribed knowing it."""
+        self.queued = False
+        """The caller waits for an agent: what they say meanwhile is not answered."""
+        self.transfer_to: str | None = None
+        """Where an agent asked the call to be transferred."""
 
     @property
     def speaking(self) -> SpeechHandle | None:
@@ -156,14 +174,22 @@ class Responder:
         """Answer ``item``. A dead dialog or a failing turn is apologised for and ends the
         call as failed (:class:`CallEnded`); what was said so far is kept."""
         try:
-            if isinstance(item, CallerTurn):
+            if isinstance(item, AgentRequest):
+                await self._agent_request(item)
+            elif isinstance(item, AgentTurn):
+                await self._transcribed(item.audio, "agent", item.speech_start_ms,
+                                        item.speech_end_ms)
+            elif isinstance(item, CallerTurn) and self.stage.with_agent:
+                await self._transcribed(item.audio, "caller", item.speech_start_ms,
+                                        item.speech_end_ms, item.early)
+            elif isinstance(item, CallerTurn):
                 await self._caller_turn(item)
             elif isinstance(item, Announcement):
                 record, _ = await self.say(item.text, interruptible=True)
                 self.stage.store(record)
             else:
                 await self._dialog_input(item)
-        except CallEnded:
+        except (CallEnded, AgentTakesOver):
             raise
         except DialogUnavailable as exc:
             await self._fail("dialog_unavailable", "dialog", exc)
@@ -202,6 +228,41 @@ class Responder:
         await self._speak_reply(reply, origin_wall=turn.endpoint_wall,
                                 endpoint_ms=float(turn.endpoint_ms), stt_ms=stt_ms,
                                 dialog_started=dialog_started)
+
+    async def _transcribed(self, audio: np.ndarray, speaker: str, start_ms: int, end_ms: int,
+                           early: asyncio.Task[Transcript] | None = None) -> None:
+        """Store what the caller or the agent said while an agent has the call (nobody
+        answers it: the agent talks for the bot)."""
+        stage = self.stage
+        transcript = None
+        if early is not None:
+            with contextlib.suppress(Exception):
+                transcript = await early
+        if transcript is None:
+            transcript = await self.stt.transcribe(audio, stage.rate)
+        text = transcript.text.strip()
+        if text:
+            stage.store(TurnRecord(speaker=speaker, text=text, started_at=stage.wall(start_ms),
+                                   ended_at=stage.wall(end_ms),
+                                   confidence=transcript.confidence))
+
+    async def _agent_request(self, asked: AgentRequest) -> None:
+        """The agent ended the call, handed it back, asked for a transfer, or is gone."""
+        stage = self.stage
+        policy = stage.desk.policy if stage.desk is not None else None
+        what, _, target = asked.what.partition(" ")
+        stage.recorder.event("agent_request", {"agent": asked.agent, "request": asked.what})
+        if what == "hangup":
+            raise CallEnded("agent_hangup")
+        if what == "transfer" and target:
+            self.transfer_to = target
+            raise CallEnded("transferred")
+        if what in ("bot", "gone", "not_connected") and policy is not None:
+            stage.release_agent()
+            await self.announce({"bot": policy.back_to_bot_text, "gone": policy.agent_lost_text,
+                                 "not_connected": policy.not_connected_text}[what])
+        else:
+            log.warning("call %s: ignoring agent request %r", stage.call_id, asked.what)
 
     async def _transcribe(self, turn: CallerTurn) -> Transcript:
         """Use the speculative transcript when there is one: it is dropped if the caller
@@ -282,9 +343,36 @@ class Responder:
         if reply.handoff is not None:
             self.handoff = reply.handoff
             stage.recorder.event("handoff", reply.handoff)
-            raise CallEnded("handoff")
-        if reply.hangup:
+            if stage.desk is None:
+                raise CallEnded("handoff")
+            await self._wait_for_agent(stage.desk)
+        elif reply.hangup:
             raise CallEnded("bot_hangup")
+
+    async def announce(self, text: str) -> None:
+        """Say ``text`` (not interruptible) and store it as the bot's turn."""
+        record, _ = await self.say(text, interruptible=False)
+        self.stage.store(record)
+
+    async def _wait_for_agent(self, desk: Desk) -> None:
+        """The caller waits in the desk's queue; raises :class:`AgentTakesOver` when an
+        agent took the call, or falls back: the transfer (the call ends with its handoff),
+        or the bot carries on."""
+        stage, policy = self.stage, desk.policy
+        self.queued = True
+        try:
+            outcome = await QueueWait(stage, desk, self, stage.rate).run()
+        finally:
+            self.queued = False
+        if outcome.kind == "agent":
+            assert outcome.agent is not None
+            raise AgentTakesOver(outcome.agent)
+        if policy.fallback == "transfer":
+            await self.announce(policy.transfer_text)
+            await stage.wait_media(END_OF_CALL_DRAIN_MS)
+            raise CallEnded("handoff")
+        self.handoff = None  # nobody took it: the bot goes on with the caller
+        await self.announce(policy.fallback_text)
 
     async def _fail(self, reason: str, stage_name: str, exc: BaseException) -> None:
         """Something broke: say sorry, keep what was said, end the call as failed."""
