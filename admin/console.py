@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from admin import api, audit, calls, dashboard, live, users
+from admin import api, audit, calls, dashboard, desk, live, users
 from admin.accounts import SessionView
 from admin.audit import log_action
 from admin.security import (
@@ -244,6 +244,7 @@ def install_console(app: FastAPI, settings: Settings, sessions: sessionmaker[Ses
     app.include_router(dashboard.router)
     app.include_router(calls.router)
     app.include_router(live.router)
+    app.include_router(desk.router)
     app.include_router(audit.router)
     app.include_router(users.router)
     api.install(app)

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -176,7 +177,7 @@ def web() -> None:
     settings = get_settings()
     _setup_logging(settings)
     try:
-        serve(settings, Node.create)
+        serve(settings, partial(Node.create, desk=True))
     except (WebServerError, EngineError) as exc:
         raise _fail(str(exc)) from None
 
@@ -353,7 +354,7 @@ async def _sip_worker(settings: Settings) -> None:
     from switchboard.node import Node
     from telephony.sip.worker import run_worker
 
-    node = Node.create(settings)
+    node = Node.create(settings, desk=True)
     try:
         await run_worker(node)
     finally:

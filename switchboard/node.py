@@ -49,6 +49,7 @@ from switchboard.conversation.recorder import CallRecorder
 from switchboard.conversation.tracing import CallTracing
 from switchboard.conversation.turn_detector import TurnTaking
 from switchboard.conversation.turns import TurnRecord
+from switchboard.desk import NodeDesk
 from switchboard.storage.database import prepare_database
 from switchboard.storage.live import (
     CallState,
@@ -225,6 +226,8 @@ class Node:
     """Where each call's state goes after every turn (Redis), when ``redis_url`` is set."""
     tracing: CallTracing | None = None
     """Each call's trace (OpenTelemetry), when ``otlp_endpoint`` is set."""
+    desk: NodeDesk | None = None
+    """The agents' desk (handoffs wait for an agent), with Redis and ``desk_enabled``."""
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -240,11 +243,15 @@ class Node:
         tts: TextToSpeech | None = None,
         dialog: DialogEngine | None = None,
         analytics: bool = True,
+        desk: bool = False,
     ) -> Node:
         """Migrate the database and connect to the speech servers (``speech_servers``):
         this process loads no speech model. Engines passed in are used instead.
 
-        With ``analytics``, every ended call is queued for post-call analysis (Celery)."""
+        With ``analytics``, every ended call is queued for post-call analysis (Celery).
+        With ``desk`` (a process that answers callers: the web app, a SIP worker), Redis
+        and ``desk_enabled``, a handoff waits for an agent, whose browser leg this
+        process answers."""
         sessions = prepare_database(settings.effective_database_url, demo_data=settings.demo_data)
         owned: list[SpeechToText | TextToSpeech | DialogEngine] = []
         pool = speech_pool(settings) if stt is None or tts is None else None
@@ -267,8 +274,13 @@ class Node:
                                      recovery_window_s=settings.recovery_window_s))
                 if settings.redis_url else None)
         tracing = CallTracing(settings) if settings.otlp_endpoint else None
+        agents = None
+        if desk and live is not None and settings.desk_enabled:
+            from telephony.webrtc.agent import BrowserAgentLegs
+
+            agents = NodeDesk(settings, BrowserAgentLegs(settings), live)
         return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned,
-                   pool, live, tracing)
+                   pool, live, tracing, agents)
 
     def start_call(self, request: CallRequest) -> CallHandle:
         """Store a new call and run the conversation on the request's media; the handle
@@ -297,6 +309,14 @@ class Node:
             metadata=metadata, worker=self.settings.worker_name or None, node=self.node_id,
         )
         CALL_ID.set(call_id)  # every log line of the call, from here on, names it
+        state = CallState(
+            call_id=call_id, node=self.node_id, transport=request.transport,
+            conversation_id=conversation_id or call_id, caller=who,
+            sip_call_id=request.metadata.get("sip_call_id"), rejoin=request.rejoin,
+            caller_label=request.caller or "",
+            owner="" if self.desk is None else self.desk.owner)
+        desk = None if self.desk is None else self.desk.for_call(
+            state, can_transfer=request.control is not None and bool(request.handoff_target))
         try:
             pipeline = ConversationPipeline(
                 call_id=call_id, source=request.source, sink=request.sink,
@@ -306,18 +326,13 @@ class Node:
                 conversation_id=conversation_id, greet=greet,
                 opening=None if prior is None else resume_opening(
                     prior.slots, prior.last_intent, prior.last_bot_text),
-                expect=None if prior is None else prior.expects,
+                expect=None if prior is None else prior.expects, desk=desk,
             )
         except Exception as exc:
             await asyncio.to_thread(
                 self.calls.end_call, call_id, reason=f"setup_failed: {exc}"[:64], status="failed"
             )
             raise
-        state = CallState(
-            call_id=call_id, node=self.node_id, transport=request.transport,
-            conversation_id=pipeline.conversation_id, caller=who,
-            sip_call_id=request.metadata.get("sip_call_id"), rejoin=request.rejoin,
-            caller_label=request.caller or "")
         if prior is not None:  # carried over, so that a second cut-off resumes as well
             state.resumed_from, state.turns, state.slots = prior.call_id, prior.turns, dict(
                 prior.slots)
@@ -442,6 +457,8 @@ class Node:
             await asyncio.gather(*self._background, return_exceptions=True)
         for engine in self.owned:
             await engine.aclose()
+        if self.desk is not None:
+            await asyncio.to_thread(self.desk.close)
         if self.live is not None:
             await asyncio.to_thread(self.live.close)
             self.live.live.close()

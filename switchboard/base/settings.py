@@ -287,6 +287,26 @@ class Settings(BaseSettings):
         "its conversation (no new greeting).",
     )
 
+    # --- agents' desk (needs redis_url) ------------------------------------------------
+    desk_enabled: bool = Field(
+        default=True, description="With Redis: a handoff waits in the agents' queue (hold "
+        "music, position) until an agent takes the call in the console, instead of an "
+        "immediate transfer.")
+    desk_queue_timeout_s: float = Field(
+        default=120.0, ge=0, le=3600,
+        description="How long a caller waits for an agent before the fallback.")
+    desk_fallback: Literal["transfer", "bot"] = Field(
+        default="transfer", description="After the wait: transfer to sip_transfer_uri (SIP "
+        "calls with a target; others go back to the bot) or back to the bot.")
+    desk_announce_every_s: float = Field(
+        default=30.0, gt=0, description="How often a waiting caller hears their position.")
+    desk_connect_timeout_s: float = Field(
+        default=20.0, gt=0, le=120,
+        description="How long an agent who took a call has to connect their audio.")
+    desk_hold_music: str = Field(
+        default="", description="Hold music file (WAV, MP3, Ogg…, looped); empty: a "
+        "built-in tune.")
+
     # --- admin console ------------------------------------------------------------------
     softphone_public: bool = Field(
         default=True,

@@ -136,6 +136,10 @@ class Desk(Protocol):
         """The caller went away while waiting."""
         ...
 
+    def released(self, call_id: str) -> None:
+        """The agent left the call (or never connected): the bot has the caller again."""
+        ...
+
     def music(self, rate: int) -> np.ndarray:
         """The hold music at ``rate``, int16 mono."""
         ...

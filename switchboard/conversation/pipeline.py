@@ -119,7 +119,8 @@ class ConversationPipeline:
         self.bridge = Bridge(lambda: TurnDetector.create(
             self.rate, vad(self.rate, turn_taking.vad_threshold), turn_taking),
             lambda item: self._inputs.put_nowait(item))
-        self._waiting_for: str | None = None
+        self._arrived: AgentLeg | None = None
+        """The talk leg of an agent, before the call has seen their claim."""
         self._agent_joined = asyncio.Event()
         self._inputs: asyncio.Queue[Input] = asyncio.Queue()
         if greet:  # first, before keys pressed before the call runs
@@ -161,6 +162,8 @@ class ConversationPipeline:
             if detach is not None:
                 detach()
             self.bridge.close()
+            if self._arrived is not None:
+                self._arrived.close()
             await self._stop_tasks(media, respond, ended)
         end = self._end or CallEnded("internal_error", "failed")
         handoff = self.responder.handoff
@@ -326,38 +329,50 @@ class ConversationPipeline:
     # ------------------------------------------------------------------ agents
 
     def _on_leg(self, leg: AgentLeg) -> None:
-        """A browser leg for this call was answered (the desk, on the call's loop)."""
+        """A browser leg for this call was answered (the desk, on the call's loop). The
+        desk relays only the claiming agent's talk leg; it may arrive before the wait has
+        seen the claim, so it is kept until :meth:`_bring_agent` takes it."""
         if self._ended.is_set():
             leg.close()
-        elif leg.mode == "talk" and leg.agent != self._waiting_for:
-            log.warning("call %s: agent %s is not the one who took the call", self.call_id,
-                        leg.agent)
-            leg.close()
-        else:
+        elif leg.mode != "talk":
             self.bridge.join(leg)
-            self.recorder.event("agent_joined" if leg.mode == "talk" else leg.mode,
-                                {"agent": leg.agent})
-            if leg.mode == "talk":
-                self._waiting_for = None
-                self._agent_joined.set()
+            self.recorder.event(leg.mode, {"agent": leg.agent})
+        elif self.bridge.agent is not None and self.bridge.agent.agent == leg.agent:
+            self.bridge.join(leg)  # the agent's page reconnected
+            self.recorder.event("agent_rejoined", {"agent": leg.agent})
+        else:
+            if self._arrived is not None:
+                self._arrived.close()
+            self._arrived = leg
+            self._agent_joined.set()
 
     async def _bring_agent(self, agent: str) -> None:
         """``agent`` took the call: wait for their audio, then they talk with the caller
         (the responder transcribes both sides). If they do not connect in time the bot
         takes the caller back."""
         assert self.desk is not None
-        self._waiting_for, self.responder.handoff = agent, None
-        self._agent_joined.clear()
+        self.responder.handoff = None
         self.hold = HoldMusic(self.desk.music(self.rate), self.rate)
+        deadline = time.monotonic() + self.desk.policy.connect_timeout_s
         try:
-            await asyncio.wait_for(self._agent_joined.wait(),
-                                   self.desk.policy.connect_timeout_s)
+            while self._arrived is None or self._arrived.agent != agent:
+                if self._arrived is not None:
+                    log.warning("call %s: %s is not the agent who took the call",
+                                self.call_id, self._arrived.agent)
+                    self._arrived.close()
+                    self._arrived = None
+                self._agent_joined.clear()
+                await asyncio.wait_for(self._agent_joined.wait(),
+                                       max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            self._waiting_for = None
             self.recorder.event("agent_not_connected", {"agent": agent})
             self._inputs.put_nowait(AgentRequest(agent, "not_connected"))
+            return
         finally:
             self.hold = None
+        leg, self._arrived = self._arrived, None
+        self.bridge.join(leg)
+        self.recorder.event("agent_joined", {"agent": agent})
 
     @property
     def with_agent(self) -> bool:
@@ -369,6 +384,8 @@ class ConversationPipeline:
         leg = self.bridge.release()
         if leg is not None:
             self.recorder.event("agent_left", {"agent": leg.agent})
+        if self.desk is not None:
+            self.desk.released(self.call_id)
 
     def settle_update(self) -> None:
         """Something was computed or queued: re-evaluate the settled signal."""

@@ -9,7 +9,8 @@ Keys, under ``switchboard:desk:``:
   :data:`FALLBACK` when the wait ran out); set in the same atomic step that removes the
   call from the queue, so two agents accepting at once cannot both win;
 - ``agents``: each agent's :class:`Presence` (a hash: user name → JSON);
-- ``offers:{call id}``: the agent's WebRTC offers for the call's owner (a list);
+- ``offers:{owner}``: agents' WebRTC offers for the process that owns their calls' audio
+  (a list; the owner is named in the call's live state);
 - ``answer:{id}``: the owner's answer to one offer (a list of one, read with BLPOP).
 
 Every change is published on the live state's events channel (``{"kind": "desk", ...}``)
@@ -86,6 +87,8 @@ class AgentOffer(_Record):
     agent: str
     sdp: str
     type: str
+    owner: str
+    """The process that holds the call's audio (``CallState.owner``)."""
     mode: str = "talk"
     """``talk`` (the agent who took the call), ``listen`` (receive only) or ``barge``."""
     reply_to: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -197,7 +200,7 @@ class DeskQueue:
     def send_offer(self, offer: AgentOffer, wait_s: float) -> dict[str, Any] | None:
         """Give the call's owner ``offer`` and wait up to ``wait_s`` for its answer
         (``{"sdp", "type"}`` or ``{"error"}``); None when the owner did not answer."""
-        key = f"{PREFIX}offers:{offer.call_id}"
+        key = f"{PREFIX}offers:{offer.owner}"
         with self._errors():
             pipe = self._redis.pipeline()
             pipe.rpush(key, offer.to_json())
@@ -212,10 +215,10 @@ class DeskQueue:
         answer = json.loads(found[1])
         return answer if isinstance(answer, dict) else None
 
-    def next_offer(self, call_id: str, wait_s: float) -> AgentOffer | None:
-        """The next agent offer for the call, waiting up to ``wait_s``."""
+    def next_offer(self, owner: str, wait_s: float) -> AgentOffer | None:
+        """The next agent offer for the calls of ``owner``, waiting up to ``wait_s``."""
         with self._errors():
-            found = self._blocking().blpop([f"{PREFIX}offers:{call_id}"],
+            found = self._blocking().blpop([f"{PREFIX}offers:{owner}"],
                                            timeout=min(wait_s, MAX_WAIT_S))
         if found is None:
             return None

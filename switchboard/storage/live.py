@@ -42,8 +42,9 @@ import redis
 log = logging.getLogger(__name__)
 
 PREFIX = "switchboard:live:"
-ACTIVE_STATES = frozenset({"bot"})
-"""States of a call still running (the agents' desk adds queued and agent)."""
+ACTIVE_STATES = frozenset({"bot", "queued", "agent"})
+"""States of a call still running: with the bot, waiting in the desk's queue, with an
+agent."""
 LONGEST_CALL_S = 4 * 3600
 """A running call's state outlives its last write by this much plus the recovery window
 (a node that vanished without a survivor to reap it leaves nothing forever)."""
@@ -83,7 +84,8 @@ class CallState(_Record):
     caller: str | None = None
     sip_call_id: str | None = None
     state: str = "bot"
-    """``bot`` while the call runs; ``ended`` once it ended (see ``end_reason``)."""
+    """``bot``, ``queued`` (waiting for an agent), ``agent`` (an agent has it) while the
+    call runs; ``ended`` once it ended (see ``end_reason``)."""
     turns: int = 0
     last_bot_text: str = ""
     last_intent: str | None = None
@@ -103,6 +105,13 @@ class CallState(_Record):
     caller_label: str = ""
     """Who calls, as the console shows them (a SIP From URI, a browser's address); never
     the softphone's conversation token that ``caller`` may hold."""
+    owner: str = ""
+    """The process holding the call's audio (agents' browser legs are answered there)."""
+    queue: dict[str, Any] | None = None
+    """While waiting for an agent: what the agents see (summary so far, intents,
+    sentiment, when it joined the queue)."""
+    agent: str | None = None
+    """The agent who has the call (or had it last)."""
 
     @property
     def active(self) -> bool:
@@ -115,6 +124,7 @@ class CallState(_Record):
                 "caller": self.caller_label, "state": self.state, "turns": self.turns,
                 "last_intent": self.last_intent, "slots": self.slots,
                 "expects": self.expects, "handoff": self.handoff,
+                "queue": self.queue, "agent": self.agent,
                 "end_reason": self.end_reason, "resumed_from": self.resumed_from,
                 "started_at": self.started_at, "updated_at": self.updated_at}
 

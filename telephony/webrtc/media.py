@@ -100,6 +100,11 @@ class TrackSource:
 
     async def read(self) -> np.ndarray | None:
         await self._clock.tick()
+        return self.take()
+
+    def take(self) -> np.ndarray | None:
+        """The next frame at once (silence when none came in time; None once ended), for
+        a reader with a clock of its own (an agent's leg, read by the call's media loop)."""
         if self._closed:
             return None
         if time.monotonic() - self._last_packet > self._media_timeout_s:
@@ -133,6 +138,10 @@ class PacedOutboundTrack(AudioStreamTrack):
         self._clock = FrameClock()
 
     async def write(self, frame: np.ndarray) -> None:
+        self.put(frame)
+
+    def put(self, frame: np.ndarray) -> None:
+        """:meth:`write`, from code that cannot await (a call's bridge)."""
         if len(self._queue) > CATCH_UP_FRAMES and not frame.any():
             return  # behind the clock after a stall: skip silence to catch up
         self._queue.append(frame)

@@ -5,19 +5,25 @@ so the clients talk to https://testserver)."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from html import unescape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from admin.accounts import AccountRepository, UserView
 from admin.console import install_console
+from switchboard.base.processes import free_port
 from switchboard.base.settings import Settings
+from switchboard.bench.local_cluster import RedisServer
 from switchboard.storage.database import prepare_database
 
 if TYPE_CHECKING:  # the test client's responses
@@ -108,3 +114,38 @@ def client_as(console_app: FastAPI, accounts: AccountRepository
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def board_server(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[str, FastAPI]]:
+    """The console, with the board on ``redis_server``, served on a free loopback port."""
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'c.db'}",
+                        redis_url=redis_server.url,
+                        console_secure_cookies=False)  # type: ignore[call-arg]  # plain http
+    app = FastAPI()
+    install_console(app, settings, prepare_database(settings.effective_database_url))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def http_client_as(url: str, app: FastAPI, role: str, name: str = "") -> httpx.Client:
+    """An HTTP client of the served console, signed in as a new user of ``role``."""
+    user: UserView = app.state.console.accounts.create_user(name or f"{role}-x", PASSWORD,
+                                                            role)
+    client = httpx.Client(base_url=url, timeout=10)
+    page = client.get("/login")
+    response = client.post("/login", data={"username": user.username, "password": PASSWORD,
+                                           "csrf_token": csrf_of(page.text), "next": "/live"})
+    assert response.status_code in (200, 303), response.text
+    return client

@@ -7,24 +7,17 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
-import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from admin.accounts import UserView
-from admin.console import install_console
 from admin.live import board_update, snapshot
-from switchboard.base.processes import free_port
-from switchboard.base.settings import Settings
 from switchboard.bench.local_cluster import RedisServer
-from switchboard.storage.database import prepare_database
 from switchboard.storage.live import CallState, LiveState, LiveWriter, TurnEvent
-from tests.admin.conftest import PASSWORD, csrf_of
+from tests.admin.conftest import http_client_as
 
 
 def call(call_id: str, node: str = "node-a", **fields: object) -> CallState:
@@ -107,39 +100,6 @@ def test_turns_written_while_redis_is_away_reach_the_transcript(
     assert [t.text for t in live.transcript("d1")] == ["line 1", "line 2", "line 3"]
 
 
-@pytest.fixture
-def board_server(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[str, FastAPI]]:
-    """The console, with the board on ``redis_server``, served on a free loopback port."""
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'c.db'}",
-                        redis_url=redis_server.url,
-                        console_secure_cookies=False)  # type: ignore[call-arg]  # plain http
-    app = FastAPI()
-    install_console(app, settings, prepare_database(settings.effective_database_url))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-def _signed_in(url: str, app: FastAPI, role: str) -> httpx.Client:
-    user: UserView = app.state.console.accounts.create_user(f"{role}-x", PASSWORD, role)
-    client = httpx.Client(base_url=url, timeout=10)
-    page = client.get("/login")
-    response = client.post("/login", data={"username": user.username, "password": PASSWORD,
-                                           "csrf_token": csrf_of(page.text), "next": "/live"})
-    assert response.status_code in (200, 303), response.text
-    return client
-
-
 def _events(response: httpx.Response, wanted: int, timeout_s: float
             ) -> list[tuple[str, dict[str, object]]]:
     """The first ``wanted`` named events of a server-sent event stream."""
@@ -163,7 +123,7 @@ def test_an_agent_follows_the_board_as_calls_change(
     url, app = board_server
     live.beat("node-a", {}, ttl_s=30)
     live.write_calls([call("e1", started_at=5.0)], turns=[turn("e1", 1, "bot", "Hello")])
-    client = _signed_in(url, app, "agent")
+    client = http_client_as(url, app, "agent")
     try:
         assert "live-board" in client.get("/live").text
         with client.stream("GET", "/live/events") as response:

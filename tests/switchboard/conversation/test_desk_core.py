@@ -91,6 +91,7 @@ class MemoryDesk:
         self.queue: list[str] = []
         self.claimed: dict[str, str] = {}
         self.left: list[str] = []
+        self.released_calls: list[str] = []
         self.context: list[TurnRecord] = []
         self.on_leg: Callable[[AgentLeg], None] | None = None
         self.detached = False
@@ -122,6 +123,9 @@ class MemoryDesk:
         self.left.append(call_id)
         if call_id in self.queue:
             self.queue.remove(call_id)
+
+    def released(self, call_id: str) -> None:
+        self.released_calls.append(call_id)
 
     def music(self, rate: int) -> np.ndarray:
         return tone(1000, 523)
@@ -246,6 +250,7 @@ async def test_the_agents_line_drops_and_the_bot_takes_the_caller_back() -> None
     assert result.reason == "bot_hangup"  # the bot answered "bye" after taking it back
     assert dialog.received == ["/call_start", "a person please", "bye"]
     assert events(recorder, "agent_request") == [{"agent": "ann", "request": "gone"}]
+    assert desk.released_calls == ["c1"]
 
 
 class HangingUpSource(FileSource):

@@ -1,0 +1,233 @@
+"""The agents' desk against a real Redis and a served console: the atomic accept, presence,
+roles, and an agent taking a queued call with a WebRTC leg (aiortc on both sides) that the
+console relays to the process holding the call (speech engines are fakes here; Chromium
+and real engines in test_console_browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from switchboard.base.settings import Settings
+from switchboard.bench.local_cluster import RedisServer
+from switchboard.bench.webrtc import CallerTrack
+from switchboard.conversation.call import CallRequest
+from switchboard.conversation.engines import BotMessage
+from switchboard.desk import NodeDesk
+from switchboard.node import Node
+from switchboard.simulate import CaptureSink, FileSource
+from switchboard.storage.database import prepare_database
+from switchboard.storage.desk import DeskQueue
+from switchboard.storage.live import CallState, LiveState, LiveWriter
+from switchboard.storage.models import CallEvent
+from switchboard.storage.repository import CallRepository
+from telephony.webrtc.agent import BrowserAgentLegs
+from telephony.webrtc.media import to_mono_int16
+from tests.admin.conftest import http_client_as
+from tests.support.fakes import FakeDialog, FakeSTT, FakeTTS
+
+RATE = 16000
+
+
+def tone(ms: int, freq: float, rate: int = RATE) -> np.ndarray:
+    t = np.arange(rate * ms // 1000) / rate
+    return (np.sin(2 * np.pi * freq * t) * 8000).astype(np.int16)
+
+
+def dominant_hz(pcm: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64)))
+    return float(np.argmax(spectrum) * rate / len(pcm))
+
+
+def csrf(client: httpx.Client) -> str:
+    page = client.get("/desk")
+    assert page.status_code == 200, page.text
+    match = re.search(r'data-csrf="([^"]+)"', page.text)
+    assert match, "no CSRF token on the desk page"
+    return match.group(1)
+
+
+def queued_call(desk: DeskQueue, live: LiveState, call_id: str) -> None:
+    live.write_calls([CallState(call_id=call_id, node="n1", transport="sip",
+                                conversation_id=call_id, state="queued", owner="n1:sip-1:1",
+                                queue={"summary": "wants a person", "queued_at": 1.0})])
+    desk.enqueue(call_id)
+
+
+@pytest.fixture
+def desk_queue(redis_server: RedisServer) -> Iterator[DeskQueue]:
+    queue = DeskQueue(redis_server.url)
+    yield queue
+    queue.close()
+
+
+def test_two_agents_accepting_at_once_one_wins(board_server: tuple[str, FastAPI],
+                                               desk_queue: DeskQueue, live: LiveState) -> None:
+    url, app = board_server
+    ann, bob = (http_client_as(url, app, "agent", name) for name in ("ann", "bob"))
+    try:
+        tokens = {"ann": csrf(ann), "bob": csrf(bob)}
+        queued_call(desk_queue, live, "q1")
+        # away: cannot take calls
+        refused = ann.post("/desk/calls/q1/accept", headers={"X-CSRF-Token": tokens["ann"]})
+        assert refused.status_code == 409 and "available" in refused.json()["error"]
+        for name, client in (("ann", ann), ("bob", bob)):
+            ok = client.post("/desk/presence", json={"status": "available"},
+                             headers={"X-CSRF-Token": tokens[name]})
+            assert ok.status_code == 200, ok.text
+        no_csrf = ann.post("/desk/presence", json={"status": "available"})
+        assert no_csrf.status_code in (400, 403)
+
+        answers: dict[str, httpx.Response] = {}
+        barrier = threading.Barrier(2)
+
+        def accept(name: str, client: httpx.Client) -> None:
+            barrier.wait()
+            answers[name] = client.post("/desk/calls/q1/accept",
+                                        headers={"X-CSRF-Token": tokens[name]})
+
+        threads = [threading.Thread(target=accept, args=(n, c))
+                   for n, c in (("ann", ann), ("bob", bob))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        codes = sorted(r.status_code for r in answers.values())
+        assert codes == [200, 409], {n: r.text for n, r in answers.items()}
+        winner = next(n for n, r in answers.items() if r.status_code == 200)
+        loser = next(n for n, r in answers.items() if r.status_code == 409)
+        assert f"already taken by {winner}" in answers[loser].json()["error"]
+        assert desk_queue.claimed_by("q1") == winner and desk_queue.waiting() == []
+        assert desk_queue.presence(winner).status == "on_call"  # type: ignore[union-attr]
+        # agents cannot listen in; nobody but the winner may talk on the call
+        offer = {"sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "type": "offer"}
+        listen = ann.post("/desk/calls/q1/connect", json={**offer, "mode": "listen"},
+                          headers={"X-CSRF-Token": tokens["ann"]})
+        assert listen.status_code == 403
+        talk = (ann if loser == "ann" else bob).post(
+            "/desk/calls/q1/connect", json=offer, headers={"X-CSRF-Token": tokens[loser]})
+        assert talk.status_code == 403
+    finally:
+        ann.close()
+        bob.close()
+    accepted = app.state.console.audit.entries(action="desk.accept")
+    assert [(a.actor, a.target) for a in accepted] == [(winner, "q1")]
+
+
+def handoff_script(message: str) -> list[BotMessage]:
+    if message == "/call_start":
+        return [BotMessage(text="Connecting you."),
+                BotMessage(custom={"handoff": {"queue": "agents"}})]
+    return [BotMessage(text="Tell me more.")]
+
+
+async def until(check, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = await asyncio.to_thread(check)
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_an_agent_takes_a_queued_call_and_talks_with_the_caller_in_the_browser(
+        tmp_path: Path, board_server: tuple[str, FastAPI], redis_server: RedisServer,
+        live: LiveState) -> None:
+    url, app = board_server
+    settings = Settings(data_dir=tmp_path / "node", database_url=f"sqlite:///{tmp_path / 'n.db'}",
+                        redis_url=redis_server.url, webrtc_ice_addresses="127.0.0.1",
+                        desk_queue_timeout_s=60)  # type: ignore[call-arg]
+    sessions = prepare_database(settings.effective_database_url)
+    writer = LiveWriter(LiveState(redis_server.url))
+    desk = NodeDesk(settings, BrowserAgentLegs(settings), writer)
+    node = Node(settings, sessions, CallRepository(sessions), FakeSTT([]), FakeTTS(),
+                FakeDialog(handoff_script), analytics=None, live=writer, desk=desk)
+    caller_voice = tone(60_000, 440)
+    source = FileSource(caller_voice, RATE, realtime=True, tail_s=5)
+    sink = CaptureSink(RATE)
+    handle = node.start_call(CallRequest(transport="webrtc", source=source, sink=sink,
+                                         caller="203.0.113.9"))
+    source.call = handle
+    agent = http_client_as(url, app, "agent", "ann")
+    pc = RTCPeerConnection()
+    heard: list[np.ndarray] = []
+    readers: list[asyncio.Future[None]] = []
+    try:
+        call_id = await handle.started()
+        state = await until(lambda: (s := live.call(call_id)) and s.state == "queued" and s,
+                            20, "the call to wait in the queue")
+        assert state.queue["summary"] and state.owner == desk.owner
+        token = await asyncio.to_thread(csrf, agent)
+        post = agent.post
+        assert (await asyncio.to_thread(post, "/desk/presence", json={"status": "available"},
+                                        headers={"X-CSRF-Token": token})).status_code == 200
+        accepted = await asyncio.to_thread(post, f"/desk/calls/{call_id}/accept",
+                                           headers={"X-CSRF-Token": token})
+        assert accepted.status_code == 200, accepted.text
+
+        mic = CallerTrack()
+        pc.addTrack(mic)
+        channel = pc.createDataChannel("desk")
+
+        @pc.on("track")
+        def on_track(track) -> None:  # type: ignore[no-untyped-def]
+            async def read() -> None:
+                with contextlib.suppress(MediaStreamError):
+                    while True:
+                        frame = await track.recv()
+                        assert isinstance(frame, AudioFrame)
+                        heard.append(to_mono_int16(frame))
+            readers.append(asyncio.ensure_future(read()))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await asyncio.to_thread(
+            post, f"/desk/calls/{call_id}/connect",
+            json={"sdp": pc.localDescription.sdp, "type": "offer"},
+            headers={"X-CSRF-Token": token})
+        assert answer.status_code == 200, answer.text
+        await pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
+        await until(lambda: pc.connectionState == "connected", 15, "the agent's leg")
+        await until(lambda: (s := live.call(call_id)) and s.state == "agent", 10,
+                    "the call to be with the agent")
+        await asyncio.sleep(1.0)
+        said_at = len(sink.frames)
+        await mic.say(tone(1500, 1000))
+        await asyncio.sleep(0.5)
+        channel.send('{"type": "hangup"}')
+        result = await asyncio.wait_for(handle.result(), 15)
+    finally:
+        await pc.close()
+        agent.close()
+        handle.cancel()
+        await node.aclose()
+        desk.close()
+    assert result.reason == "agent_hangup"
+    # the caller heard the agent's voice (1 kHz), after the agent spoke
+    after = np.concatenate(sink.frames[said_at:])
+    windows = [after[i : i + RATE // 10] for i in range(0, len(after) - RATE // 10, RATE // 10)]
+    assert any(abs(dominant_hz(w, RATE) - 1000) < 50 and np.abs(w).max() > 2000
+               for w in windows), "the caller never heard the agent"
+    # the agent heard the caller (440 Hz), at the browser's 48 kHz
+    received = np.concatenate(heard[-100:])
+    assert abs(dominant_hz(received, 48000) - 440) < 20 and np.abs(received).max() > 2000
+    with sessions() as session:
+        kinds = [e.kind for e in session.scalars(select(CallEvent).where(
+            CallEvent.call_id == call_id).order_by(CallEvent.id))]
+    assert kinds.index("queued") < kinds.index("agent_joined") < kinds.index("agent_request")
+    ended = await asyncio.to_thread(live.call, call_id)
+    assert ended is not None and ended.state == "ended" and ended.agent == "ann"
