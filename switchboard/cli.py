@@ -274,7 +274,7 @@ async def _simulate(
 
     assert isinstance(pcm, np.ndarray)
     async with services_ready(settings) as settings:
-        node = Node.create(settings)
+        node = Node.create(settings, desk=not fast)  # a handoff waits for an agent, too
         try:
             sim = await simulate_call(node, pcm, rate, realtime=not fast, tail_s=tail)
         finally:

@@ -62,16 +62,20 @@ class Bridge:
         self.agent: AgentLeg | None = None
         """The agent talking with the caller (the bot is silent meanwhile)."""
         self._detector: TurnDetector | None = None
+        self._joined_ms = 0
+        """Where the agent's detector started (its times count from there)."""
         self.supervisors: list[AgentLeg] = []
 
     def __bool__(self) -> bool:
         return self.agent is not None or bool(self.supervisors)
 
-    def join(self, leg: AgentLeg) -> None:
+    def join(self, leg: AgentLeg, media_ms: int) -> None:
+        """``leg`` joins the call at ``media_ms`` of its media."""
         if leg.mode == "talk":
             if self.agent is not None:
                 self.agent.close()
             self.agent, self._detector = leg, self._new_detector()
+            self._joined_ms = media_ms
         else:
             self.supervisors.append(leg)
 
@@ -124,8 +128,9 @@ class Bridge:
         for decision in self._detector.process(frame, media_ms, bot_speaking=False,
                                                interruptible=False):
             if isinstance(decision, CallerTurnEnded):
-                self._emit(AgentTurn(leg.agent, decision.audio, decision.speech_start_ms,
-                                     decision.speech_end_ms))
+                self._emit(AgentTurn(leg.agent, decision.audio,
+                                     self._joined_ms + decision.speech_start_ms,
+                                     self._joined_ms + decision.speech_end_ms))
         return frame
 
 

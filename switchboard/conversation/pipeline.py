@@ -335,10 +335,10 @@ class ConversationPipeline:
         if self._ended.is_set():
             leg.close()
         elif leg.mode != "talk":
-            self.bridge.join(leg)
+            self.bridge.join(leg, self._media_ms)
             self.recorder.event(leg.mode, {"agent": leg.agent})
         elif self.bridge.agent is not None and self.bridge.agent.agent == leg.agent:
-            self.bridge.join(leg)  # the agent's page reconnected
+            self.bridge.join(leg, self._media_ms)  # the agent's page reconnected
             self.recorder.event("agent_rejoined", {"agent": leg.agent})
         else:
             if self._arrived is not None:
@@ -371,7 +371,7 @@ class ConversationPipeline:
         finally:
             self.hold = None
         leg, self._arrived = self._arrived, None
-        self.bridge.join(leg)
+        self.bridge.join(leg, self._media_ms)
         self.recorder.event("agent_joined", {"agent": agent})
 
     @property

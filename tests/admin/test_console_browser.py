@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
+from speech.stt import WhisperSTT
 from speech.tts import PiperTTS
 from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
+from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
 from tests.analytics.test_worker import Workers, redis_url, workers_on
 from tests.support.audio_tools import piper_speech, silence, write_wav
@@ -96,8 +99,8 @@ def stack(redis_url: str, workers_on: object, rasa_server: object, tts: PiperTTS
     write_wav(caller, np.concatenate([
         silence(7000), piper_speech(tts, "I want to talk to an agent, please."),
         silence(500)]), 16000)
-    simulated = _switchboard(env, "simulate", str(caller),
-                             timeout=SIMULATE_TIMEOUT_S)
+    simulated = _switchboard({**env, "SWITCHBOARD_DESK_ENABLED": "false"}, "simulate",
+                             str(caller), timeout=SIMULATE_TIMEOUT_S)  # no agent waits
     found = re.search(r"call ([0-9a-f]{32}) ended", simulated.stdout)
     assert found, simulated.stdout
     # simulate records nothing; give the call a 2 s recording as a SIP call would have
@@ -259,3 +262,90 @@ def test_the_live_board_follows_a_call_as_it_is_spoken(
     delays = page.evaluate("window.liveTurnDelays || []")
     assert len(delays) >= 4, delays
     print("board update delay after a turn (s):", " ".join(f"{d:.3f}" for d in delays))
+
+
+def test_an_agent_takes_a_handed_off_call_in_the_browser(
+        stack: Stack, tts: PiperTTS, stt: WhisperSTT, tmp_path: Path) -> None:
+    """`switchboard simulate` asks about an order, then for a person: the call waits in the
+    queue (hold prompt, music); an agent in Chromium (fake microphone playing a Piper
+    voice) sees it with its order number, accepts, and talks with the caller: the caller
+    hears the agent's words, the page receives the caller's audio, both sides are
+    transcribed, and the agent hangs up."""
+    agent_voice = tmp_path / "agent.wav"
+    write_wav(agent_voice, np.concatenate([
+        silence(2500), piper_speech(tts, "Hello, this is Ann from customer support."),
+        silence(6000)]), 16000)
+    caller = tmp_path / "desk-caller.wav"
+    write_wav(caller, np.concatenate([
+        silence(7000), piper_speech(tts, "I'd like to check my order status."),
+        silence(7000), piper_speech(tts, "It's 4 8 2 1 3."),
+        silence(9000), piper_speech(tts, "I want to talk to an agent, please."),
+        silence(24000), piper_speech(tts, "My parcel has not arrived yet."),
+        silence(500)]), 16000)
+    heard_wav = tmp_path / "caller-heard.wav"
+    call = subprocess.Popen(
+        [sys.executable, "-m", "switchboard", "simulate", str(caller), "--tail", "25",
+         "--reply-wav", str(heard_wav)], cwd=PROJECT_ROOT,
+        env={**stack.env, "SWITCHBOARD_DESK_QUEUE_TIMEOUT_S": "90"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(
+                executable_path=CHROMIUM, headless=True, timeout=30_000,
+                args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={agent_voice}"])
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.goto(f"{stack.url}/desk")
+            page.fill("input[name=username]", "bob")
+            page.fill("input[name=password]", AGENT_PASSWORD)
+            page.click("button[type=submit]")
+            expect(page).to_have_url(f"{stack.url}/desk")
+            expect(page.locator("#desk-status")).to_have_text("live")
+            page.check("input[name=presence][value=available]")
+            card = page.locator("#queue li").first
+            expect(card).to_contain_text("48213", timeout=120_000)  # the order number
+            expect(card).to_contain_text("request agent")
+            page.screenshot(path=str(stack.artifacts / "console-desk-queue.png"),
+                            full_page=True)
+            card.locator("button.accept").click()
+            expect(page.locator("#in-call-state")).to_contain_text("connected",
+                                                                   timeout=30_000)
+            transcript = page.locator("#in-call-transcript")
+            expect(transcript.locator("li.agent").first).to_contain_text(
+                re.compile("customer support", re.I), timeout=40_000)
+            expect(transcript.locator("li.caller", has_text=re.compile("parcel", re.I))
+                   ).to_be_visible(timeout=40_000)  # the caller, heard while with the agent
+            received = page.evaluate("""async () => {
+                const stats = await window.deskLeg.pc.getStats();
+                let bytes = 0, energy = 0;
+                stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "audio") {
+                    bytes = s.bytesReceived; energy = s.totalAudioEnergy || 0; } });
+                return {bytes, energy};
+            }""")
+            page.screenshot(path=str(stack.artifacts / "console-desk-call.png"),
+                            full_page=True)
+            page.click("#hangup")
+            expect(page.locator("#in-call-state")).to_contain_text("ended", timeout=20_000)
+            expect(page.locator("#presence-now")).to_have_text("wrap up")
+            browser.close()
+        assert call.wait(60) == 0, call.stdout.read() if call.stdout else ""
+        output = call.stdout.read() if call.stdout else ""
+    finally:
+        if call.poll() is None:
+            call.kill()
+            call.wait()
+    assert received["bytes"] > 10_000 and received["energy"] > 0, received
+    assert "agent_hangup" in output, output
+    found = re.search(r"call ([0-9a-f]{32}) ended", output)
+    assert found, output
+    stored = CallRepository(prepare_database(stack.env["SWITCHBOARD_DATABASE_URL"])
+                            ).get_call(found.group(1))
+    assert stored is not None
+    turns = sorted(stored.turns, key=lambda t: t.started_at)
+    speakers = [t.speaker for t in turns]
+    assert "agent" in speakers and speakers.index("agent") > speakers.index("bot")
+    assert any("support" in t.text.lower() for t in turns if t.speaker == "agent")
+    # what the caller heard holds the agent's words
+    pcm, rate = soundfile.read(heard_wav, dtype="int16")
+    heard = stt.transcribe_sync(pcm[-rate * 30:], rate).text.lower()
+    assert "support" in heard, heard

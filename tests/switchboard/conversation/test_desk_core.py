@@ -194,6 +194,8 @@ async def test_an_agent_takes_the_call_from_the_queue_and_both_sides_are_transcr
                                 "the queue.")]
     assert ("agent", "hi this is ann") in said and ("caller", "my order is late") in said
     assert said.index(("agent", "hi this is ann")) < said.index(("caller", "my order is late"))
+    agent_turn = next(t for t in recorder.turns if t.speaker == "agent")
+    assert agent_turn.started_at > recorder.turns[3].ended_at  # timed on the call's clock
     assert [t.speaker for t in desk.context] == ["bot", "caller", "bot"]  # context so far
     assert music_frames(sink) > 25  # the caller heard hold music while waiting
     assert events(recorder, "queued") == [{"position": 1}]
