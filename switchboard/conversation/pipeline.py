@@ -291,9 +291,12 @@ class ConversationPipeline:
                                              "dropped_ms": dropped})
 
     def _tick_timers(self) -> None:
-        for event in self.timers.tick(self._media_ms, idle=self.idle):
+        agent = self.bridge.agent
+        for event in self.timers.tick(self._media_ms, idle=self.idle and agent is None):
             if isinstance(event, MaxDurationReached):
                 self._finish(CallEnded("max_duration"))
+            elif isinstance(event, KeypadEntered) and agent is not None:
+                self.recorder.event("keypad_with_agent", {"digits": event.digits})
             elif isinstance(event, KeypadEntered):
                 self._submit(event)
             elif isinstance(event, NoInput):

@@ -141,14 +141,14 @@ class MemoryDesk:
 
 
 async def call(caller: np.ndarray, stt: FakeSTT, dialog: FakeDialog, recorder: MemoryRecorder,
-               desk: MemoryDesk, *, tail_s: float = 2.0,
+               desk: MemoryDesk, *, tail_s: float = 2.0, no_input_s: float = 30,
                source: type[FileSource] = FileSource) -> tuple[CallResult, CaptureSink]:
     feed = source(caller, RATE, realtime=False, tail_s=tail_s)
     sink = CaptureSink(RATE)
     pipeline = ConversationPipeline(
         call_id="c1", source=feed, sink=sink, stt=stt, tts=FakeTTS(),
         dialog=dialog, vad=LoudnessDetector, recorder=recorder,
-        turn_taking=TurnTaking(no_input_timeout_s=30, max_call_s=120), desk=desk,
+        turn_taking=TurnTaking(no_input_timeout_s=no_input_s, max_call_s=120), desk=desk,
     )
     feed.call = pipeline
     return await asyncio.wait_for(pipeline.run(), 30), sink
@@ -175,7 +175,7 @@ def music_frames(sink: CaptureSink) -> int:
 
 
 async def test_an_agent_takes_the_call_from_the_queue_and_both_sides_are_transcribed() -> None:
-    leg = ScriptedLeg("ann", speak_after=20, request="hangup", request_after=150)
+    leg = ScriptedLeg("ann", speak_after=20, request="hangup", request_after=400)
     desk = MemoryDesk(QueuePolicy(poll_s=0.5), claim_after=6, leg=leg)
     recorder = MemoryRecorder()
     dialog = FakeDialog(script)
@@ -183,10 +183,11 @@ async def test_an_agent_takes_the_call_from_the_queue_and_both_sides_are_transcr
     caller = np.concatenate([silence(1000), tone(700), silence(8000), tone(500),
                              silence(1500)])
 
-    result, sink = await call(caller, stt, dialog, recorder, desk, tail_s=10)
+    result, sink = await call(caller, stt, dialog, recorder, desk, tail_s=10, no_input_s=3)
 
     assert result.reason == "agent_hangup"
-    assert dialog.received == ["/call_start", "a person please"]  # the bot stopped
+    # the bot stopped: no reprompt while the agent and the caller talk (or are quiet)
+    assert dialog.received == ["/call_start", "a person please"]
     said = spoken(recorder)
     assert said[:4] == [("bot", "Hello there."), ("caller", "a person please"),
                         ("bot", "Connecting you."),
