@@ -105,24 +105,38 @@ async def test_caller_speaking_over_the_greeting_stops_it(
 
 
 class RasaProxy:
-    """A TCP relay in front of the Rasa server that can be cut, like a dying network."""
+    """A TCP relay in front of the Rasa server that dies, like a dying network, when the
+    caller's first turn is sent (the second webhook request: the greeting went through)."""
+
+    WEBHOOK = b"POST /webhooks/rest/webhook"
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.server: asyncio.Server | None = None
         self.writers: list[asyncio.StreamWriter] = []
+        self.webhooks = 0
+        self.cut_done = asyncio.Event()
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_done.is_set():
+            writer.transport.abort()
+            return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.writers += [writer, up_writer]
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       requests: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if requests:
+                        self.webhooks += data.count(self.WEBHOOK)
+                        if self.webhooks >= 2:
+                            self.cut()
+                            return
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -130,10 +144,11 @@ class RasaProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
     def cut(self) -> None:
         assert self.server is not None
+        self.cut_done.set()
         self.server.close()
         for writer in self.writers:
             writer.transport.abort()
@@ -153,16 +168,9 @@ async def test_rasa_dying_mid_call_gets_an_apology_and_keeps_the_log(
         GREETING_GAP_MS, piper_speech(tts, "I have a question about my bill.", RATE), 1000,
     ])
 
-    async def cut_after_greeting() -> None:
-        while not proxy.writers:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.5)
-        proxy.cut()
-
-    cutter = asyncio.create_task(cut_after_greeting())
     sim = await call(node, caller, artifacts, "rasa-outage")
-    await cutter
     await node.dialog.aclose()
+    assert proxy.cut_done.is_set()
 
     assert sim.result.status == "failed" and sim.result.reason == "dialog_unavailable"
     assert "sorry" in heard(stt, sim)
