@@ -59,6 +59,15 @@ def _csrf(request: Request, view: SessionView) -> None:
     check_csrf(view, request.headers.get("x-csrf-token", ""))
 
 
+def _acting(request: Request, view: SessionView) -> DeskQueue | JSONResponse:
+    """The desk's queue for a desk action (signed in, allowed, with the page's CSRF
+    token), or the error to answer with when there is no Redis."""
+    ensure_allowed(view.user, "desk")
+    _csrf(request, view)
+    queue = _queue(request)
+    return _error(503, NO_REDIS) if queue is None else queue
+
+
 def _queue(request: Request) -> DeskQueue | None:
     url = console_of(request).settings.redis_url
     if not url:
@@ -95,11 +104,9 @@ def set_presence(change: PresenceChange, request: Request,
                  view: SessionView = Depends(page_session)) -> Response:
     """Set the agent's presence (``available``, ``wrap_up``, ``away``; ``on_call`` is set
     by taking a call). Posting the current one keeps the page's presence fresh."""
-    ensure_allowed(view.user, "desk")
-    _csrf(request, view)
-    queue = _queue(request)
-    if queue is None:
-        return _error(503, NO_REDIS)
+    queue = _acting(request, view)
+    if isinstance(queue, JSONResponse):
+        return queue
     if change.status not in PRESENCE_STATES:
         return _error(400, f"presence must be one of {', '.join(PRESENCE_STATES)}")
     try:
@@ -113,11 +120,9 @@ def set_presence(change: PresenceChange, request: Request,
 def accept(call_id: str, request: Request,
            view: SessionView = Depends(page_session)) -> Response:
     """Take a waiting call: one agent wins; the others get 409 with who took it."""
-    ensure_allowed(view.user, "desk")
-    _csrf(request, view)
-    queue = _queue(request)
-    if queue is None:
-        return _error(503, NO_REDIS)
+    queue = _acting(request, view)
+    if isinstance(queue, JSONResponse):
+        return queue
     me = view.user.username
     try:
         presence = queue.presence(me)
@@ -141,11 +146,9 @@ async def connect(call_id: str, offer: Offer, request: Request,
     """Relay the page's WebRTC offer (ICE gathered) to the process holding the call's
     audio and return its answer. ``talk``: the agent who took the call; ``listen`` and
     ``barge``: supervisors and admins, on any live call."""
-    ensure_allowed(view.user, "desk")
-    _csrf(request, view)
-    queue = _queue(request)
-    if queue is None:
-        return _error(503, NO_REDIS)
+    queue = _acting(request, view)
+    if isinstance(queue, JSONResponse):
+        return queue
     me = view.user.username
     if offer.mode not in ("talk", "listen", "barge"):
         return _error(400, "mode must be talk, listen or barge")
