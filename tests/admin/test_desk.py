@@ -25,6 +25,7 @@ from switchboard.base.settings import Settings
 from switchboard.bench.local_cluster import RedisServer
 from switchboard.bench.webrtc import CallerTrack
 from switchboard.conversation.call import CallRequest
+from switchboard.conversation.desk import QueuePolicy
 from switchboard.conversation.engines import BotMessage
 from switchboard.desk import NodeDesk
 from switchboard.node import Node
@@ -145,28 +146,89 @@ async def until(check, timeout_s: float, what: str):  # type: ignore[no-untyped-
         await asyncio.sleep(0.1)
 
 
+class AgentPage:
+    """What the desk page does, in aiortc: a microphone (a tone it can be told to play)
+    unless it only listens, the ``desk`` channel, and everything it hears."""
+
+    def __init__(self, mode: str = "talk") -> None:
+        self.mode = mode
+        self.pc = RTCPeerConnection()
+        self.mic: CallerTrack | None = None
+        if mode == "listen":
+            self.pc.addTransceiver("audio", direction="recvonly")
+        else:
+            self.mic = CallerTrack()
+            self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("desk")
+        self.heard: list[np.ndarray] = []
+        self.readers: list[asyncio.Future[None]] = []
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track) -> None:  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            with contextlib.suppress(MediaStreamError):
+                while True:
+                    frame = await track.recv()
+                    assert isinstance(frame, AudioFrame)
+                    self.heard.append(to_mono_int16(frame))
+        self.readers.append(asyncio.ensure_future(read()))
+
+    async def connect(self, client: httpx.Client, call_id: str, token: str) -> None:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        answer = await asyncio.to_thread(
+            client.post, f"/desk/calls/{call_id}/connect",
+            json={"sdp": self.pc.localDescription.sdp, "type": "offer", "mode": self.mode},
+            headers={"X-CSRF-Token": token})
+        assert answer.status_code == 200, answer.text
+        await self.pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
+        await until(lambda: self.pc.connectionState == "connected", 15, f"the {self.mode} leg")
+
+    async def packets_sent(self) -> int:
+        stats = await self.pc.getStats()
+        return sum(s.packetsSent for s in stats.values() if s.type == "outbound-rtp")
+
+    def heard_since(self, count: int) -> np.ndarray:
+        return np.concatenate(self.heard[count:]) if len(self.heard) > count else np.zeros(1)
+
+
+def hears(pcm: np.ndarray, rate: int, hz: float) -> bool:
+    """Whether some 100 ms of ``pcm`` is loud and holds ``hz`` as a good share of its
+    energy (a mix of two voices holds both)."""
+    step = rate // 10
+    for i in range(0, len(pcm) - step, step):
+        window = pcm[i : i + step].astype(np.float64)
+        if np.abs(window).max() < 1500:
+            continue
+        power = np.abs(np.fft.rfft(window)) ** 2
+        freqs = np.fft.rfftfreq(step, 1 / rate)
+        if power[np.abs(freqs - hz) < 40].sum() > 0.2 * power.sum():
+            return True
+    return False
+
+
 async def test_an_agent_takes_a_queued_call_and_talks_with_the_caller_in_the_browser(
         tmp_path: Path, board_server: tuple[str, FastAPI], redis_server: RedisServer,
         live: LiveState) -> None:
+    """Ann takes the queued call and talks with the caller; Sue (a supervisor) listens in
+    and sends nothing; Ann's tab dies and the bot takes the caller back."""
     url, app = board_server
     settings = Settings(data_dir=tmp_path / "node", database_url=f"sqlite:///{tmp_path / 'n.db'}",
                         redis_url=redis_server.url, webrtc_ice_addresses="127.0.0.1",
-                        desk_queue_timeout_s=60)  # type: ignore[call-arg]
+                        webrtc_media_timeout_s=3, desk_queue_timeout_s=60
+                        )  # type: ignore[call-arg]
     sessions = prepare_database(settings.effective_database_url)
     writer = LiveWriter(LiveState(redis_server.url))
     desk = NodeDesk(settings, BrowserAgentLegs(settings), writer)
     node = Node(settings, sessions, CallRepository(sessions), FakeSTT([]), FakeTTS(),
                 FakeDialog(handoff_script), analytics=None, live=writer, desk=desk)
-    caller_voice = tone(60_000, 440)
-    source = FileSource(caller_voice, RATE, realtime=True, tail_s=5)
+    source = FileSource(tone(90_000, 440), RATE, realtime=True, tail_s=5)
     sink = CaptureSink(RATE)
     handle = node.start_call(CallRequest(transport="webrtc", source=source, sink=sink,
                                          caller="203.0.113.9"))
     source.call = handle
     agent = http_client_as(url, app, "agent", "ann")
-    pc = RTCPeerConnection()
-    heard: list[np.ndarray] = []
-    readers: list[asyncio.Future[None]] = []
+    supervisor = http_client_as(url, app, "supervisor", "sue")
+    ann, sue = AgentPage(), AgentPage("listen")
     try:
         call_id = await handle.started()
         state = await until(lambda: (s := live.call(call_id)) and s.state == "queued" and s,
@@ -179,55 +241,48 @@ async def test_an_agent_takes_a_queued_call_and_talks_with_the_caller_in_the_bro
         accepted = await asyncio.to_thread(post, f"/desk/calls/{call_id}/accept",
                                            headers={"X-CSRF-Token": token})
         assert accepted.status_code == 200, accepted.text
-
-        mic = CallerTrack()
-        pc.addTrack(mic)
-        channel = pc.createDataChannel("desk")
-
-        @pc.on("track")
-        def on_track(track) -> None:  # type: ignore[no-untyped-def]
-            async def read() -> None:
-                with contextlib.suppress(MediaStreamError):
-                    while True:
-                        frame = await track.recv()
-                        assert isinstance(frame, AudioFrame)
-                        heard.append(to_mono_int16(frame))
-            readers.append(asyncio.ensure_future(read()))
-
-        await pc.setLocalDescription(await pc.createOffer())
-        answer = await asyncio.to_thread(
-            post, f"/desk/calls/{call_id}/connect",
-            json={"sdp": pc.localDescription.sdp, "type": "offer"},
-            headers={"X-CSRF-Token": token})
-        assert answer.status_code == 200, answer.text
-        await pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
-        await until(lambda: pc.connectionState == "connected", 15, "the agent's leg")
+        await ann.connect(agent, call_id, token)
         await until(lambda: (s := live.call(call_id)) and s.state == "agent", 10,
                     "the call to be with the agent")
+        await sue.connect(supervisor, call_id, await asyncio.to_thread(csrf, supervisor))
         await asyncio.sleep(1.0)
-        said_at = len(sink.frames)
-        await mic.say(tone(1500, 1000))
+        said_at, sue_at = len(sink.frames), len(sue.heard)
+        assert ann.mic is not None
+        await ann.mic.say(tone(1500, 1000))
         await asyncio.sleep(0.5)
-        channel.send('{"type": "hangup"}')
+        caller_heard = np.concatenate(sink.frames[said_at:])
+        ann_heard = ann.heard_since(len(ann.heard) - 100)
+        sue_heard = sue.heard_since(sue_at)
+        sue_sent = await sue.packets_sent()
+        # Ann's tab dies without a word: the bot takes the caller back
+        bot_said = len(sink.frames)
+        await ann.pc.close()
+        await until(lambda: (s := live.call(call_id)) and s.state == "bot", 15,
+                    "the bot to take the caller back")
+        await asyncio.sleep(1.0)
+        handle.hang_up()
         result = await asyncio.wait_for(handle.result(), 15)
     finally:
-        await pc.close()
+        await ann.pc.close()
+        await sue.pc.close()
         agent.close()
+        supervisor.close()
         handle.cancel()
         await node.aclose()
         desk.close()
-    assert result.reason == "agent_hangup"
-    # the caller heard the agent's voice (1 kHz), after the agent spoke
-    after = np.concatenate(sink.frames[said_at:])
-    windows = [after[i : i + RATE // 10] for i in range(0, len(after) - RATE // 10, RATE // 10)]
-    assert any(abs(dominant_hz(w, RATE) - 1000) < 50 and np.abs(w).max() > 2000
-               for w in windows), "the caller never heard the agent"
-    # the agent heard the caller (440 Hz), at the browser's 48 kHz
-    received = np.concatenate(heard[-100:])
-    assert abs(dominant_hz(received, 48000) - 440) < 20 and np.abs(received).max() > 2000
+    assert hears(caller_heard, RATE, 1000), "the caller never heard the agent"
+    assert hears(ann_heard, 48000, 440), "the agent never heard the caller"
+    assert hears(sue_heard, 48000, 1000) and hears(sue_heard, 48000, 440), \
+        "the supervisor must hear both sides"
+    assert sue_sent == 0  # listening in sends nothing
+    assert np.abs(np.concatenate(sink.frames[bot_said:])).max() > 2000  # not left in silence
+    spoken = [t.text for t in result.turns if t.speaker == "bot"]
+    assert spoken[-1] == QueuePolicy().agent_lost_text
     with sessions() as session:
-        kinds = [e.kind for e in session.scalars(select(CallEvent).where(
+        events = [(e.kind, e.data) for e in session.scalars(select(CallEvent).where(
             CallEvent.call_id == call_id).order_by(CallEvent.id))]
-    assert kinds.index("queued") < kinds.index("agent_joined") < kinds.index("agent_request")
-    ended = await asyncio.to_thread(live.call, call_id)
-    assert ended is not None and ended.state == "ended" and ended.agent == "ann"
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("queued") < kinds.index("agent_joined") < kinds.index("listen")
+    assert ("agent_request", {"agent": "ann", "request": "gone"}) in events
+    listened = app.state.console.audit.entries(action="desk.listen")
+    assert [(a.actor, a.target) for a in listened] == [("sue", call_id)]
