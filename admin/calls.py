@@ -189,6 +189,7 @@ def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any]
         "ended_at": ended, "duration_s": round((ended - start).total_seconds(), 1)
         if ended else None,
         "end_reason": call.end_reason, "handoff_target": call.handoff_target,
+        "agent": call.agent, "disposition": call.disposition, "agent_notes": call.agent_notes,
         "worker": call.worker, "has_recording": recording_file(call) is not None,
         "turns": turns, "events": events, "analysis": None,
     }

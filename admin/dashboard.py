@@ -276,6 +276,13 @@ def figure_tiles(figures: Aggregates, time_range: TimeRange) -> list[dict[str, A
          "href": calls_link(time_range, outcome=ABANDONED)},
         {"id": "figure-aht", "value": seconds(figures.average_handle_time_s),
          "label": "average handle time", "note": "per analysed call", "href": None},
+        {"id": "figure-queue-wait", "value": seconds(figures.average_queue_wait_s),
+         "label": "queue wait", "note": f"average of {figures.queued_calls:,} queued calls"
+         if figures.queued_calls else "no call queued", "href": None},
+        {"id": "figure-queue-abandon", "value": percent(figures.queue_abandon_rate),
+         "label": "abandoned in queue", "note": "callers who hung up waiting", "href": None},
+        {"id": "figure-agent-handle", "value": seconds(figures.average_agent_handle_s),
+         "label": "agent handle time", "note": "per call an agent took", "href": None},
         {"id": "figure-latency", "value": latency, "label": "bot response p50 / p95",
          "note": f"voice to voice, {figures.bot_turns_timed:,} bot turns timed"
          if figures.bot_turns_timed else "no timed bot turns", "href": None},

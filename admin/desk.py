@@ -45,6 +45,16 @@ class PresenceChange(BaseModel):
     status: str = Field(max_length=16)
 
 
+DISPOSITIONS = {"resolved": "resolved", "follow_up": "follow-up needed",
+                "escalated": "escalated", "callback": "call back", "wrong_number": "wrong number",
+                "other": "other"}
+
+
+class WrapUp(BaseModel):
+    disposition: str = Field(max_length=32)
+    notes: str = Field(default="", max_length=4000)
+
+
 class Offer(BaseModel):
     sdp: str = Field(max_length=MAX_SDP)
     type: str = Field(max_length=16)
@@ -95,7 +105,7 @@ def desk_page(request: Request, view: SessionView = Depends(page_session)) -> Re
     return console.render(request, "console/desk.html", {
         "nav": "desk", "shared": queue is not None,
         "presence": presence.effective() if presence else "away",
-        "statuses": PRESENCE_STATES,
+        "statuses": PRESENCE_STATES, "dispositions": DISPOSITIONS,
         "can_monitor": allowed(view.user, "monitor")})
 
 
@@ -185,3 +195,29 @@ def _call_state(url: str, call_id: str) -> Any:
         return live.call(call_id)
     finally:
         live.close()
+
+
+@router.post("/desk/calls/{call_id}/wrapup", include_in_schema=False)
+def wrap_up(call_id: str, body: WrapUp, request: Request,
+            view: SessionView = Depends(page_session)) -> Response:
+    """The agent who took the call records its disposition and notes (saved with the
+    call); they are available again."""
+    queue = _acting(request, view)
+    if isinstance(queue, JSONResponse):
+        return queue
+    me = view.user.username
+    if body.disposition not in DISPOSITIONS:
+        return _error(400, f"disposition must be one of {', '.join(DISPOSITIONS)}")
+    try:
+        if queue.claimed_by(call_id) != me:
+            return _error(403, "only the agent who took this call can wrap it up")
+        console_of(request).calls.wrap_up(call_id, agent=me, disposition=body.disposition,
+                                          notes=body.notes.strip())
+        queue.set_presence(me, "available")
+    except KeyError:
+        return _error(404, "no such call")
+    except LiveStateUnavailable as exc:
+        return _error(503, str(exc))
+    log_action(request, me, "desk.wrapup", target=call_id,
+               detail={"disposition": body.disposition})
+    return JSONResponse({"call_id": call_id, "disposition": body.disposition})

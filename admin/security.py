@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from admin.accounts import AccountRepository, SessionView, UserView
 from switchboard.base.settings import Settings
-from switchboard.storage.repository import AuditRepository
+from switchboard.storage.repository import AuditRepository, CallRepository
 
 SESSION_COOKIE = "switchboard_session"
 LOGIN_CSRF_COOKIE = "switchboard_login_csrf"
@@ -88,12 +88,14 @@ class Console:
     accounts: AccountRepository
     templates: Jinja2Templates
     audit: AuditRepository
+    calls: CallRepository
 
     @classmethod
     def create(cls, settings: Settings, sessions: sessionmaker[Session],
                templates: Jinja2Templates) -> Console:
         accounts = AccountRepository.from_settings(settings, sessions)
-        return cls(settings, sessions, accounts, templates, AuditRepository(sessions))
+        return cls(settings, sessions, accounts, templates, AuditRepository(sessions),
+                   CallRepository(sessions))
 
     def render(self, request: Request, template: str, context: dict[str, Any],
                status_code: int = 200) -> Response:

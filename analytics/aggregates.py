@@ -8,6 +8,9 @@ Rates are shares of the *analysed* calls in the range:
 ``containment_rate`` = resolved by the bot alone, ``handoff_rate`` = handed to an agent,
 ``abandon_rate`` = caller hung up or went silent, ``failure_rate`` = something broke,
 ``fallback_rate`` = calls in which the bot failed to understand the caller at least once.
+The agents' desk: ``queued_calls`` waited in the handoff queue, ``queue_abandon_rate`` =
+their callers hung up while waiting, ``average_queue_wait_s`` = time waited,
+``average_agent_handle_s`` = time agents had the calls they took.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class Aggregates:
     failure_rate: float | None = None
     fallback_rate: float | None = None
     average_handle_time_s: float | None = None
+    queued_calls: int = 0
+    queue_abandon_rate: float | None = None
+    average_queue_wait_s: float | None = None
+    average_agent_handle_s: float | None = None
     top_intents: list[dict[str, Any]] = field(default_factory=list)
     sentiment_trend: list[dict[str, Any]] = field(default_factory=list)
     response_ms_p50: float | None = None
@@ -121,6 +128,14 @@ def compute_aggregates(sessions: sessionmaker[Session], *, since: datetime,
         figures.fallback_rate = _rate(with_fallback, n)
         aht = session.scalar(analysed.with_only_columns(func.avg(CallAnalysis.duration_s)))
         figures.average_handle_time_s = round(float(aht), 1) if aht is not None else None
+        queued, abandoned, wait, handle = session.execute(analysed.with_only_columns(
+            func.count(CallAnalysis.queue_outcome),
+            func.count(CallAnalysis.id).filter(CallAnalysis.queue_outcome == "abandoned"),
+            func.avg(CallAnalysis.queue_wait_s), func.avg(CallAnalysis.agent_handle_s))).one()
+        figures.queued_calls = int(queued or 0)
+        figures.queue_abandon_rate = _rate(int(abandoned or 0), figures.queued_calls)
+        figures.average_queue_wait_s = round(float(wait), 1) if wait is not None else None
+        figures.average_agent_handle_s = round(float(handle), 1) if handle is not None else None
 
         day = _bucket(dialect, Call.started_at, "day").label("day")
         trend = session.execute(

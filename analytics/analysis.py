@@ -41,6 +41,8 @@ OUTCOME_BY_END_REASON: dict[str, str] = {
     "worker_died": FAILED,
     "node_restarted": FAILED,
     "setup_failed": FAILED,
+    "agent_hangup": HANDED_OFF,
+    "transferred": HANDED_OFF,
 }
 """How ``Call.end_reason`` maps to an outcome. Reasons with a detail after a colon
 (``setup_failed: …``) are looked up by the part before it. A ``bot_hangup`` that follows
@@ -71,11 +73,48 @@ def outcome_of(call: Call) -> str:
     outcome = OUTCOME_BY_END_REASON.get(reason)
     if outcome is None:
         return FAILED if call.status == "failed" else UNKNOWN
+    if outcome == ABANDONED and any(e.kind == "agent_joined" for e in call.events):
+        return HANDED_OFF  # the caller hung up on the agent: the agent had the call
     if outcome == RESOLVED and any(
         e.kind == "no_input" and (e.data or {}).get("final") for e in call.events
     ):
         return ABANDONED
     return outcome
+
+
+# --- the agents' desk --------------------------------------------------------------------
+
+AGENT_GONE = frozenset({"agent_left"})
+
+
+@dataclass(frozen=True)
+class DeskFigures:
+    """How the call went at the agents' desk: how its (last) wait in the queue ended
+    (``agent``, ``fallback``, ``abandoned``; None if it never waited), the time waited,
+    and the time agents had it."""
+
+    queue_outcome: str | None
+    queue_wait_s: float | None
+    agent_handle_s: float | None
+
+
+def desk_figures(call: Call) -> DeskFigures:
+    events = sorted(call.events, key=lambda e: (e.at, e.id or 0))
+    left = [e.data or {} for e in events if e.kind == "queue_left"]
+    outcome = str(left[-1].get("outcome")) if left else None
+    waited = (round(sum(float(d.get("waited_ms") or 0) for d in left) / 1000, 1)
+              if left else None)
+    handled, joined_at = 0.0, None
+    for event in events:
+        if event.kind == "agent_joined" and joined_at is None:
+            joined_at = event.at
+        elif event.kind in AGENT_GONE and joined_at is not None:
+            handled += _seconds(joined_at, event.at)
+            joined_at = None
+    if joined_at is not None and call.ended_at is not None:
+        handled += _seconds(joined_at, call.ended_at)
+    agent = any(e.kind == "agent_joined" for e in events)
+    return DeskFigures(outcome, waited, round(handled, 1) if agent else None)
 
 
 # --- timing ------------------------------------------------------------------------------
@@ -318,6 +357,9 @@ class CallAnalysisResult:
     transcript: list[dict[str, Any]] = field(default_factory=list)
     latency: dict[str, Any] = field(default_factory=dict)
     redactions: int = 0
+    queue_outcome: str | None = None
+    queue_wait_s: float | None = None
+    agent_handle_s: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -353,6 +395,7 @@ def analyze(call: Call) -> CallAnalysisResult:
     overall = round(float(np.mean(scores)), 4) if scores else None
     intents = intent_sequence(turns)
     outcome = outcome_of(call)
+    desk = desk_figures(call)
     return CallAnalysisResult(
         call_id=call.id,
         outcome=outcome,
@@ -372,4 +415,7 @@ def analyze(call: Call) -> CallAnalysisResult:
         transcript=transcript,
         latency=latency_stats(turns),
         redactions=redactions,
+        queue_outcome=desk.queue_outcome,
+        queue_wait_s=desk.queue_wait_s,
+        agent_handle_s=desk.agent_handle_s,
     )

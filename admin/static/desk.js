@@ -29,6 +29,8 @@
   let presence = (document.querySelector("input[name=presence]:checked") || {}).value
     || presenceNow.textContent.trim().replace(/ /g, "_");
   let leg = null; // {callId, mode, pc, channel, stream}
+  let wrapping = null; // the call id whose wrap-up is due
+  const wrapForm = document.getElementById("wrap-up");
 
   function now() { return Date.now() / 1000 + clockOffset; }
   function setStatus(text, kind) { status.textContent = text; status.className = "badge " + kind; }
@@ -139,6 +141,7 @@
     const pc = new RTCPeerConnection({ iceServers: [] });
     const current = leg = { callId, mode, pc, channel: null, stream: null };
     window.deskLeg = current;
+    document.getElementById("call-actions").hidden = false;
     showPanel();
     panelState.textContent = "connecting audio…";
     try {
@@ -175,6 +178,7 @@
     const current = leg;
     if (!current) return;
     leg = null;
+    document.getElementById("call-actions").hidden = true;
     if (current.stream) current.stream.getTracks().forEach((t) => t.stop());
     current.pc.close();
     if (!keepPanel) panelState.textContent = why;
@@ -221,6 +225,32 @@
     transcript.scrollTop = transcript.scrollHeight;
   }
 
+  // ---------------------------------------------------------------- wrap-up
+
+  function startWrapUp(callId) {
+    wrapping = callId;
+    wrapForm.hidden = false;
+    if (presence === "on_call") setPresence("wrap_up");
+  }
+
+  wrapForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!wrapping) return;
+    const status = document.getElementById("wrap-up-status");
+    const result = await post("/desk/calls/" + encodeURIComponent(wrapping) + "/wrapup", {
+      disposition: document.getElementById("disposition").value,
+      notes: document.getElementById("notes").value,
+    });
+    if (!result.ok) { status.textContent = result.data.error || "not saved (" + result.status + ")"; return; }
+    status.textContent = "saved";
+    wrapping = null;
+    wrapForm.hidden = true;
+    document.getElementById("notes").value = "";
+    presence = "wrap_up";
+    await setPresence("available");
+    panel.hidden = true;
+  });
+
   // ---------------------------------------------------------------- supervisors
 
   function renderMonitor() {
@@ -253,12 +283,13 @@
     const call = Object.assign(known || { transcript: [] }, update);
     calls.set(call.call_id, call);
     if (leg && leg.callId === call.call_id) {
+      const talked = leg.mode === "talk";
       if (call.state === "ended") {
         endLeg("the call ended (" + (call.end_reason || "").replace(/_/g, " ") + ")");
-        if (leg === null && presence === "on_call") setPresence("wrap_up");
-      } else if (leg.mode === "talk" && call.state === "bot") {
+        if (talked) startWrapUp(call.call_id);
+      } else if (talked && call.state === "bot") {
         endLeg("the caller is back with the bot");
-        if (presence === "on_call") setPresence("wrap_up");
+        startWrapUp(call.call_id);
       }
     }
     if (call.state === "ended") setTimeout(() => { calls.delete(call.call_id); render(); }, 5000);

@@ -382,11 +382,11 @@ class ConversationPipeline:
         """An agent talks with the caller (the bot is silent)."""
         return self.bridge.agent is not None
 
-    def release_agent(self) -> None:
-        """The agent leaves; the bot takes the caller back."""
-        leg = self.bridge.release()
-        if leg is not None:
-            self.recorder.event("agent_left", {"agent": leg.agent})
+    def release_agent(self, agent: str | None) -> None:
+        """The agent (who had the call, if anyone) leaves; the bot takes the caller back."""
+        self.bridge.release()
+        if agent is not None:
+            self.recorder.event("agent_left", {"agent": agent})
         if self.desk is not None:
             self.desk.released(self.call_id)
 

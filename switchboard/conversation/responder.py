@@ -108,7 +108,7 @@ class Stage(Protocol):
         """An agent talks with the caller: turns are transcribed, not answered."""
         ...
 
-    def release_agent(self) -> None: ...
+    def release_agent(self, agent: str | None) -> None: ...
 
     @property
     def media_ms(self) -> int: ...
@@ -258,7 +258,7 @@ class Responder:
             self.transfer_to = target
             raise CallEnded("transferred")
         if what in ("bot", "gone", "not_connected") and policy is not None:
-            stage.release_agent()
+            stage.release_agent(None if what == "not_connected" else asked.agent)
             await self.announce({"bot": policy.back_to_bot_text, "gone": policy.agent_lost_text,
                                  "not_connected": policy.not_connected_text}[what])
         else:

@@ -77,6 +77,9 @@ class Call(Base):
     end_reason: Mapped[str | None] = mapped_column(String(64))
     handoff_target: Mapped[str | None] = mapped_column(String(255))
     recording_path: Mapped[str | None] = mapped_column(String(1024))
+    agent: Mapped[str | None] = mapped_column(String(64), index=True)  # who took it
+    disposition: Mapped[str | None] = mapped_column(String(32))  # the agent's wrap-up
+    agent_notes: Mapped[str | None] = mapped_column(Text)
     call_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
 
     turns: Mapped[list[Turn]] = relationship(
@@ -95,7 +98,7 @@ class Turn(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
     seq: Mapped[int]
-    speaker: Mapped[str] = mapped_column(String(8))  # caller | bot
+    speaker: Mapped[str] = mapped_column(String(8))  # caller | bot | agent
     text: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
@@ -242,3 +245,6 @@ class CallAnalysis(Base):
     transcript: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # redacted
     latency: Mapped[dict[str, Any]] = mapped_column(default=dict)
     redactions: Mapped[int] = mapped_column(Integer, default=0)
+    queue_outcome: Mapped[str | None] = mapped_column(String(16))  # agent|fallback|abandoned
+    queue_wait_s: Mapped[float | None] = mapped_column(Float)
+    agent_handle_s: Mapped[float | None] = mapped_column(Float)

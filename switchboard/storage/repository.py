@@ -149,6 +149,15 @@ class CallRepository:
             call.recording_path = path
             session.commit()
 
+    def wrap_up(self, call_id: str, *, agent: str, disposition: str, notes: str) -> None:
+        """The agent's wrap-up of a call they took: disposition and notes."""
+        with self._sessions() as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise KeyError(f"no call with id {call_id}")
+            call.agent, call.disposition, call.agent_notes = agent, disposition, notes
+            session.commit()
+
     def get_call(self, call_id: str) -> Call | None:
         """The call with its turns and events loaded (detached, safe to read anywhere)."""
         with self._sessions() as session:

@@ -327,6 +327,12 @@ def test_an_agent_takes_a_handed_off_call_in_the_browser(
             page.click("#hangup")
             expect(page.locator("#in-call-state")).to_contain_text("ended", timeout=20_000)
             expect(page.locator("#presence-now")).to_have_text("wrap up")
+            page.select_option("#disposition", "follow_up")
+            page.fill("#notes", "Parcel not delivered: resend.")
+            page.screenshot(path=str(stack.artifacts / "console-desk-wrap-up.png"),
+                            full_page=True)
+            page.click("#save-wrap-up")
+            expect(page.locator("#presence-now")).to_have_text("available")
             browser.close()
         assert call.wait(60) == 0, call.stdout.read() if call.stdout else ""
         output = call.stdout.read() if call.stdout else ""
@@ -341,6 +347,8 @@ def test_an_agent_takes_a_handed_off_call_in_the_browser(
     stored = CallRepository(prepare_database(stack.env["SWITCHBOARD_DATABASE_URL"])
                             ).get_call(found.group(1))
     assert stored is not None
+    assert (stored.agent, stored.disposition, stored.agent_notes) == (
+        "bob", "follow_up", "Parcel not delivered: resend.")
     turns = sorted(stored.turns, key=lambda t: t.started_at)
     speakers = [t.speaker for t in turns]
     assert "agent" in speakers and speakers.index("agent") > speakers.index("bot")

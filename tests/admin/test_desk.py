@@ -118,14 +118,33 @@ def test_two_agents_accepting_at_once_one_wins(board_server: tuple[str, FastAPI]
         listen = ann.post("/desk/calls/q1/connect", json={**offer, "mode": "listen"},
                           headers={"X-CSRF-Token": tokens["ann"]})
         assert listen.status_code == 403
-        talk = (ann if loser == "ann" else bob).post(
-            "/desk/calls/q1/connect", json=offer, headers={"X-CSRF-Token": tokens[loser]})
+        loser_client, winner_client = (ann, bob) if loser == "ann" else (bob, ann)
+        talk = loser_client.post("/desk/calls/q1/connect", json=offer,
+                                 headers={"X-CSRF-Token": tokens[loser]})
         assert talk.status_code == 403
+        # after the call: only the winner wraps it up; it is saved with the call
+        app.state.console.calls.create_call(call_id="q1", transport="sip")
+        wrap = {"disposition": "follow_up", "notes": "Parcel lost; resend by Friday."}
+        assert loser_client.post("/desk/calls/q1/wrapup", json=wrap, headers={
+            "X-CSRF-Token": tokens[loser]}).status_code == 403
+        bad = winner_client.post("/desk/calls/q1/wrapup", json={"disposition": "meh"},
+                                 headers={"X-CSRF-Token": tokens[winner]})
+        assert bad.status_code == 400
+        saved = winner_client.post("/desk/calls/q1/wrapup", json=wrap,
+                                   headers={"X-CSRF-Token": tokens[winner]})
+        assert saved.status_code == 200, saved.text
+        call_page = winner_client.get("/calls/q1")
+        assert "follow up" in call_page.text and "Parcel lost" in call_page.text
     finally:
         ann.close()
         bob.close()
     accepted = app.state.console.audit.entries(action="desk.accept")
     assert [(a.actor, a.target) for a in accepted] == [(winner, "q1")]
+    stored = app.state.console.calls.get_call("q1")
+    assert (stored.agent, stored.disposition) == (winner, "follow_up")
+    assert desk_queue.presence(winner).status == "available"  # type: ignore[union-attr]
+    assert [a.detail for a in app.state.console.audit.entries(action="desk.wrapup")] == [
+        {"disposition": "follow_up"}]
 
 
 def handoff_script(message: str) -> list[BotMessage]:

@@ -35,6 +35,8 @@ class CallSpec:
     turns: list[Said] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     status: str = "ended"
+    event_at_s: list[float] | None = None
+    """When each event happened (seconds after the start); default: when stored."""
 
 
 def store_call(sessions: sessionmaker[Session], spec: CallSpec) -> str:
@@ -56,6 +58,8 @@ def store_call(sessions: sessionmaker[Session], spec: CallSpec) -> str:
         assert call is not None
         call.started_at = spec.start
         call.ended_at = spec.start + timedelta(seconds=spec.length_s)
+        for event, at_s in zip(call.events, spec.event_at_s or [], strict=False):
+            event.at = spec.start + timedelta(seconds=at_s)
         session.commit()
     return call_id
 
@@ -79,3 +83,23 @@ def order_call(start: datetime, *, reason: str = "bot_hangup",
         ],
         events=[("barge_in", {"at_ms": 14000})],
     )
+
+
+def desk_call(start: datetime, *, taken: bool, reason: str = "agent_hangup") -> CallSpec:
+    """A caller asks for a person and waits 20 s: an agent takes the call for 40 s (then
+    hangs up), or nobody does and the caller hangs up."""
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("handoff", {"queue": "agents"}), ("queued", {"position": 1}),
+        ("queue_left", {"outcome": "agent" if taken else "abandoned", "waited_ms": 20000})]
+    at = [6.0, 7.0, 27.0]
+    if taken:
+        events += [("agent_joined", {"agent": "ann"}),
+                   ("agent_request", {"agent": "ann", "request": "hangup"})]
+        at += [28.0, 68.0]
+    return CallSpec(
+        start=start, length_s=68.0 if taken else 27.0, reason=reason if taken
+        else "caller_hangup", events=events, event_at_s=at,
+        turns=[Said("bot", "Hello, how can I help?", 0.0, 2.0),
+               Said("caller", "A person please.", 3.0, 1.5, intent="request_agent"),
+               Said("bot", "Sure, please hold.", 5.0, 1.5)]
+        + ([Said("agent", "Hi, this is Ann.", 29.0, 2.0)] if taken else []))

@@ -16,7 +16,7 @@ from analytics.aggregates import compute_aggregates
 from analytics.analysis import analyze
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import AnalysisRepository, CallRepository
-from tests.analytics.calls import CallSpec, Said, order_call, store_call
+from tests.analytics.calls import CallSpec, Said, desk_call, order_call, store_call
 
 DAY1 = datetime(2026, 3, 2, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
@@ -83,6 +83,20 @@ def test_aggregates_over_a_range(sessions: sessionmaker[Session]) -> None:
     assert figures.sentiment_trend[0]["sentiment"] == pytest.approx(
         sum(s for s in day1 if s is not None) / 3, abs=1e-4)
     assert figures.sentiment_trend[1]["sentiment"] == pytest.approx(day2[0] or 0.0, abs=1e-4)
+
+
+def test_desk_figures_over_a_range(sessions: sessionmaker[Session]) -> None:
+    start = DAY1 + timedelta(hours=9)
+    for taken in (True, True, False):
+        _analysed(sessions, desk_call(start, taken=taken))
+    _analysed(sessions, order_call(start))  # never queued
+
+    figures = compute_aggregates(sessions, since=DAY1, until=DAY2)
+
+    assert figures.queued_calls == 3
+    assert figures.queue_abandon_rate == pytest.approx(1 / 3, abs=1e-4)
+    assert figures.average_queue_wait_s == 20.0
+    assert figures.average_agent_handle_s == 40.0  # the two calls agents took
 
 
 def test_an_empty_range_has_no_rates(sessions: sessionmaker[Session]) -> None:

@@ -25,7 +25,7 @@ from analytics.analysis import (
 from switchboard.storage.database import prepare_database
 from switchboard.storage.models import Call, CallEvent, Turn
 from switchboard.storage.repository import AnalysisRepository, CallRepository
-from tests.analytics.calls import order_call, store_call
+from tests.analytics.calls import desk_call, order_call, store_call
 
 T0 = datetime(2026, 3, 2, 9, 15, tzinfo=UTC)
 
@@ -52,6 +52,27 @@ def _call(reason: str | None, status: str = "ended", events: list[str] | None = 
 ])
 def test_end_reasons_map_to_outcomes(reason: str, status: str, outcome: str) -> None:
     assert outcome_of(_call(reason, status)) == outcome
+
+
+def test_calls_at_the_agents_desk_have_queue_and_handle_figures(tmp_path: Path) -> None:
+    sessions = prepare_database(f"sqlite:///{tmp_path / 'desk.db'}")
+    start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    taken = CallRepository(sessions).get_call(store_call(sessions, desk_call(start, taken=True)))
+    left = CallRepository(sessions).get_call(store_call(sessions, desk_call(start, taken=False)))
+    assert taken is not None and left is not None
+    took = analyze(taken)
+    assert (took.outcome, took.queue_outcome, took.queue_wait_s, took.agent_handle_s) == (
+        HANDED_OFF, "agent", 20.0, 40.0)  # joined at 28 s, the call ended at 68 s
+    gave_up = analyze(left)
+    assert (gave_up.outcome, gave_up.queue_outcome, gave_up.queue_wait_s,
+            gave_up.agent_handle_s) == (ABANDONED, "abandoned", 20.0, None)
+    plain = CallRepository(sessions).get_call(store_call(sessions, order_call(start)))
+    assert plain is not None
+    assert (analyze(plain).queue_outcome, analyze(plain).agent_handle_s) == (None, None)
+    # a caller who hangs up on the agent: the call was still handed off
+    hung_up = CallRepository(sessions).get_call(store_call(
+        sessions, desk_call(start, taken=True, reason="caller_hangup")))
+    assert hung_up is not None and outcome_of(hung_up) == HANDED_OFF
 
 
 def test_bot_hanging_up_on_a_silent_caller_is_abandoned_not_resolved() -> None:
