@@ -481,6 +481,26 @@ def bench_webrtc(
     _report(report, json_path)
 
 
+@bench_app.command("desk")
+def bench_desk(
+    calls: Annotated[int, typer.Option(min=1, max=20, help="Calls, one after another.")] = 3,
+    json_path: JsonOption = None,
+) -> None:
+    """The agents' desk: from an agent's accept to their voice at the caller, and the
+    latency the agent's bridge adds each way (a real pipeline, Redis, console; aiortc as
+    the agent's browser)."""
+    from switchboard.bench.desk import BenchError
+    from switchboard.bench.desk import bench_desk as run_bench
+
+    settings = get_settings()
+    _setup_logging(settings, quiet=True)
+    try:
+        report = asyncio.run(run_bench(settings, calls))
+    except BenchError as exc:
+        raise _fail(str(exc)) from None
+    _report(report, json_path)
+
+
 @bench_app.command("sip")
 def bench_sip(
     calls: Annotated[int, typer.Option(min=1, max=200, help="Calls to place in all.")] = 4,

@@ -194,6 +194,10 @@ class Speaker(Protocol):
         """Say ``text`` to the caller (not interruptible) and store it as a bot turn."""
         ...
 
+    def hush(self) -> None:
+        """Stop what is being said at once (an agent took the call)."""
+        ...
+
 
 class WaitingStage(Protocol):
     """What the wait needs of the call (the pipeline)."""
@@ -231,11 +235,14 @@ class QueueWait:
         outcome: QueueOutcome | None = None
         error: Exception | None = None
         try:
-            await self.speaker.announce(policy.position(position, first=True))
+            await self._say(policy.position(position, first=True))
             music = stage.hold = HoldMusic(desk.music(self.rate), self.rate)
             announced = time.monotonic()
+            first = True
             while outcome is None:
-                await stage.wait_media(int(policy.poll_s * 1000))
+                if not first:
+                    await stage.wait_media(int(policy.poll_s * 1000))
+                first = False
                 waited = time.monotonic() - started
                 try:
                     status = await desk.status(stage.call_id)
@@ -253,7 +260,7 @@ class QueueWait:
                 elif (status.position is not None
                       and time.monotonic() - announced >= policy.announce_every_s):
                     stage.hold = None
-                    await self.speaker.announce(policy.position(status.position, first=False))
+                    await self._say(policy.position(status.position, first=False))
                     stage.hold = music
                     announced = time.monotonic()
         finally:
@@ -264,6 +271,27 @@ class QueueWait:
                                                     "waited_ms": round(waited * 1000)})
                 await _quietly(desk.leave(stage.call_id))
         return self._done(outcome, error)
+
+    async def _say(self, text: str) -> None:
+        """Say ``text``; an agent who takes the call meanwhile cuts it short (they do not
+        wait for the end of a prompt)."""
+        speaking = asyncio.ensure_future(self.speaker.announce(text))
+        try:
+            while not speaking.done():
+                await asyncio.wait({speaking}, timeout=self.desk.policy.poll_s)
+                if speaking.done():
+                    break
+                try:
+                    status = await self.desk.status(self.stage.call_id)
+                except Exception:  # the main loop says what failed
+                    continue
+                if status.claimed_by is not None:
+                    self.speaker.hush()
+                    break
+            await speaking
+        finally:
+            if not speaking.done():
+                speaking.cancel()
 
     def _done(self, outcome: QueueOutcome, error: Exception | None = None) -> QueueOutcome:
         data: dict[str, object] = {"outcome": outcome.kind, "agent": outcome.agent,

@@ -349,6 +349,12 @@ class Responder:
         elif reply.hangup:
             raise CallEnded("bot_hangup")
 
+    def hush(self) -> None:
+        """Stop the bot's utterance at once: queued audio dropped, synthesis stopped."""
+        if self.speech is not None and self.speech.playing:
+            self.stage.playout.clear()
+            self.speech.interrupt()
+
     async def announce(self, text: str) -> None:
         """Say ``text`` (not interruptible) and store it as the bot's turn."""
         record, _ = await self.say(text, interruptible=False)
