@@ -29,6 +29,11 @@ OUTBOUND_BUFFER_MS = 100
 the sender tick on separate 20 ms clocks, so anything queued beyond a few frames (silence
 written before the sender started, clock drift) would delay every word the bot says."""
 
+STANDING_BACKLOG_MS = 40
+"""Caller audio held beyond this when a frame is taken is dropped (the oldest first): the
+receiver hands over bursts (aiortc's jitter buffer releases its prefetch at once), and a
+backlog that stays is only delay on every word, never absorbed jitter."""
+
 CLOCK_RESYNC_MS = 100
 """A clock that falls this far behind (a stalled loop) restarts instead of bursting."""
 
@@ -72,10 +77,13 @@ class TrackSource:
         self.sample_rate = rate
         self.end_reason: str | None = None
         self.timed_out = False
+        self.dropped_ms = 0
+        """Audio dropped to keep the backlog short (see ``STANDING_BACKLOG_MS``)."""
         self._track = track
         self._frame = frame_samples(rate)
         self._silence = np.zeros(self._frame, dtype=np.int16)
         self._max_samples = rate * INBOUND_BUFFER_MS // 1000
+        self._standing = rate * STANDING_BACKLOG_MS // 1000
         self._pending = np.zeros(0, dtype=np.int16)
         self._resampler: StreamResampler | None = None
         self._media_timeout_s = media_timeout_s
@@ -113,6 +121,9 @@ class TrackSource:
         if len(self._pending) < self._frame:
             return self._silence
         frame, self._pending = self._pending[: self._frame], self._pending[self._frame :]
+        if len(self._pending) > self._standing:
+            self.dropped_ms += (len(self._pending) - self._standing) * 1000 // self.sample_rate
+            self._pending = self._pending[-self._standing :]
         return frame
 
     def close(self) -> None:

@@ -33,3 +33,44 @@ async def test_silence_is_skipped_only_while_behind(make: object) -> None:
     assert _queued(sink) == behind  # not queued behind the backlog
     await sink.write(SPEECH)
     assert _queued(sink) == behind + 1  # speech always is
+
+
+class BurstTrack:
+    """A received track whose jitter buffer hands over 100 ms at once, then nothing."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def recv(self) -> object:
+        import asyncio
+
+        from av import AudioFrame
+
+        if self.sent >= 5:
+            await asyncio.sleep(3600)
+        self.sent += 1
+        frame = AudioFrame.from_ndarray(
+            np.full((1, 320), 1000 * self.sent, dtype=np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        return frame
+
+
+async def test_a_burst_from_the_receiver_does_not_become_a_standing_delay() -> None:
+    import asyncio
+
+    from telephony.webrtc.media import STANDING_BACKLOG_MS, TrackSource
+
+    source = TrackSource(BurstTrack(), media_timeout_s=10)  # type: ignore[arg-type]
+    try:
+        await asyncio.sleep(0.05)  # the burst arrives: 100 ms held
+        first = source.take()
+        assert first is not None and abs(np.median(first) - 1000) < 100  # the oldest first
+        left = len(source._pending) * 1000 // source.sample_rate
+        assert left == STANDING_BACKLOG_MS and source.dropped_ms > 0
+        second = source.take()
+        # without the trim the next frame would be the burst's second (level 2000)
+        assert second is not None and np.median(second) > 2500
+    finally:
+        source.close()
