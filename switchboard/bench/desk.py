@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import secrets
 import tempfile
 import threading
@@ -49,7 +48,7 @@ from switchboard.conversation.audio import FRAME_MS, frame_samples
 from switchboard.conversation.call import CallRequest
 from switchboard.node import Node, services_ready
 from switchboard.storage.live import LiveState
-from telephony.webrtc.media import FrameClock, to_mono_int16
+from telephony.webrtc.media import FrameClock, FrameStamper, to_mono_int16
 
 RATE = 16000
 BROWSER_RATE = 48000
@@ -145,7 +144,7 @@ class AgentMic(AudioStreamTrack):
         self._frame = frame_samples(BROWSER_RATE)
         self._pending: list[np.ndarray] = []
         self._clock = FrameClock()
-        self._pts = 0
+        self._stamper = FrameStamper(BROWSER_RATE)
         self._sent_at: asyncio.Future[float] | None = None
         self.greeting = True
 
@@ -167,12 +166,7 @@ class AgentMic(AudioStreamTrack):
             pcm = tone(FRAME_MS, AGENT_HZ, BROWSER_RATE)
         else:
             pcm = np.zeros(self._frame, dtype=np.int16)
-        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = BROWSER_RATE
-        frame.time_base = fractions.Fraction(1, BROWSER_RATE)
-        frame.pts = self._pts
-        self._pts += self._frame
-        return frame
+        return self._stamper.frame(pcm)
 
 
 class AgentEar:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
 import multiprocessing
 import sys
@@ -31,7 +30,7 @@ from switchboard.base.settings import PROJECT_ROOT, Settings
 from switchboard.bench.kit import Report, VoiceToVoice, piper_lines
 from switchboard.conversation.audio import frame_samples
 from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
-from telephony.webrtc.media import CALL_RATE, FrameClock, to_mono_int16
+from telephony.webrtc.media import CALL_RATE, FrameClock, FrameStamper, to_mono_int16
 
 TURNS = 2
 """Caller lines per call (the kit's first lines: the order status, then its number)."""
@@ -73,7 +72,7 @@ class CallerTrack(AudioStreamTrack):
         self._line: list[np.ndarray] = []
         self._said: asyncio.Future[float] | None = None
         self._clock = FrameClock()
-        self._pts = 0
+        self._stamper = FrameStamper(CALL_RATE)
 
     def say(self, pcm: np.ndarray) -> asyncio.Future[float]:
         """Start saying ``pcm``; the future gets the time its last frame went out."""
@@ -89,12 +88,7 @@ class CallerTrack(AudioStreamTrack):
         pcm = self._line.pop(0) if self._line else self._silence
         if not self._line and self._said is not None and not self._said.done():
             self._said.set_result(time.perf_counter())
-        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = CALL_RATE
-        frame.time_base = fractions.Fraction(1, CALL_RATE)
-        frame.pts = self._pts
-        self._pts += self._frame
-        return frame
+        return self._stamper.frame(pcm)
 
 
 class Listener:

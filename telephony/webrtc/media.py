@@ -65,6 +65,24 @@ class FrameClock:
         await asyncio.sleep(max(0.0, self._next - now))
 
 
+class FrameStamper:
+    """Turns int16 mono frames into aiortc audio frames with running timestamps (what an
+    outbound track's ``recv`` returns)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._time_base = fractions.Fraction(1, rate)
+        self._pts = 0
+
+    def frame(self, pcm: np.ndarray) -> AudioFrame:
+        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.rate
+        frame.time_base = self._time_base
+        frame.pts = self._pts
+        self._pts += len(pcm)
+        return frame
+
+
 class TrackSource:
     """The caller's audio track as the pipeline's source: clocked 20 ms int16 frames.
 
@@ -144,8 +162,7 @@ class PacedOutboundTrack(AudioStreamTrack):
         self._frame = frame_samples(rate)
         self._silence = np.zeros(self._frame, dtype=np.int16)
         self._queue: deque[np.ndarray] = deque(maxlen=OUTBOUND_BUFFER_MS // FRAME_MS)
-        self._time_base = fractions.Fraction(1, rate)
-        self._pts = 0
+        self._stamper = FrameStamper(rate)
         self._clock = FrameClock()
 
     async def write(self, frame: np.ndarray) -> None:
@@ -164,10 +181,4 @@ class PacedOutboundTrack(AudioStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         await self._clock.tick()
-        pcm = self._queue.popleft() if self._queue else self._silence
-        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.time_base = self._time_base
-        frame.pts = self._pts
-        self._pts += self._frame
-        return frame
+        return self._stamper.frame(self._queue.popleft() if self._queue else self._silence)
