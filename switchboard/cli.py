@@ -416,6 +416,17 @@ def _report(report: Report, json_path: Path | None) -> None:
         report.write_json(json_path)
 
 
+def _bench_report(run: Callable[[], Report], json_path: Path | None) -> None:
+    """Run a bench and print its report; a bench that cannot run says why and exits 1."""
+    from switchboard.bench.kit import BenchError
+
+    try:
+        report = run()
+    except BenchError as exc:
+        raise _fail(str(exc)) from None
+    _report(report, json_path)
+
+
 @bench_app.command("pipeline")
 def bench_pipeline(
     utterances: Annotated[int, typer.Option(min=1, max=200, help="Caller turns to time.")] = 12,
@@ -452,14 +463,9 @@ def bench_console(
     json_path: JsonOption = None,
 ) -> None:
     """Console and API response times over a database of many calls (in-process)."""
-    from switchboard.bench.console import BenchError
     from switchboard.bench.console import bench_console as run_bench
 
-    try:
-        report = run_bench(calls, requests, database_url)
-    except BenchError as exc:
-        raise _fail(str(exc)) from None
-    _report(report, json_path)
+    _bench_report(lambda: run_bench(calls, requests, database_url), json_path)
 
 
 @bench_app.command("webrtc")
@@ -469,16 +475,11 @@ def bench_webrtc(
 ) -> None:
     """Concurrent aiortc calls against the web app: connect time, voice-to-voice latency
     at the caller, CPU per call. Starts a web app for the run if none answers."""
-    from switchboard.bench.webrtc import BenchError
     from switchboard.bench.webrtc import bench_webrtc as run_bench
 
     settings = get_settings()
     _setup_logging(settings, quiet=True)
-    try:
-        report = asyncio.run(run_bench(settings, calls))
-    except BenchError as exc:
-        raise _fail(str(exc)) from None
-    _report(report, json_path)
+    _bench_report(lambda: asyncio.run(run_bench(settings, calls)), json_path)
 
 
 @bench_app.command("desk")
@@ -489,16 +490,11 @@ def bench_desk(
     """The agents' desk: from an agent's accept to their voice at the caller, and the
     latency the agent's bridge adds each way (a real pipeline, Redis, console; aiortc as
     the agent's browser)."""
-    from switchboard.bench.desk import BenchError
     from switchboard.bench.desk import bench_desk as run_bench
 
     settings = get_settings()
     _setup_logging(settings, quiet=True)
-    try:
-        report = asyncio.run(run_bench(settings, calls))
-    except BenchError as exc:
-        raise _fail(str(exc)) from None
-    _report(report, json_path)
+    _bench_report(lambda: asyncio.run(run_bench(settings, calls)), json_path)
 
 
 @bench_app.command("sip")

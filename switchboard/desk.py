@@ -217,7 +217,7 @@ class CallDesk:
 
     async def status(self, call_id: str) -> QueueStatus:
         position, claimer = await asyncio.to_thread(self.desk.queue.status, call_id)
-        if claimer is not None and claimer != FALLBACK:
+        if claimer is not None and claimer != FALLBACK and self.state.state != "agent":
             self._put(state="agent", agent=claimer, queue=None)
         return QueueStatus(position, None if claimer == FALLBACK else claimer)
 

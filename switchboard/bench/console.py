@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from admin.console import install_console
 from analytics.analysis import ABANDONED, FAILED, HANDED_OFF, RESOLVED
 from switchboard.base.settings import Settings
-from switchboard.bench.kit import Report
+from switchboard.bench.kit import BenchError, Report
 from switchboard.storage.database import prepare_database
 from switchboard.storage.models import Call, CallAnalysis, CallEvent, Turn, new_id
 
@@ -38,9 +38,6 @@ INTENTS = ["check_order_status", "inform", "reset_password", "billing_question",
            "request_agent", "thankyou", "goodbye", "nlu_fallback"]
 BATCH = 2000
 
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run; the message says why."""
 
 
 @dataclass

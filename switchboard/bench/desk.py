@@ -42,7 +42,7 @@ from fastapi import FastAPI
 from admin.console import install_console
 from switchboard.base.processes import free_port
 from switchboard.base.settings import Settings
-from switchboard.bench.kit import Report, trim_silence
+from switchboard.bench.kit import BenchError, Report, trim_silence
 from switchboard.bench.local_cluster import RedisServer
 from switchboard.conversation.audio import FRAME_MS, frame_samples
 from switchboard.conversation.call import CallRequest
@@ -60,9 +60,6 @@ QUEUE_WAIT_S = 60.0
 """How long the bench waits for the caller's handoff to reach the queue."""
 STEP_TIMEOUT_S = 15.0
 
-
-class BenchError(RuntimeError):
-    """The bench could not run (the message says why)."""
 
 
 def tone(ms: int, hz: float, rate: int) -> np.ndarray:
@@ -87,8 +84,8 @@ class CallerSource:
         self.sample_rate = RATE
         self.end_reason: str | None = None
         self._frame = frame_samples(RATE)
-        self._pending = [*np.split(np.pad(line, (0, -len(line) % self._frame)),
-                                   max(1, -(-len(line) // self._frame)))]
+        self._pending = list(np.pad(line, (0, -len(line) % self._frame)).reshape(
+            -1, self._frame))
         self._clock = FrameClock()
         self._burst_at: asyncio.Future[float] | None = None
         self.closed = False

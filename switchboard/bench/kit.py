@@ -45,6 +45,10 @@ the synthesizer's silence, cut from a caller's line."""
 PERCENTILES = (50, 90, 95)
 
 
+class BenchError(RuntimeError):
+    """A benchmark cannot run; the message says why."""
+
+
 def audible(frame: np.ndarray) -> bool:
     """Whether one received frame (int16) holds bot speech."""
     return bool(frame.size) and float(np.abs(frame.astype(np.int32)).mean()) > AUDIBLE

@@ -27,7 +27,7 @@ from av import AudioFrame
 from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import process_tree_cpu_s
 from switchboard.base.settings import PROJECT_ROOT, Settings
-from switchboard.bench.kit import Report, VoiceToVoice, piper_lines
+from switchboard.bench.kit import BenchError, Report, VoiceToVoice, piper_lines
 from switchboard.conversation.audio import frame_samples
 from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
 from telephony.webrtc.media import CALL_RATE, FrameClock, FrameStamper, to_mono_int16
@@ -39,9 +39,6 @@ TURN_TIMEOUT_S = 40.0
 CONNECT_TIMEOUT_S = 20.0
 WEB_START_TIMEOUT_S = 120.0
 
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run; the message says why."""
 
 
 @dataclass

@@ -41,14 +41,13 @@ class AgentRequest:
     what: str
 
 
-def mix(*frames: np.ndarray | None) -> np.ndarray | None:
-    """The frames summed, clipped to int16; None when there is none."""
-    present = [f for f in frames if f is not None]
-    if not present:
-        return None
-    if len(present) == 1:
-        return present[0]
-    total = np.sum([f.astype(np.int32) for f in present], axis=0)
+def mix(first: np.ndarray, *others: np.ndarray) -> np.ndarray:
+    """The frames summed, clipped to int16 (one frame is returned as it is)."""
+    if not others:
+        return first
+    total = first.astype(np.int32)
+    for frame in others:
+        total += frame
     return np.clip(total, -32768, 32767).astype(np.int16)
 
 
@@ -95,7 +94,11 @@ class Bridge:
     def exchange(self, caller: np.ndarray, bot: np.ndarray | None,
                  media_ms: int) -> np.ndarray | None:
         """One frame each way: given the caller's and the bot's, what the caller hears."""
-        voice = self._agent_voice(media_ms)
+        heard = self._agent_voice(media_ms) if self.agent is not None else bot
+        if not self.supervisors:  # the usual case: one agent, nothing to mix
+            if self.agent is not None:
+                self.agent.hear(caller)
+            return heard
         barging: list[np.ndarray] = []
         for leg in list(self.supervisors):
             frame = leg.take()
@@ -104,18 +107,19 @@ class Bridge:
                 leg.close()
             elif leg.mode == "barge":
                 barging.append(frame)
-        heard = mix(voice if self.agent is not None else bot, *barging)
+        if barging:
+            heard = mix(*barging) if heard is None else mix(heard, *barging)
         if self.agent is not None:
-            self.agent.hear(caller if not barging else _frame(mix(caller, *barging)))
-        both = _frame(mix(caller, heard))
+            self.agent.hear(mix(caller, *barging))
+        both = caller if heard is None else mix(caller, heard)
         for leg in self.supervisors:
             leg.hear(both)
         return heard
 
     def _agent_voice(self, media_ms: int) -> np.ndarray | None:
+        """The agent's next 20 ms (their turns cut out as they end); None once gone."""
         leg = self.agent
-        if leg is None:
-            return None
+        assert leg is not None
         asked = leg.request()
         if asked:
             self._emit(AgentRequest(leg.agent, asked))
@@ -133,7 +137,3 @@ class Bridge:
                                      self._joined_ms + decision.speech_end_ms))
         return frame
 
-
-def _frame(frame: np.ndarray | None) -> np.ndarray:
-    assert frame is not None, "a mix of at least one frame"
-    return frame

@@ -208,17 +208,20 @@ class WaitingStage(Protocol):
     hold: HoldMusic | None
     """Played to the caller whenever the bot is not speaking."""
 
+    def music(self) -> HoldMusic:
+        """The call's hold music."""
+        ...
+
     async def wait_media(self, ms: int) -> None: ...
 
 
 class QueueWait:
     """One call's wait in the desk's queue."""
 
-    def __init__(self, stage: WaitingStage, desk: Desk, speaker: Speaker, rate: int) -> None:
+    def __init__(self, stage: WaitingStage, desk: Desk, speaker: Speaker) -> None:
         self.stage = stage
         self.desk = desk
         self.speaker = speaker
-        self.rate = rate
 
     async def run(self) -> QueueOutcome:
         """Wait until an agent claims the call or the wait runs out (or the desk fails:
@@ -236,33 +239,32 @@ class QueueWait:
         error: Exception | None = None
         try:
             await self._say(policy.position(position, first=True))
-            music = stage.hold = HoldMusic(desk.music(self.rate), self.rate)
+            stage.hold = stage.music()
             announced = time.monotonic()
-            first = True
-            while outcome is None:
-                if not first:
-                    await stage.wait_media(int(policy.poll_s * 1000))
-                first = False
+            while True:
                 waited = time.monotonic() - started
                 try:
                     status = await desk.status(stage.call_id)
-                    taken_by = (status.claimed_by if status.claimed_by is not None
-                                or waited < policy.timeout_s
-                                else await desk.give_up(stage.call_id))
+                    taken_by = status.claimed_by
+                    if taken_by is None and waited >= policy.timeout_s:
+                        taken_by = await desk.give_up(stage.call_id)
+                        if taken_by is None:
+                            outcome = QueueOutcome("fallback", waited)
+                            break
                 except Exception as exc:
                     await _quietly(desk.leave(stage.call_id))
                     outcome, error = QueueOutcome("fallback", waited), exc
                     break
                 if taken_by is not None:
                     outcome = QueueOutcome("agent", waited, taken_by)
-                elif waited >= policy.timeout_s:
-                    outcome = QueueOutcome("fallback", waited)
-                elif (status.position is not None
-                      and time.monotonic() - announced >= policy.announce_every_s):
+                    break
+                if (status.position is not None
+                        and time.monotonic() - announced >= policy.announce_every_s):
                     stage.hold = None
                     await self._say(policy.position(status.position, first=False))
-                    stage.hold = music
+                    stage.hold = stage.music()
                     announced = time.monotonic()
+                await stage.wait_media(int(policy.poll_s * 1000))
         finally:
             stage.hold = None
             if outcome is None:  # cancelled, or the wait failed
@@ -310,5 +312,5 @@ async def _quietly(awaitable: Awaitable[None]) -> None:
     """Leave the queue even while being cancelled; a failure is only logged."""
     try:
         await asyncio.shield(awaitable)
-    except BaseException:  # the caller is gone: nothing to tell them
+    except Exception:  # the caller is gone: nothing to tell them
         log.warning("could not take a call out of the desk's queue", exc_info=True)

@@ -116,6 +116,8 @@ class ConversationPipeline:
         self.responder = Responder(self, stt, tts, dialog, turn_taking.apology_text)
         self.desk = desk
         self.hold: HoldMusic | None = None
+        """Played to the caller whenever the bot is not speaking (see :meth:`music`)."""
+        self._music: HoldMusic | None = None
         self.bridge = Bridge(lambda: TurnDetector.create(
             self.rate, vad(self.rate, turn_taking.vad_threshold), turn_taking),
             lambda item: self._inputs.put_nowait(item))
@@ -355,7 +357,8 @@ class ConversationPipeline:
         takes the caller back."""
         assert self.desk is not None
         self.responder.handoff = None
-        self.hold = HoldMusic(self.desk.music(self.rate), self.rate)
+        self.responder.expect = None  # the bot's last question is not the agent's
+        self.hold = self.music()
         deadline = time.monotonic() + self.desk.policy.connect_timeout_s
         try:
             while self._arrived is None or self._arrived.agent != agent:
@@ -376,6 +379,13 @@ class ConversationPipeline:
         leg, self._arrived = self._arrived, None
         self.bridge.join(leg, self._media_ms)
         self.recorder.event("agent_joined", {"agent": agent})
+
+    def music(self) -> HoldMusic:
+        """The call's hold music (made once; it goes on where it paused)."""
+        if self._music is None:
+            assert self.desk is not None
+            self._music = HoldMusic(self.desk.music(self.rate), self.rate)
+        return self._music
 
     @property
     def with_agent(self) -> bool:

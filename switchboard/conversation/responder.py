@@ -9,7 +9,6 @@ Goodbyes, handoff announcements and apologies are not interruptible.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -103,6 +102,8 @@ class Stage(Protocol):
     """Where a handoff waits for an agent; None: the call ends with the handoff."""
     hold: HoldMusic | None
 
+    def music(self) -> HoldMusic: ...
+
     @property
     def with_agent(self) -> bool:
         """An agent talks with the caller: turns are transcribed, not answered."""
@@ -177,11 +178,11 @@ class Responder:
             if isinstance(item, AgentRequest):
                 await self._agent_request(item)
             elif isinstance(item, AgentTurn):
-                await self._transcribed(item.audio, "agent", item.speech_start_ms,
-                                        item.speech_end_ms)
+                heard = await self.stt.transcribe(item.audio, self.stage.rate)
+                self._store_heard("agent", heard, item.speech_start_ms, item.speech_end_ms)
             elif isinstance(item, CallerTurn) and self.stage.with_agent:
-                await self._transcribed(item.audio, "caller", item.speech_start_ms,
-                                        item.speech_end_ms, item.early)
+                self._store_heard("caller", await self._transcribe(item),
+                                  item.speech_start_ms, item.speech_end_ms)
             elif isinstance(item, CallerTurn):
                 await self._caller_turn(item)
             elif isinstance(item, Announcement):
@@ -229,17 +230,11 @@ class Responder:
                                 endpoint_ms=float(turn.endpoint_ms), stt_ms=stt_ms,
                                 dialog_started=dialog_started)
 
-    async def _transcribed(self, audio: np.ndarray, speaker: str, start_ms: int, end_ms: int,
-                           early: asyncio.Task[Transcript] | None = None) -> None:
+    def _store_heard(self, speaker: str, transcript: Transcript, start_ms: int,
+                     end_ms: int) -> None:
         """Store what the caller or the agent said while an agent has the call (nobody
         answers it: the agent talks for the bot)."""
         stage = self.stage
-        transcript = None
-        if early is not None:
-            with contextlib.suppress(Exception):
-                transcript = await early
-        if transcript is None:
-            transcript = await self.stt.transcribe(audio, stage.rate)
         text = transcript.text.strip()
         if text:
             stage.store(TurnRecord(speaker=speaker, text=text, started_at=stage.wall(start_ms),
@@ -367,7 +362,7 @@ class Responder:
         stage, policy = self.stage, desk.policy
         self.queued = True
         try:
-            outcome = await QueueWait(stage, desk, self, stage.rate).run()
+            outcome = await QueueWait(stage, desk, self).run()
         finally:
             self.queued = False
         if outcome.kind == "agent":

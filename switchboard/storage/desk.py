@@ -104,12 +104,13 @@ class DeskQueue:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             decode_responses=True)
         self._claim = self._redis.register_script(_CLAIM)
-        self._waiting_client: redis.Redis | None = None
+        self._waiting = redis.Redis.from_url(  # reads that wait longer (BLPOP)
+            url, socket_timeout=MAX_WAIT_S + 5, socket_connect_timeout=timeout_s,
+            decode_responses=True)
 
     def close(self) -> None:
         self._redis.close()
-        if self._waiting_client is not None:
-            self._waiting_client.close()
+        self._waiting.close()
 
     # ------------------------------------------------------------------ the queue
 
@@ -206,7 +207,7 @@ class DeskQueue:
             pipe.rpush(key, offer.to_json())
             pipe.expire(key, max(1, int(wait_s) + 1))
             pipe.execute()
-            found = self._blocking().blpop([f"{PREFIX}answer:{offer.reply_to}"],
+            found = self._waiting.blpop([f"{PREFIX}answer:{offer.reply_to}"],
                                            timeout=min(wait_s, MAX_WAIT_S))
         if found is None:
             with self._errors():  # not taken: the owner must not answer it later
@@ -218,7 +219,7 @@ class DeskQueue:
     def next_offer(self, owner: str, wait_s: float) -> AgentOffer | None:
         """The next agent offer for the calls of ``owner``, waiting up to ``wait_s``."""
         with self._errors():
-            found = self._blocking().blpop([f"{PREFIX}offers:{owner}"],
+            found = self._waiting.blpop([f"{PREFIX}offers:{owner}"],
                                            timeout=min(wait_s, MAX_WAIT_S))
         if found is None:
             return None
@@ -237,14 +238,6 @@ class DeskQueue:
             pipe.execute()
 
     # ------------------------------------------------------------------ helpers
-
-    def _blocking(self) -> redis.Redis:
-        """A client whose reads may wait longer than the usual timeout (BLPOP)."""
-        if self._waiting_client is None:
-            self._waiting_client = redis.Redis.from_url(
-                self.url, socket_timeout=MAX_WAIT_S + 5, socket_connect_timeout=self.timeout_s,
-                decode_responses=True)
-        return self._waiting_client
 
     def _errors(self) -> _Translate:
         return _Translate(self.url)

@@ -217,17 +217,22 @@ def test_a_simulated_call_shows_in_the_console_with_its_analysis(
     agent.screenshot(path=str(stack.artifacts / "console-agent-refused.png"), full_page=True)
 
 
+def _open_as_agent(page: Page, url: str, path: str) -> None:
+    """Open ``path`` signed out, sign in as the agent on the way, land on it."""
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.goto(f"{url}{path}")
+    page.fill("input[name=username]", "bob")
+    page.fill("input[name=password]", AGENT_PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{url}{path}")
+
+
 def test_the_live_board_follows_a_call_as_it_is_spoken(
         stack: Stack, browser: Browser, tts: PiperTTS, tmp_path: Path) -> None:
     """An agent watches /live while `switchboard simulate` places a call: its row appears,
     its transcript grows turn by turn, then it ends (redaction: test_live_board)."""
     page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.set_default_timeout(UI_TIMEOUT_MS)
-    page.goto(f"{stack.url}/live")
-    page.fill("input[name=username]", "bob")
-    page.fill("input[name=password]", AGENT_PASSWORD)
-    page.click("button[type=submit]")
-    expect(page).to_have_url(f"{stack.url}/live")
+    _open_as_agent(page, stack.url, "/live")
     expect(page.locator("#live-status")).to_have_text("live")
     expect(page.locator("#live-empty")).to_be_visible()  # the fixture's call has ended
 
@@ -294,12 +299,7 @@ def test_an_agent_takes_a_handed_off_call_in_the_browser(
                 executable_path=CHROMIUM, headless=True, timeout=30_000,
                 args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={agent_voice}"])
             page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.goto(f"{stack.url}/desk")
-            page.fill("input[name=username]", "bob")
-            page.fill("input[name=password]", AGENT_PASSWORD)
-            page.click("button[type=submit]")
-            expect(page).to_have_url(f"{stack.url}/desk")
+            _open_as_agent(page, stack.url, "/desk")
             expect(page.locator("#desk-status")).to_have_text("live")
             page.check("input[name=presence][value=available]")
             card = page.locator("#queue li").first

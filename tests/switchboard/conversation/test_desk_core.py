@@ -276,3 +276,36 @@ async def test_a_caller_who_hangs_up_in_the_queue_leaves_it() -> None:
     assert result.reason == "caller_hangup"
     assert desk.left == ["c1"] and desk.queue == []
     assert events(recorder, "queue_left")[0]["outcome"] == "abandoned"
+
+
+def test_the_bridge_gives_each_leg_what_it_may_hear() -> None:
+    """The agent hears the caller and a supervisor who barged in; the caller hears the agent
+    and that supervisor (never the bot); a supervisor listening in hears both sides and is
+    never heard, whatever their leg carries."""
+    from switchboard.conversation.bridge import Bridge
+    from switchboard.conversation.turn_detector import TurnDetector
+
+    emitted: list[object] = []
+    bridge = Bridge(lambda: TurnDetector.create(RATE, LoudnessDetector(RATE), TurnTaking()),
+                    emitted.append)
+    agent, barge, listen = (ScriptedLeg("ann", speak_after=0, speech_ms=1000),
+                            ScriptedLeg("sue", mode="barge", speak_after=0, speech_ms=1000),
+                            ScriptedLeg("max", mode="listen", speak_after=0, speech_ms=1000))
+    assert not bridge
+    for leg in (agent, barge, listen):
+        bridge.join(leg, 0)
+    caller = np.full(FRAME, 1000, dtype=np.int16)
+    bot = np.full(FRAME, 7000, dtype=np.int16)
+
+    heard = bridge.exchange(caller, bot, 20)
+
+    ann, sue = agent.speech[:FRAME].astype(np.int32), barge.speech[:FRAME].astype(np.int32)
+    assert heard is not None and np.array_equal(heard, ann + sue)  # no bot, no listener
+    assert np.array_equal(agent.heard[0], caller + sue)
+    assert np.array_equal(listen.heard[0], caller + ann + sue)
+    assert barge.heard and not emitted
+
+    bridge.release()  # the agent leaves: the caller hears the bot again (and sue)
+    assert agent.closed
+    heard = bridge.exchange(caller, bot, 40)
+    assert heard is not None and np.array_equal(heard, bot + barge.speech[FRAME:2 * FRAME])
