@@ -1,8 +1,8 @@
 """Caller text clean-up before it reaches Rasa: spoken digit sequences become digit strings.
 
 Whisper writes an order number read aloud in many ways ("four eight two one three",
-"4, 8, 2, 1, 3", "4-8-2-1-3", "48,213"). Rasa's order-number regex needs "48213", so the
-pipeline passes every caller transcript through :func:`normalize_caller_text`.
+"4, 8, 2, 1, 3", "4-8-2-1-3", "48,213", "4.8.2.1.3"). Rasa's order-number regex needs
+"48213", so the pipeline passes every caller transcript through :func:`normalize_caller_text`.
 
 Only runs of at least :data:`MIN_RUN_DIGITS` digits (or runs containing "double"/"triple")
 are joined, so "one moment" or "I have two questions" stay as they are. "oh" counts as
@@ -34,7 +34,7 @@ REPEATERS = {"double": 2, "triple": 3}
 _TOKEN = re.compile(
     r"(?P<num>(?<!\w)\d+(?!\w))"
     r"|(?P<word>[A-Za-z]+(?:'[A-Za-z]+)?)"
-    r"|(?P<sep>(?:[ \t,;\-\u2013]|\.(?=\s))+)"
+    r"|(?P<sep>(?:[ \t,;\-\u2013]|\.(?=\s)|(?<=(?<!\d)\d)\.(?=\d(?!\d)))+)"
     r"|(?P<other>.)",
     re.DOTALL,
 )

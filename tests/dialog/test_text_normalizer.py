@@ -17,6 +17,7 @@ from dialog.text_normalizer import normalize_caller_text
         ("48,213", "48213"),
         ("4 8 2 1 3.", "48213"),
         ("4. 8. 2. 1. 3.", "48213"),
+        ("4.8.2.1.3", "48213"),  # seen from Whisper on an 8 kHz call
         ("4 8 two 1 three", "48213"),
         ("48213", "48213"),
     ],
@@ -60,6 +61,8 @@ def test_double_and_triple_repeat_the_next_digit() -> None:
         "the 24th of May",
         "in 2024, I ordered two lamps",
         "it costs 12.50",
+        "it costs 4.50",
+        "version 2.5",
         "",
     ],
 )
