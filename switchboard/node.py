@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.celery_app import create_app as create_celery_app
@@ -58,7 +59,7 @@ from switchboard.storage.live import (
     LiveWriter,
     TurnEvent,
 )
-from switchboard.storage.repository import CallIdTaken, CallRepository
+from switchboard.storage.repository import AuditRepository, CallIdTaken, CallRepository
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +359,9 @@ class Node:
         try:
             result = await pipeline.run()
             reason, handoff = result.reason, result.handoff
+            if state.agent:
+                await asyncio.to_thread(self._agent_took_call, call_id, state.agent,
+                                        result.transfer_to)
         except asyncio.CancelledError:
             reason = "cancelled"  # the node stops under it: resumable on a redial
             raise
@@ -371,6 +375,17 @@ class Node:
         if self.analytics is not None:
             self._queue_analysis(call_id)
         return result
+
+    def _agent_took_call(self, call_id: str, agent: str, transfer_to: str | None) -> None:
+        """The call is the agent's in its record; a transfer they asked for is audited
+        (accepting, listening and barging are audited by the console)."""
+        try:
+            self.calls.set_agent(call_id, agent)
+        except SQLAlchemyError as exc:
+            log.error("call %s: could not store its agent %s: %s", call_id, agent, exc)
+        if transfer_to:
+            AuditRepository(self.sessions).record(agent, "desk.transfer", target=call_id,
+                                                  detail={"to": transfer_to})
 
     def _store_call(self, given: str | None, **fields: Any) -> str:
         """Store the new call under ``given`` (the transport's id for it), or under a new

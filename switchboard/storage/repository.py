@@ -149,6 +149,15 @@ class CallRepository:
             call.recording_path = path
             session.commit()
 
+    def set_agent(self, call_id: str, agent: str) -> None:
+        """The agent who took the call (before any wrap-up)."""
+        with self._sessions() as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise KeyError(f"no call with id {call_id}")
+            call.agent = agent
+            session.commit()
+
     def wrap_up(self, call_id: str, *, agent: str, disposition: str, notes: str) -> None:
         """The agent's wrap-up of a call they took: disposition and notes."""
         with self._sessions() as session:

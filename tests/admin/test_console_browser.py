@@ -24,11 +24,14 @@ from speech.tts import PiperTTS
 from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
+from switchboard.bench.local_cluster import free_udp_port
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
 from tests.analytics.test_worker import Workers, redis_url, workers_on
-from tests.support.audio_tools import piper_speech, silence, write_wav
+from tests.support.audio_tools import piper_speech, silence, squeeze_silences, write_wav
 from tests.support.dialog_fixtures import TEST_API_TOKEN
+from tests.telephony.sip.peers import Baresip
+from tests.telephony.sip.workers import worker_process
 from tests.telephony.webrtc.conftest import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.integration
@@ -269,83 +272,77 @@ def test_the_live_board_follows_a_call_as_it_is_spoken(
     print("board update delay after a turn (s):", " ".join(f"{d:.3f}" for d in delays))
 
 
-def test_an_agent_takes_a_handed_off_call_in_the_browser(
-        stack: Stack, tts: PiperTTS, stt: WhisperSTT, tmp_path: Path) -> None:
-    """`switchboard simulate` asks about an order, then for a person: the call waits in the
-    queue (hold prompt, music); an agent in Chromium (fake microphone playing a Piper
-    voice) sees it with its order number, accepts, and talks with the caller: the caller
-    hears the agent's words, the page receives the caller's audio, both sides are
-    transcribed, and the agent hangs up."""
-    agent_voice = tmp_path / "agent.wav"
-    write_wav(agent_voice, np.concatenate([
-        silence(2500), piper_speech(tts, "Hello, this is Ann from customer support."),
-        silence(6000)]), 16000)
-    caller = tmp_path / "desk-caller.wav"
-    write_wav(caller, np.concatenate([
-        silence(7000), piper_speech(tts, "I'd like to check my order status."),
-        silence(7000), piper_speech(tts, "It's 4 8 2 1 3."),
-        silence(9000), piper_speech(tts, "I want to talk to an agent, please."),
-        silence(24000), piper_speech(tts, "My parcel has not arrived yet."),
-        silence(500)]), 16000)
-    heard_wav = tmp_path / "caller-heard.wav"
-    call = subprocess.Popen(
-        [sys.executable, "-m", "switchboard", "simulate", str(caller), "--tail", "25",
-         "--reply-wav", str(heard_wav)], cwd=PROJECT_ROOT,
-        env={**stack.env, "SWITCHBOARD_DESK_QUEUE_TIMEOUT_S": "90"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        with sync_playwright() as driver:
-            browser = driver.chromium.launch(
-                executable_path=CHROMIUM, headless=True, timeout=30_000,
-                args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={agent_voice}"])
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            _open_as_agent(page, stack.url, "/desk")
-            expect(page.locator("#desk-status")).to_have_text("live")
-            page.check("input[name=presence][value=available]")
-            card = page.locator("#queue li").first
-            expect(card).to_contain_text("48213", timeout=120_000)  # the order number
-            expect(card).to_contain_text("request agent")
-            page.screenshot(path=str(stack.artifacts / "console-desk-queue.png"),
-                            full_page=True)
-            card.locator("button.accept").click()
-            expect(page.locator("#in-call-state")).to_contain_text("connected",
-                                                                   timeout=30_000)
-            transcript = page.locator("#in-call-transcript")
-            expect(transcript.locator("li.agent").first).to_contain_text(
-                re.compile("customer support", re.I), timeout=40_000)
-            expect(transcript.locator("li.caller", has_text=re.compile("parcel", re.I))
-                   ).to_be_visible(timeout=40_000)  # the caller, heard while with the agent
-            received = page.evaluate("""async () => {
-                const stats = await window.deskLeg.pc.getStats();
-                let bytes = 0, energy = 0;
-                stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "audio") {
-                    bytes = s.bytesReceived; energy = s.totalAudioEnergy || 0; } });
-                return {bytes, energy};
-            }""")
-            page.screenshot(path=str(stack.artifacts / "console-desk-call.png"),
-                            full_page=True)
-            page.click("#hangup")
-            expect(page.locator("#in-call-state")).to_contain_text("ended", timeout=20_000)
-            expect(page.locator("#presence-now")).to_have_text("wrap up")
-            page.select_option("#disposition", "follow_up")
-            page.fill("#notes", "Parcel not delivered: resend.")
-            page.screenshot(path=str(stack.artifacts / "console-desk-wrap-up.png"),
-                            full_page=True)
-            page.click("#save-wrap-up")
-            expect(page.locator("#presence-now")).to_have_text("available")
-            browser.close()
-        assert call.wait(60) == 0, call.stdout.read() if call.stdout else ""
-        output = call.stdout.read() if call.stdout else ""
-    finally:
-        if call.poll() is None:
-            call.kill()
-            call.wait()
-    assert received["bytes"] > 10_000 and received["energy"] > 0, received
-    assert "agent_hangup" in output, output
-    found = re.search(r"call ([0-9a-f]{32}) ended", output)
-    assert found, output
+AGENT_LINE = "Hello, this is Ann from customer support."
+DESK_CALLER_LINES = [7000, "I'd like to check my order status.", 7000, "It's 4 8 2 1 3.", 9000,
+                     "I want to talk to an agent, please.", 24000,
+                     "My parcel has not arrived yet."]
+"""What the desk's caller says (and waits, ms): an order, then a person; later, to the agent."""
+
+
+def _desk_caller(tts: PiperTTS, path: Path, rate: int, tail_ms: int) -> Path:
+    write_wav(path, np.concatenate([
+        silence(part, rate) if isinstance(part, int) else piper_speech(tts, part, rate)
+        for part in [*DESK_CALLER_LINES, tail_ms]]), rate)
+    return path
+
+
+@dataclass
+class AgentSide:
+    received_bytes: int
+    received_energy: float
+
+
+def _agent_takes_the_call(stack: Stack, agent_voice: Path, shots: str) -> AgentSide:
+    """Bob, in Chromium with a fake microphone playing ``agent_voice``, waits on /desk for
+    the queued call, checks its context (the order number), accepts, talks until the
+    caller's answer shows in the live transcript, hangs up and wraps up. Screenshots:
+    ``console-{shots}-queue/call/wrap-up.png``."""
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=CHROMIUM, headless=True, timeout=30_000,
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={agent_voice}"])
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        _open_as_agent(page, stack.url, "/desk")
+        expect(page.locator("#desk-status")).to_have_text("live")
+        page.check("input[name=presence][value=available]")
+        card = page.locator("#queue li").first
+        expect(card).to_contain_text("48213", timeout=120_000)  # the order number
+        expect(card).to_contain_text("request agent")
+        page.screenshot(path=str(stack.artifacts / f"console-{shots}-queue.png"),
+                        full_page=True)
+        card.locator("button.accept").click()
+        expect(page.locator("#in-call-state")).to_contain_text("connected", timeout=30_000)
+        transcript = page.locator("#in-call-transcript")
+        expect(transcript.locator("li.agent").first).to_contain_text(
+            re.compile("customer support", re.I), timeout=40_000)
+        expect(transcript.locator("li.caller", has_text=re.compile("parcel", re.I))
+               ).to_be_visible(timeout=40_000)  # the caller, heard while with the agent
+        received = page.evaluate("""async () => {
+            const stats = await window.deskLeg.pc.getStats();
+            let bytes = 0, energy = 0;
+            stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "audio") {
+                bytes = s.bytesReceived; energy = s.totalAudioEnergy || 0; } });
+            return {bytes, energy};
+        }""")
+        page.screenshot(path=str(stack.artifacts / f"console-{shots}-call.png"),
+                        full_page=True)
+        page.click("#hangup")
+        expect(page.locator("#in-call-state")).to_contain_text("ended", timeout=20_000)
+        expect(page.locator("#presence-now")).to_have_text("wrap up")
+        page.select_option("#disposition", "follow_up")
+        page.fill("#notes", "Parcel not delivered: resend.")
+        page.screenshot(path=str(stack.artifacts / f"console-{shots}-wrap-up.png"),
+                        full_page=True)
+        page.click("#save-wrap-up")
+        expect(page.locator("#presence-now")).to_have_text("available")
+        browser.close()
+    return AgentSide(received["bytes"], received["energy"])
+
+
+def _stored_as_taken_by_bob(stack: Stack, call_id: str) -> None:
+    """The stored call: bot turns, then Bob's (transcribed), and his wrap-up."""
     stored = CallRepository(prepare_database(stack.env["SWITCHBOARD_DATABASE_URL"])
-                            ).get_call(found.group(1))
+                            ).get_call(call_id)
     assert stored is not None
     assert (stored.agent, stored.disposition, stored.agent_notes) == (
         "bob", "follow_up", "Parcel not delivered: resend.")
@@ -353,7 +350,78 @@ def test_an_agent_takes_a_handed_off_call_in_the_browser(
     speakers = [t.speaker for t in turns]
     assert "agent" in speakers and speakers.index("agent") > speakers.index("bot")
     assert any("support" in t.text.lower() for t in turns if t.speaker == "agent")
+    assert any("parcel" in t.text.lower() for t in turns if t.speaker == "caller")
+
+
+def _agent_voice(tts: PiperTTS, tmp_path: Path) -> Path:
+    path = tmp_path / "agent.wav"
+    write_wav(path, np.concatenate([silence(2500), piper_speech(tts, AGENT_LINE),
+                                    silence(6000)]), 16000)
+    return path
+
+
+def test_an_agent_takes_a_handed_off_call_in_the_browser(
+        stack: Stack, tts: PiperTTS, stt: WhisperSTT, tmp_path: Path) -> None:
+    """`switchboard simulate` asks about an order, then for a person: the call waits in the
+    queue (hold prompt, music); an agent in Chromium (fake microphone playing a Piper
+    voice) sees it with its order number, accepts, and talks with the caller: the caller
+    hears the agent's words, the page receives the caller's audio, both sides are
+    transcribed, and the agent hangs up."""
+    caller = _desk_caller(tts, tmp_path / "desk-caller.wav", 16000, 500)
+    heard_wav = tmp_path / "caller-heard.wav"
+    call = subprocess.Popen(
+        [sys.executable, "-m", "switchboard", "simulate", str(caller), "--tail", "25",
+         "--reply-wav", str(heard_wav)], cwd=PROJECT_ROOT,
+        env={**stack.env, "SWITCHBOARD_DESK_QUEUE_TIMEOUT_S": "90"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        agent = _agent_takes_the_call(stack, _agent_voice(tts, tmp_path), "desk")
+        assert call.wait(60) == 0, call.stdout.read() if call.stdout else ""
+        output = call.stdout.read() if call.stdout else ""
+    finally:
+        if call.poll() is None:
+            call.kill()
+            call.wait()
+    assert agent.received_bytes > 10_000 and agent.received_energy > 0, agent
+    assert "agent_hangup" in output, output
+    found = re.search(r"call ([0-9a-f]{32}) ended", output)
+    assert found, output
+    _stored_as_taken_by_bob(stack, found.group(1))
     # what the caller heard holds the agent's words
     pcm, rate = soundfile.read(heard_wav, dtype="int16")
     heard = stt.transcribe_sync(pcm[-rate * 30:], rate).text.lower()
+    assert "support" in heard, heard
+
+
+def test_an_agent_takes_a_sip_call_in_the_browser(
+        stack: Stack, tts: PiperTTS, stt: WhisperSTT, tmp_path: Path,
+        rasa_server: object) -> None:
+    """The same over SIP: a baresip caller (PCMU, a SIP worker process with the desk on
+    the console's Redis and database) asks for a person; Bob takes the call in Chromium;
+    the phone hears his words and gets his BYE; the call is stored as his."""
+    caller = _desk_caller(tts, tmp_path / "sip-caller.wav", 8000, 20000)
+    shared = {name: stack.env[name] for name in (
+        "SWITCHBOARD_REDIS_URL", "SWITCHBOARD_CELERY_BROKER_URL", "SWITCHBOARD_RASA_API_TOKEN")}
+    with worker_process(tmp_path / "worker", rasa_server.url,  # type: ignore[attr-defined]
+                        stack.env["SWITCHBOARD_DATABASE_URL"], **shared,
+                        SWITCHBOARD_DESK_QUEUE_TIMEOUT_S="90") as worker:
+        phone = Baresip(tmp_path / "baresip", caller, sip_port=free_udp_port(3),
+                        ctrl_port=free_port())
+        phone.start()
+        try:
+            phone.command("dial", f"sip:bot@127.0.0.1:{worker.port}")
+            assert phone.wait_for_log("Call established", 10), phone.log()
+            agent = _agent_takes_the_call(stack, _agent_voice(tts, tmp_path), "desk-sip")
+            assert phone.wait_for_log("terminated", 20), phone.log()
+            pcm, rate = phone.heard()
+        finally:
+            phone.stop()
+        calls = CallRepository(prepare_database(stack.env["SWITCHBOARD_DATABASE_URL"]))
+        ended = [c for c in calls.list_calls(limit=20)
+                 if c.transport == "sip" and c.ended_at is not None]
+        assert ended, worker.log()[-3000:]
+    assert agent.received_bytes > 10_000 and agent.received_energy > 0, agent
+    assert ended[0].end_reason == "agent_hangup", ended[0].end_reason
+    _stored_as_taken_by_bob(stack, ended[0].id)
+    heard = stt.transcribe_sync(squeeze_silences(pcm, rate)[-rate * 25:], rate).text.lower()
     assert "support" in heard, heard

@@ -6,8 +6,6 @@ and real engines in test_console_browser)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +13,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from switchboard.base.settings import Settings
 from switchboard.bench.local_cluster import RedisServer
-from switchboard.bench.webrtc import CallerTrack
 from switchboard.conversation.call import CallRequest
 from switchboard.conversation.desk import QueuePolicy
 from switchboard.conversation.engines import BotMessage
@@ -36,29 +30,11 @@ from switchboard.storage.live import CallState, LiveState, LiveWriter
 from switchboard.storage.models import CallEvent
 from switchboard.storage.repository import CallRepository
 from telephony.webrtc.agent import BrowserAgentLegs
-from telephony.webrtc.media import to_mono_int16
 from tests.admin.conftest import http_client_as
+from tests.support.desk_agent import LEG_RATE, AgentPage, csrf, hears, tone, until
 from tests.support.fakes import FakeDialog, FakeSTT, FakeTTS
 
 RATE = 16000
-
-
-def tone(ms: int, freq: float, rate: int = RATE) -> np.ndarray:
-    t = np.arange(rate * ms // 1000) / rate
-    return (np.sin(2 * np.pi * freq * t) * 8000).astype(np.int16)
-
-
-def dominant_hz(pcm: np.ndarray, rate: int) -> float:
-    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64)))
-    return float(np.argmax(spectrum) * rate / len(pcm))
-
-
-def csrf(client: httpx.Client) -> str:
-    page = client.get("/desk")
-    assert page.status_code == 200, page.text
-    match = re.search(r'data-csrf="([^"]+)"', page.text)
-    assert match, "no CSRF token on the desk page"
-    return match.group(1)
 
 
 def queued_call(desk: DeskQueue, live: LiveState, call_id: str) -> None:
@@ -154,82 +130,12 @@ def handoff_script(message: str) -> list[BotMessage]:
     return [BotMessage(text="Tell me more.")]
 
 
-async def until(check, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-class AgentPage:
-    """What the desk page does, in aiortc: a microphone (a tone it can be told to play)
-    unless it only listens, the ``desk`` channel, and everything it hears."""
-
-    def __init__(self, mode: str = "talk") -> None:
-        self.mode = mode
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # loopback only
-        self.mic: CallerTrack | None = None
-        if mode == "listen":
-            self.pc.addTransceiver("audio", direction="recvonly")
-        else:
-            self.mic = CallerTrack()
-            self.pc.addTrack(self.mic)
-        self.channel = self.pc.createDataChannel("desk")
-        self.heard: list[np.ndarray] = []
-        self.readers: list[asyncio.Future[None]] = []
-        self.pc.on("track", self._on_track)
-
-    def _on_track(self, track) -> None:  # type: ignore[no-untyped-def]
-        async def read() -> None:
-            with contextlib.suppress(MediaStreamError):
-                while True:
-                    frame = await track.recv()
-                    assert isinstance(frame, AudioFrame)
-                    self.heard.append(to_mono_int16(frame))
-        self.readers.append(asyncio.ensure_future(read()))
-
-    async def connect(self, client: httpx.Client, call_id: str, token: str) -> None:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer = await asyncio.to_thread(
-            client.post, f"/desk/calls/{call_id}/connect",
-            json={"sdp": self.pc.localDescription.sdp, "type": "offer", "mode": self.mode},
-            headers={"X-CSRF-Token": token})
-        assert answer.status_code == 200, answer.text
-        await self.pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
-        await until(lambda: self.pc.connectionState == "connected", 15, f"the {self.mode} leg")
-
-    async def packets_sent(self) -> int:
-        stats = await self.pc.getStats()
-        return sum(s.packetsSent for s in stats.values() if s.type == "outbound-rtp")
-
-    def heard_since(self, count: int) -> np.ndarray:
-        return np.concatenate(self.heard[count:]) if len(self.heard) > count else np.zeros(1)
-
-
-def hears(pcm: np.ndarray, rate: int, hz: float) -> bool:
-    """Whether some 100 ms of ``pcm`` is loud and holds ``hz`` as a good share of its
-    energy (a mix of two voices holds both)."""
-    step = rate // 10
-    for i in range(0, len(pcm) - step, step):
-        window = pcm[i : i + step].astype(np.float64)
-        if np.abs(window).max() < 1500:
-            continue
-        power = np.abs(np.fft.rfft(window)) ** 2
-        freqs = np.fft.rfftfreq(step, 1 / rate)
-        if power[np.abs(freqs - hz) < 40].sum() > 0.2 * power.sum():
-            return True
-    return False
-
-
 async def test_an_agent_takes_a_queued_call_and_talks_with_the_caller_in_the_browser(
         tmp_path: Path, board_server: tuple[str, FastAPI], redis_server: RedisServer,
         live: LiveState) -> None:
     """Ann takes the queued call and talks with the caller; Sue (a supervisor) listens in
-    and sends nothing; Ann's tab dies and the bot takes the caller back."""
+    and sends nothing; Max (an admin) barges in: the caller and Ann hear him; Ann's tab dies
+    and the bot takes the caller back."""
     url, app = board_server
     settings = Settings(data_dir=tmp_path / "node", database_url=f"sqlite:///{tmp_path / 'n.db'}",
                         redis_url=redis_server.url, webrtc_ice_addresses="127.0.0.1",
@@ -247,7 +153,8 @@ async def test_an_agent_takes_a_queued_call_and_talks_with_the_caller_in_the_bro
     source.call = handle
     agent = http_client_as(url, app, "agent", "ann")
     supervisor = http_client_as(url, app, "supervisor", "sue")
-    ann, sue = AgentPage(), AgentPage("listen")
+    admin = http_client_as(url, app, "admin", "max")
+    ann, sue, max_ = AgentPage(), AgentPage("listen"), AgentPage("barge")
     try:
         call_id = await handle.started()
         state = await until(lambda: (s := live.call(call_id)) and s.state == "queued" and s,
@@ -273,6 +180,15 @@ async def test_an_agent_takes_a_queued_call_and_talks_with_the_caller_in_the_bro
         ann_heard = ann.heard_since(len(ann.heard) - 100)
         sue_heard = sue.heard_since(sue_at)
         sue_sent = await sue.packets_sent()
+        # Max barges in while Ann is silent: the caller and Ann hear him
+        await max_.connect(admin, call_id, await asyncio.to_thread(csrf, admin))
+        await asyncio.sleep(1.0)
+        said_at, ann_at = len(sink.frames), len(ann.heard)
+        assert max_.mic is not None
+        await max_.mic.say(tone(1500, 1500))
+        await asyncio.sleep(0.5)
+        caller_heard_max = np.concatenate(sink.frames[said_at:])
+        ann_heard_max = ann.heard_since(ann_at)
         # Ann's tab dies without a word: the bot takes the caller back
         bot_said = len(sink.frames)
         await ann.pc.close()
@@ -284,16 +200,20 @@ async def test_an_agent_takes_a_queued_call_and_talks_with_the_caller_in_the_bro
     finally:
         await ann.pc.close()
         await sue.pc.close()
+        await max_.pc.close()
         agent.close()
         supervisor.close()
+        admin.close()
         handle.cancel()
         await node.aclose()
         desk.close()
     assert hears(caller_heard, RATE, 1000), "the caller never heard the agent"
-    assert hears(ann_heard, 48000, 440), "the agent never heard the caller"
-    assert hears(sue_heard, 48000, 1000) and hears(sue_heard, 48000, 440), \
+    assert hears(ann_heard, LEG_RATE, 440), "the agent never heard the caller"
+    assert hears(sue_heard, LEG_RATE, 1000) and hears(sue_heard, LEG_RATE, 440), \
         "the supervisor must hear both sides"
     assert sue_sent == 0  # listening in sends nothing
+    assert hears(caller_heard_max, RATE, 1500), "the caller never heard the barge-in"
+    assert hears(ann_heard_max, LEG_RATE, 1500), "the agent never heard the barge-in"
     assert np.abs(np.concatenate(sink.frames[bot_said:])).max() > 2000  # not left in silence
     spoken = [t.text for t in result.turns if t.speaker == "bot"]
     assert spoken[-1] == QueuePolicy().agent_lost_text
@@ -301,7 +221,10 @@ async def test_an_agent_takes_a_queued_call_and_talks_with_the_caller_in_the_bro
         events = [(e.kind, e.data) for e in session.scalars(select(CallEvent).where(
             CallEvent.call_id == call_id).order_by(CallEvent.id))]
     kinds = [kind for kind, _ in events]
-    assert kinds.index("queued") < kinds.index("agent_joined") and "listen" in kinds
+    assert kinds.index("queued") < kinds.index("agent_joined")
+    assert "listen" in kinds and "barge" in kinds
     assert ("agent_request", {"agent": "ann", "request": "gone"}) in events
     listened = app.state.console.audit.entries(action="desk.listen")
     assert [(a.actor, a.target) for a in listened] == [("sue", call_id)]
+    barged = app.state.console.audit.entries(action="desk.barge")
+    assert [(a.actor, a.target) for a in barged] == [("max", call_id)]

@@ -60,6 +60,21 @@ def silence(ms: int, rate: int = 16000) -> np.ndarray:
     return np.zeros(ms * rate // 1000, dtype=np.int16)
 
 
+def squeeze_silences(pcm: np.ndarray, rate: int, *, longest_ms: int = 300,
+                     floor: int = 200) -> np.ndarray:
+    """``pcm`` with every quiet stretch (20 ms frames under ``floor`` peak) cut to
+    ``longest_ms``: a recording with long pauses, made short enough for Whisper to
+    transcribe all of its speech (it skips speech after long silences)."""
+    frame = rate // 50
+    kept, quiet = [], 0
+    for start in range(0, len(pcm) - frame + 1, frame):
+        chunk = pcm[start : start + frame]
+        quiet = quiet + 20 if np.abs(chunk.astype(np.int32)).max() < floor else 0
+        if quiet <= longest_ms:
+            kept.append(chunk)
+    return np.concatenate(kept) if kept else pcm[:0]
+
+
 def white_noise(ms: int, rate: int = 16000, level: float = 0.01, seed: int = 0) -> np.ndarray:
     """``ms`` of Gaussian white noise with an RMS of ``level`` times full scale (repeatable)."""
     noise = np.random.default_rng(seed).normal(0.0, level * 32767, ms * rate // 1000)
