@@ -1,8 +1,9 @@
 """Aggregate figures over the calls started in a time range, for the console and the CLI.
 
-Counts and averages are SQL (SQLAlchemy 2) that run on SQLite and PostgreSQL alike; the
-only dialect-specific parts are the hour/day buckets and the percentiles (PostgreSQL's
-``percentile_cont``; on SQLite the values are read and interpolated the same way).
+Whole hours come from the analytics worker's hourly rollups, the rest from the calls
+(``analytics/rollups.py``), so a 30-day range reads about 720 rollup rows and the few calls
+of its partial hours. Response-time percentiles are those of the times rounded to 5 ms,
+interpolated as PostgreSQL's ``percentile_cont``. Days and hours are UTC.
 
 Rates are shares of the *analysed* calls in the range:
 ``containment_rate`` = resolved by the bot alone, ``handoff_rate`` = handed to an agent,
@@ -15,21 +16,18 @@ their callers hung up while waiting, ``average_queue_wait_s`` = time waited,
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from analytics.analysis import ABANDONED, FAILED, HANDED_OFF, RESOLVED, percentile
-from switchboard.storage.models import Call, CallAnalysis, Turn, as_utc
+from analytics.analysis import ABANDONED, FAILED, HANDED_OFF, RESOLVED
+from analytics.rollups import Mean, histogram_percentile, tally
+from switchboard.storage.models import as_utc
 
 TOP_INTENTS = 10
-BUCKET_FORMATS = {  # (SQLite strftime, PostgreSQL to_char); both give the same text
-    "hour": ("%Y-%m-%d %H:00", "YYYY-MM-DD HH24:00"),
-    "day": ("%Y-%m-%d", "YYYY-MM-DD"),
-}
 
 
 @dataclass
@@ -64,103 +62,49 @@ class Aggregates:
         return data
 
 
-def _bucket(dialect: str, column: Any, size: str) -> ColumnElement[str]:
-    sqlite_format, pg_format = BUCKET_FORMATS[size]
-    if dialect == "postgresql":
-        return func.to_char(func.timezone("UTC", column), pg_format)
-    return func.strftime(sqlite_format, column)
-
-
 def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _percentiles(session: Session, dialect: str, query: Select[Any]) -> tuple[
-        float | None, float | None, int]:
-    values = query.subquery()
-    column = values.c.response_ms
-    if dialect == "postgresql":
-        p50, p95, n = session.execute(select(
-            func.percentile_cont(0.5).within_group(column),
-            func.percentile_cont(0.95).within_group(column),
-            func.count(column),
-        )).one()
-        return (round(float(p50), 1) if p50 is not None else None,
-                round(float(p95), 1) if p95 is not None else None, int(n))
-    found = [float(v) for v in session.scalars(select(column))]
-    return percentile(found, 50), percentile(found, 95), len(found)
-
-
 def compute_aggregates(sessions: sessionmaker[Session], *, since: datetime,
                        until: datetime) -> Aggregates:
-    """The figures of the calls started in ``[since, until)`` (times are taken as UTC)."""
+    """The figures of the calls started in ``[since, until)`` (times are taken as UTC):
+    whole hours from the worker's rollups where it has rolled them, the rest from the
+    calls (see ``analytics/rollups.py``)."""
     since, until = as_utc(since), as_utc(until)
-    in_range = (Call.started_at >= since, Call.started_at < until)
     with sessions() as session:
-        dialect = session.get_bind().dialect.name
-        total = session.scalar(select(func.count(Call.id)).where(*in_range)) or 0
-        figures = Aggregates(since=since, until=until, calls=total, analysed=0)
-
-        for size, target in (("hour", figures.calls_per_hour), ("day", figures.calls_per_day)):
-            bucket = _bucket(dialect, Call.started_at, size).label("bucket")
-            rows = session.execute(
-                select(bucket, func.count(Call.id)).where(*in_range)
-                .group_by(bucket).order_by(bucket)
-            )
-            target.extend({"bucket": b, "calls": n} for b, n in rows)
-
-        analysed = select(CallAnalysis).join(Call, Call.id == CallAnalysis.call_id).where(
-            *in_range)
-        outcomes = session.execute(
-            analysed.with_only_columns(CallAnalysis.outcome, func.count(CallAnalysis.id))
-            .group_by(CallAnalysis.outcome)
-        )
-        figures.outcomes = {outcome: n for outcome, n in outcomes}
-        figures.analysed = n = sum(figures.outcomes.values())
-        figures.containment_rate = _rate(figures.outcomes.get(RESOLVED, 0), n)
-        figures.handoff_rate = _rate(figures.outcomes.get(HANDED_OFF, 0), n)
-        figures.abandon_rate = _rate(figures.outcomes.get(ABANDONED, 0), n)
-        figures.failure_rate = _rate(figures.outcomes.get(FAILED, 0), n)
-        with_fallback = session.scalar(
-            analysed.with_only_columns(func.count(CallAnalysis.id))
-            .where(CallAnalysis.fallbacks > 0)
-        ) or 0
-        figures.fallback_rate = _rate(with_fallback, n)
-        aht = session.scalar(analysed.with_only_columns(func.avg(CallAnalysis.duration_s)))
-        figures.average_handle_time_s = round(float(aht), 1) if aht is not None else None
-        queued, abandoned, wait, handle = session.execute(analysed.with_only_columns(
-            func.count(CallAnalysis.queue_outcome),
-            func.count(CallAnalysis.id).filter(CallAnalysis.queue_outcome == "abandoned"),
-            func.avg(CallAnalysis.queue_wait_s), func.avg(CallAnalysis.agent_handle_s))).one()
-        figures.queued_calls = int(queued or 0)
-        figures.queue_abandon_rate = _rate(int(abandoned or 0), figures.queued_calls)
-        figures.average_queue_wait_s = round(float(wait), 1) if wait is not None else None
-        figures.average_agent_handle_s = round(float(handle), 1) if handle is not None else None
-
-        day = _bucket(dialect, Call.started_at, "day").label("day")
-        trend = session.execute(
-            analysed.with_only_columns(day, func.avg(CallAnalysis.sentiment),
-                                       func.count(CallAnalysis.sentiment))
-            .where(CallAnalysis.sentiment.is_not(None)).group_by(day).order_by(day)
-        )
-        figures.sentiment_trend = [
-            {"day": d, "sentiment": round(float(avg), 4), "calls": count}
-            for d, avg, count in trend
-        ]
-
-        turns_in_range = select(Turn).join(Call, Call.id == Turn.call_id).where(*in_range)
-        intents = session.execute(
-            turns_in_range.with_only_columns(Turn.intent, func.count(Turn.id).label("n"))
-            .where(Turn.speaker == "caller", Turn.intent.is_not(None))
-            .group_by(Turn.intent).order_by(func.count(Turn.id).desc(), Turn.intent)
-            .limit(TOP_INTENTS)
-        )
-        figures.top_intents = [{"intent": i, "turns": count} for i, count in intents]
-
-        (figures.response_ms_p50, figures.response_ms_p95,
-         figures.bot_turns_timed) = _percentiles(
-            session, dialect,
-            turns_in_range.with_only_columns(Turn.response_ms)
-            .where(Turn.speaker == "bot", Turn.response_ms.is_not(None)),
-        )
+        counted = tally(session, since, until)
+    figures = Aggregates(since=since, until=until, calls=counted.calls,
+                         analysed=counted.analysed)
+    figures.calls_per_hour = [{"bucket": hour, "calls": n}
+                              for hour, n in sorted(counted.calls_per_hour.items()) if n]
+    per_day: Counter[str] = Counter()
+    for hour, n in counted.calls_per_hour.items():
+        per_day[hour[:10]] += n
+    figures.calls_per_day = [{"bucket": day, "calls": n}
+                             for day, n in sorted(per_day.items()) if n]
+    figures.outcomes = {outcome: n for outcome, n in sorted(counted.outcomes.items()) if n}
+    n = figures.analysed
+    figures.containment_rate = _rate(counted.outcomes[RESOLVED], n)
+    figures.handoff_rate = _rate(counted.outcomes[HANDED_OFF], n)
+    figures.abandon_rate = _rate(counted.outcomes[ABANDONED], n)
+    figures.failure_rate = _rate(counted.outcomes[FAILED], n)
+    figures.fallback_rate = _rate(counted.with_fallback, n)
+    figures.average_handle_time_s = counted.duration_s.value(1)
+    figures.queued_calls = counted.queued
+    figures.queue_abandon_rate = _rate(counted.queue_abandoned, counted.queued)
+    figures.average_queue_wait_s = counted.queue_wait_s.value(1)
+    figures.average_agent_handle_s = counted.agent_handle_s.value(1)
+    sentiment_per_day: dict[str, Mean] = {}
+    for hour, mean in counted.sentiment_per_hour.items():
+        sentiment_per_day.setdefault(hour[:10], Mean()).add(mean.total, mean.count)
+    figures.sentiment_trend = [
+        {"day": day, "sentiment": mean.value(4), "calls": mean.count}
+        for day, mean in sorted(sentiment_per_day.items()) if mean.count]
+    ranked = sorted(counted.intents.items(), key=lambda item: (-item[1], item[0]))
+    figures.top_intents = [{"intent": intent, "turns": turns}
+                           for intent, turns in ranked[:TOP_INTENTS] if turns]
+    figures.response_ms_p50 = histogram_percentile(counted.response_ms, 50)
+    figures.response_ms_p95 = histogram_percentile(counted.response_ms, 95)
+    figures.bot_turns_timed = sum(counted.response_ms.values())
     return figures

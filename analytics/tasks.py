@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.analysis import analyze
 from analytics.celery_app import app
+from analytics.rollups import roll_after_analysis, roll_missing
 from switchboard.base.logs import CALL_ID, CallContext
 from switchboard.base.logs import FORMAT as LOG_FORMAT
 from switchboard.base.settings import get_settings
@@ -85,6 +86,7 @@ def analyze_call(self: Task, call_id: str) -> dict[str, Any] | None:
     runs = analyses.save(result.as_row())
     log.info("analysis of call %s completed: %s, stored %d time(s)", call_id, result.outcome,
              runs)
+    roll_after_analysis(_sessions(get_settings().effective_database_url), call.started_at)
     return {"call_id": call_id, "outcome": result.outcome, "runs": runs}
 
 
@@ -102,6 +104,16 @@ def analyze_pending_calls() -> int:
     if call_ids:
         log.info("queued %d calls that ended without an analysis", len(call_ids))
     return len(call_ids)
+
+
+@app.task(name="switchboard.roll_missing_hours")
+def roll_missing_hours() -> int:
+    """Roll every closed hour that was never rolled after it closed (see
+    ``analytics/rollups.py``). Runs when a worker starts; returns how many hours."""
+    rolled = roll_missing(_sessions(get_settings().effective_database_url))
+    if rolled:
+        log.info("rolled up %d hours of calls", rolled)
+    return rolled
 
 
 @task_prerun.connect
@@ -129,8 +141,9 @@ def _name_calls_in_logs(logger: logging.Logger, **_: Any) -> None:
 def _sweep_on_start(**_: Any) -> None:
     try:
         analyze_pending_calls.delay()
+        roll_missing_hours.delay()
     except Exception as exc:
-        log.warning("could not queue the sweep of unanalysed calls: %s", exc)
+        log.warning("could not queue the sweeps of unanalysed calls and hours: %s", exc)
 
 
 def enqueue_call_analysis(call_id: str, *, celery: Celery | None = None) -> None:

@@ -114,6 +114,9 @@ class Turn(Base):
     call: Mapped[Call] = relationship(back_populates="turns")
 
 
+Index("ix_turns_intent_call_id", Turn.intent, Turn.call_id)  # the calls list's intent filter
+
+
 class CallEvent(Base):
     """Timeline entries of a call: answered, barge-in, dtmf, handoff, error, ended…"""
 
@@ -248,3 +251,40 @@ class CallAnalysis(Base):
     queue_outcome: Mapped[str | None] = mapped_column(String(16))  # agent|fallback|abandoned
     queue_wait_s: Mapped[float | None] = mapped_column(Float)
     agent_handle_s: Mapped[float | None] = mapped_column(Float)
+
+
+class HourRollup(Base):
+    """The figures of the calls started in one hour (UTC), kept by the analytics worker
+    (``analytics/rollups.py``): sums and counts, so that hours add up."""
+
+    __tablename__ = "rollup_hours"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    rolled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Rolled after the hour ended (until then, its calls are read from the calls)."""
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+    analysed: Mapped[int] = mapped_column(Integer, default=0)
+    with_fallback: Mapped[int] = mapped_column(Integer, default=0)
+    duration_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    duration_n: Mapped[int] = mapped_column(Integer, default=0)
+    queued: Mapped[int] = mapped_column(Integer, default=0)
+    queue_abandoned: Mapped[int] = mapped_column(Integer, default=0)
+    queue_wait_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    queue_wait_n: Mapped[int] = mapped_column(Integer, default=0)
+    agent_handle_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    agent_handle_n: Mapped[int] = mapped_column(Integer, default=0)
+    sentiment_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    sentiment_n: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class HourCount(Base):
+    """Counts of one hour's calls by ``kind``: ``outcome`` (analysed calls), ``intent``
+    (caller turns) and ``response_ms`` (bot turns, by 5 ms bucket)."""
+
+    __tablename__ = "rollup_counts"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)

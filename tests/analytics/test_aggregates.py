@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.aggregates import compute_aggregates
 from analytics.analysis import analyze
+from analytics.rollups import histogram_percentile, roll_after_analysis, roll_missing
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import AnalysisRepository, CallRepository
 from tests.analytics.calls import CallSpec, Said, desk_call, order_call, store_call
@@ -36,7 +37,12 @@ def sessions(url: str) -> sessionmaker[Session]:
     return prepare_database(url, demo_data=False)
 
 
-def test_aggregates_over_a_range(sessions: sessionmaker[Session]) -> None:
+ROLLED = pytest.mark.parametrize("rolled", [False, True],
+                                 ids=["from the calls", "from the rollups"])
+
+
+@ROLLED
+def test_aggregates_over_a_range(sessions: sessionmaker[Session], rolled: bool) -> None:
     day1 = [
         _analysed(sessions, order_call(DAY1 + timedelta(hours=9, minutes=15))),
         _analysed(sessions, order_call(
@@ -55,6 +61,9 @@ def test_aggregates_over_a_range(sessions: sessionmaker[Session]) -> None:
     day2 = [_analysed(sessions, broken)]
     store_call(sessions, order_call(DAY2 + timedelta(hours=15)))  # not analysed (yet)
     _analysed(sessions, order_call(DAY2 + timedelta(days=3)))  # outside the range
+    if rolled:  # every hour since the first call, with calls or not
+        assert roll_missing(sessions) > 24 * 5
+        assert roll_missing(sessions) == 0
 
     figures = compute_aggregates(sessions, since=DAY1, until=DAY1 + timedelta(days=2))
 
@@ -85,11 +94,14 @@ def test_aggregates_over_a_range(sessions: sessionmaker[Session]) -> None:
     assert figures.sentiment_trend[1]["sentiment"] == pytest.approx(day2[0] or 0.0, abs=1e-4)
 
 
-def test_desk_figures_over_a_range(sessions: sessionmaker[Session]) -> None:
+@ROLLED
+def test_desk_figures_over_a_range(sessions: sessionmaker[Session], rolled: bool) -> None:
     start = DAY1 + timedelta(hours=9)
     for taken in (True, True, False):
         _analysed(sessions, desk_call(start, taken=taken))
     _analysed(sessions, order_call(start))  # never queued
+    if rolled:
+        roll_missing(sessions)
 
     figures = compute_aggregates(sessions, since=DAY1, until=DAY2)
 
@@ -97,6 +109,34 @@ def test_desk_figures_over_a_range(sessions: sessionmaker[Session]) -> None:
     assert figures.queue_abandon_rate == pytest.approx(1 / 3, abs=1e-4)
     assert figures.average_queue_wait_s == 20.0
     assert figures.average_agent_handle_s == 40.0  # the two calls agents took
+
+
+def test_partial_hours_and_hours_rolled_again(sessions: sessionmaker[Session]) -> None:
+    """A range's partial hours come from the calls, whole ones from the rollups; a call
+    analysed after its hour was rolled counts once the worker rolls the hour again."""
+    for minutes in (15, 40, 65):
+        _analysed(sessions, order_call(DAY1 + timedelta(hours=9, minutes=minutes)))
+    assert roll_missing(sessions) > 2  # 09:00, 10:00 and the hours since, empty
+    figures = compute_aggregates(sessions, since=DAY1 + timedelta(hours=9, minutes=30),
+                                 until=DAY1 + timedelta(hours=10, minutes=30))
+    assert figures.calls == 2 and figures.analysed == 2  # 09:40 (raw) and 10:05 (raw)
+    whole = compute_aggregates(sessions, since=DAY1, until=DAY2)
+    assert whole.calls == 3 and whole.response_ms_p50 == 700.0
+
+    late = DAY1 + timedelta(hours=9, minutes=50)
+    _analysed(sessions, order_call(late, reason="handoff"))
+    assert compute_aggregates(sessions, since=DAY1, until=DAY2).calls == 3  # not rolled yet
+    roll_after_analysis(sessions, late)
+    again = compute_aggregates(sessions, since=DAY1, until=DAY2)
+    assert again.calls == 4 and again.outcomes == {"resolved": 3, "handed_off": 1}
+    assert roll_missing(sessions) == 0  # nothing left to roll
+
+
+def test_percentiles_of_a_histogram() -> None:
+    assert histogram_percentile({}, 50) is None
+    assert histogram_percentile({500.0: 4, 700.0: 4, 900.0: 4, 1500.0: 1}, 95) == 1140.0
+    assert histogram_percentile({100.0: 1, 200.0: 1}, 50) == 150.0
+    assert histogram_percentile({100.0: 3}, 95) == 100.0
 
 
 def test_an_empty_range_has_no_rates(sessions: sessionmaker[Session]) -> None:

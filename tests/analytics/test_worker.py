@@ -17,12 +17,14 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.celery_app import create_app
+from analytics.rollups import floor_hour
 from analytics.tasks import enqueue_call_analysis
 from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import Settings
 from switchboard.bench.local_cluster import RedisServer
 from switchboard.storage.database import prepare_database
+from switchboard.storage.models import HourRollup
 from switchboard.storage.repository import AnalysisRepository
 from tests.analytics.calls import order_call, store_call
 
@@ -114,13 +116,21 @@ def test_a_real_worker_analyses_an_ended_call(
            else f"sqla+sqlite:///{tmp_path / 'celery-broker.db'}")
     workers = workers_on(url)
     _, log = workers.start("w1")
-    call_id = store_call(workers.sessions, order_call(datetime.now(UTC)))
+    started = datetime.now(UTC) - timedelta(hours=2)
+    call_id = store_call(workers.sessions, order_call(started))
     analyses = AnalysisRepository(workers.sessions)
 
     enqueue_call_analysis(call_id, celery=workers.celery)
     stored = wait_for(lambda: analyses.get(call_id), ANALYSIS_TIMEOUT_S, "the analysis")
 
     assert stored.outcome == "resolved" and stored.runs == 1 and stored.turns == 7
+
+    def rolled() -> HourRollup | None:  # the worker rolls the call's hour after it
+        with workers.sessions() as session:
+            row = session.get(HourRollup, floor_hour(started))
+            return row if row is not None and row.calls == 1 else None
+
+    assert wait_for(rolled, ANALYSIS_TIMEOUT_S, "the call's hour rolled up").closed
     # the call's id travels in the task's headers: the worker's log lines name the call
     assert f"[call {call_id}] analysis of call {call_id} completed" in log.read_text()
 
