@@ -69,9 +69,13 @@ class UserChange(BaseModel):
 
 
 class CallPage(BaseModel):
-    total: int
+    total: int = Field(description="Matching calls, counted up to 10,000.")
+    total_exact: bool = Field(description="False when more than 10,000 match.")
     page: int
     per_page: int
+    next_before: str | None = Field(
+        description="Pass as ``before`` for the next (older) page: keyset paging, as fast "
+                    "deep in the list as at its start; null on the last page.")
     calls: list[CallRow]
 
 
@@ -160,19 +164,24 @@ def me(user: UserView = Depends(authenticated)) -> UserView:
             dependencies=[_allowed("calls")])
 def list_calls(request: Request, since: str = "", until: str = "", caller: str = "",
                intent: str = "", outcome: str = "", transport: str = "", q: str = "",
-               page: str = "1", per_page: str = "25") -> CallPage:
+               page: str = "1", per_page: str = "25", before: str = "") -> CallPage:
     """``since``/``until`` are days (YYYY-MM-DD, ``until`` inclusive, UTC); ``outcome`` is
     resolved, handed_off, abandoned, failed, in_progress, unknown or pending (not analysed
-    yet); ``caller`` and ``q`` match anywhere in the number / id / summary."""
+    yet); ``caller`` and ``q`` match anywhere in the number / id / summary. ``before`` (the
+    previous page's ``next_before``) pages by keyset, ``page`` by offset."""
     parsed = parse_filters({
         "since": since, "until": until, "caller": caller, "intent": intent,
         "outcome": outcome, "transport": transport, "q": q, "page": page,
-        "per_page": per_page})
+        "per_page": per_page, "before": before})
     if parsed.errors:
         raise ApiError(400, " ".join(parsed.errors))
-    rows, total = CallSearch(console_of(request).sessions).search(
-        parsed.filters, limit=parsed.per_page, offset=(parsed.page - 1) * parsed.per_page)
-    return CallPage(total=total, page=parsed.page, per_page=parsed.per_page, calls=rows)
+    found = CallSearch(console_of(request).sessions).search(
+        parsed.filters, limit=parsed.per_page, offset=(parsed.page - 1) * parsed.per_page,
+        before=parsed.before)
+    return CallPage(total=found.total, total_exact=found.exact, page=parsed.page,
+                    per_page=parsed.per_page,
+                    next_before=None if found.older is None else str(found.older),
+                    calls=found.rows)
 
 
 @router.get("/calls/{call_id}", response_model=CallDetail,

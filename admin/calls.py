@@ -7,7 +7,6 @@ way the analytics store them; the raw words stay only in the database and the re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -34,6 +33,7 @@ from analytics.analysis import (
 from switchboard.storage.models import Call, CallAnalysis
 from switchboard.storage.repository import (
     AnalysisRepository,
+    CallCursor,
     CallFilters,
     CallRepository,
     CallSearch,
@@ -61,6 +61,8 @@ class ParsedFilters:
     page: int = 1
     per_page: int = PAGE_SIZE
     errors: list[str] = field(default_factory=list)
+    before: CallCursor | None = None
+    """Keyset paging: the calls older than this (the "Older" link's)."""
 
 
 def _date(text: str, name: str, errors: list[str]) -> date | None:
@@ -115,13 +117,19 @@ def parse_filters(params: Mapping[str, str]) -> ParsedFilters:
                              MAX_PAGE_SIZE, errors)
     if until is not None and until == date.max:
         until = None  # the end of the calendar: no upper bound
+    before = None
+    if params.get("before"):
+        try:
+            before = CallCursor.parse(params["before"])
+        except ValueError:
+            errors.append("That position in the list is not valid; showing the newest calls.")
     filters = CallFilters(
         since=datetime.combine(since, time(), UTC) if since else None,
         until=datetime.combine(until + timedelta(days=1), time(), UTC) if until else None,
         caller=values["caller"], intent=values["intent"], outcome=outcome,
         transport=transport, text=values["q"],
     )
-    return ParsedFilters(filters, values, page, per_page, errors)
+    return ParsedFilters(filters, values, page, per_page, errors, before)
 
 
 def _offset_s(moment: datetime | None, start: datetime) -> float | None:
@@ -203,32 +211,32 @@ def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any]
     return result
 
 
-def _page_link(values: dict[str, str], page: int, per_page: int) -> str:
+def _list_link(values: dict[str, str], per_page: int, before: CallCursor | None) -> str:
     query = {k: v for k, v in values.items() if v}
-    query["page"] = str(page)
     if per_page != PAGE_SIZE:
         query["per_page"] = str(per_page)
-    return "/calls?" + urlencode(query)
+    if before is not None:
+        query["before"] = str(before)
+    return "/calls" + (f"?{urlencode(query)}" if query else "")
 
 
 @router.get("/calls", include_in_schema=False)
 def calls_list(request: Request, view: SessionView = Depends(page_session)) -> Response:
+    """Keyset-paged: "Older" carries the last call's position, so a page deep in a million
+    calls costs what the first does."""
     ensure_allowed(view.user, "calls")
     console = console_of(request)
     parsed = parse_filters(request.query_params)
     search = CallSearch(console.sessions)
-    rows, total = search.search(parsed.filters, limit=parsed.per_page,
-                                offset=(parsed.page - 1) * parsed.per_page)
-    pages = max(1, math.ceil(total / parsed.per_page))
+    found = search.search(parsed.filters, limit=parsed.per_page, before=parsed.before)
     return console.render(request, "console/calls.html", {
-        "nav": "calls", "rows": rows, "total": total, "page": parsed.page, "pages": pages,
+        "nav": "calls", "rows": found.rows, "total": found.total, "exact": found.exact,
         "values": parsed.values, "outcomes": OUTCOMES, "transports": TRANSPORTS,
         "intents": search.known_intents(),
-        "prev_link": _page_link(parsed.values, parsed.page - 1, parsed.per_page)
-        if parsed.page > 1 else None,
-        "next_link": _page_link(parsed.values, parsed.page + 1, parsed.per_page)
-        if parsed.page < pages
-        else None,
+        "newest_link": _list_link(parsed.values, parsed.per_page, None)
+        if parsed.before is not None else None,
+        "older_link": _list_link(parsed.values, parsed.per_page, found.older)
+        if found.older is not None else None,
         "messages": [{"kind": "error", "text": e} for e in parsed.errors],
     }, status_code=400 if parsed.errors else 200)
 

@@ -62,7 +62,7 @@ class Mean:
     total: float = 0.0
     count: int = 0
 
-    def add(self, total: float | None, count: int | None) -> None:
+    def add(self, total: float | None, count: float | None) -> None:
         self.total += float(total or 0.0)
         self.count += int(count or 0)
 
@@ -202,41 +202,45 @@ def raw_tally(session: Session, windows: list[tuple[datetime, datetime]]) -> Tal
 
 def _rolled_tally(session: Session, first: datetime, last: datetime
                   ) -> tuple[Tally, set[datetime]]:
-    """The tally of the hours in ``[first, last)`` rolled after they closed, and which."""
+    """The tally of the hours in ``[first, last)`` rolled after they closed, and which
+    (summed by the database: a month is one row per hour and a few dozen sums)."""
     tally = Tally()
     rolled: set[datetime] = set()
     if first >= last:
         return tally, rolled
-    rows = session.scalars(select(HourRollup).where(
-        HourRollup.hour >= first, HourRollup.hour < last, HourRollup.closed))
-    for row in rows:
-        hour = as_utc(row.hour)
+    closed = (HourRollup.hour >= first, HourRollup.hour < last, HourRollup.closed)
+    for hour, calls, sentiment, sentiments in session.execute(select(
+            HourRollup.hour, HourRollup.calls, HourRollup.sentiment_sum,
+            HourRollup.sentiment_n).where(*closed)):
+        hour = as_utc(hour)
         rolled.add(hour)
         key = hour.strftime(HOUR_KEY)
-        if row.calls:
-            tally.calls_per_hour[key] += row.calls
-        tally.with_fallback += row.with_fallback
-        tally.duration_s.add(row.duration_sum, row.duration_n)
-        tally.queued += row.queued
-        tally.queue_abandoned += row.queue_abandoned
-        tally.queue_wait_s.add(row.queue_wait_sum, row.queue_wait_n)
-        tally.agent_handle_s.add(row.agent_handle_sum, row.agent_handle_n)
-        if row.sentiment_n:
-            tally.sentiment_per_hour.setdefault(key, Mean()).add(row.sentiment_sum,
-                                                                 row.sentiment_n)
+        if calls:
+            tally.calls_per_hour[key] += calls
+        if sentiments:
+            tally.sentiment_per_hour.setdefault(key, Mean()).add(sentiment, sentiments)
     if not rolled:
         return tally, rolled
+    sums = session.execute(select(*(func.sum(column) for column in (
+        HourRollup.with_fallback, HourRollup.duration_sum, HourRollup.duration_n,
+        HourRollup.queued, HourRollup.queue_abandoned, HourRollup.queue_wait_sum,
+        HourRollup.queue_wait_n, HourRollup.agent_handle_sum, HourRollup.agent_handle_n,
+    ))).where(*closed)).one()
+    tally.with_fallback = int(sums[0] or 0)
+    tally.duration_s.add(sums[1], sums[2])
+    tally.queued, tally.queue_abandoned = int(sums[3] or 0), int(sums[4] or 0)
+    tally.queue_wait_s.add(sums[5], sums[6])
+    tally.agent_handle_s.add(sums[7], sums[8])
     counts = session.execute(
-        select(HourCount.hour, HourCount.kind, HourCount.key, HourCount.n).where(
-            HourCount.hour >= first, HourCount.hour < last))
+        select(HourCount.kind, HourCount.key, func.sum(HourCount.n))
+        .join(HourRollup, HourRollup.hour == HourCount.hour).where(*closed)
+        .group_by(HourCount.kind, HourCount.key))
     targets: dict[str, Counter[Any]] = {"outcome": tally.outcomes, "intent": tally.intents}
-    for hour, kind, key, n in counts:
-        if as_utc(hour) not in rolled:
-            continue
+    for kind, key, n in counts:
         if kind == "response_ms":
-            tally.response_ms[float(key)] += n
+            tally.response_ms[float(key)] += int(n)
         else:
-            targets[kind][key] += n
+            targets[kind][key] += int(n)
     return tally, rolled
 
 

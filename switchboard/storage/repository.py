@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -306,6 +306,47 @@ def _like(value: str) -> str:
     return f"%{escaped}%"
 
 
+COUNT_LIMIT = 10_000
+DISTINCT_INTENTS = text("""
+    WITH RECURSIVE found(intent) AS (
+        SELECT min(intent) FROM turns WHERE intent IS NOT NULL
+        UNION ALL
+        SELECT (SELECT min(intent) FROM turns WHERE intent > found.intent)
+        FROM found WHERE found.intent IS NOT NULL)
+    SELECT intent FROM found WHERE intent IS NOT NULL""")
+"""Matching calls are counted up to this many (a count of a million rows is slow)."""
+
+
+@dataclass(frozen=True)
+class CallCursor:
+    """Where a keyset-paged list of calls goes on: the calls older than this one."""
+
+    started_at: datetime
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.started_at.isoformat()}~{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> CallCursor:
+        """Raises ValueError for anything :meth:`__str__` did not make."""
+        moment, _, call_id = text.partition("~")
+        if not call_id or len(call_id) > 64:
+            raise ValueError(f"not a position in the calls list: {text[:40]!r}")
+        return cls(as_utc(datetime.fromisoformat(moment)), call_id)
+
+
+@dataclass(frozen=True)
+class CallResults:
+    rows: list[CallRow]
+    total: int
+    """Matching calls, up to ``COUNT_LIMIT``."""
+    exact: bool
+    """False when more than ``COUNT_LIMIT`` match."""
+    older: CallCursor | None
+    """Where the next (older) page starts; None on the last page."""
+
+
 class CallSearch:
     """Filtered, paged reads of calls with their analysis, for the console and the API."""
 
@@ -337,34 +378,42 @@ class CallSearch:
                 | CallAnalysis.summary.ilike(pattern, escape="\\"))
         return conditions
 
-    def search(self, filters: CallFilters, *, limit: int, offset: int
-               ) -> tuple[list[CallRow], int]:
-        """One page of matching calls, newest first, and how many match in all."""
+    def search(self, filters: CallFilters, *, limit: int, offset: int = 0,
+               before: CallCursor | None = None) -> CallResults:
+        """One page of matching calls, newest first: the first ``limit`` after ``offset``
+        or, keyset-paged, older than ``before`` (no matter how deep, it costs the same);
+        and how many match, counted up to ``COUNT_LIMIT``."""
         conditions = self._conditions(filters)
+        page_conditions = list(conditions)
+        if before is not None:
+            page_conditions += [Call.started_at <= before.started_at,
+                                (Call.started_at < before.started_at) | (Call.id < before.id)]
         turns = (select(func.count(Turn.id)).where(Turn.call_id == Call.id)
                  .correlate(Call).scalar_subquery())
         base = select(Call, CallAnalysis.outcome, CallAnalysis.sentiment_label,
                       CallAnalysis.summary, turns.label("turns")).outerjoin(
-            CallAnalysis, CallAnalysis.call_id == Call.id).where(*conditions)
+            CallAnalysis, CallAnalysis.call_id == Call.id).where(*page_conditions)
         with self._sessions() as session:
-            total = session.scalar(
-                select(func.count(Call.id)).select_from(Call)
-                .outerjoin(CallAnalysis, CallAnalysis.call_id == Call.id).where(*conditions)
-            ) or 0
-            rows = session.execute(
-                base.order_by(Call.started_at.desc(), Call.id).limit(limit).offset(offset))
-            return [
+            matching = (select(Call.id).outerjoin(CallAnalysis, CallAnalysis.call_id == Call.id)
+                        .where(*conditions).limit(COUNT_LIMIT + 1).subquery())
+            total = session.scalar(select(func.count()).select_from(matching)) or 0
+            found = list(session.execute(
+                base.order_by(Call.started_at.desc(), Call.id.desc()).limit(limit + 1)
+                .offset(0 if before is not None else offset)))
+            rows = [
                 CallRow(call.id, call.transport, call.caller, call.callee, call.status,
                         call.started_at, call.ended_at, call.end_reason, outcome, label,
                         summary, count or 0)
-                for call, outcome, label, summary, count in rows
-            ], total
+                for call, outcome, label, summary, count in found[:limit]
+            ]
+        older = (CallCursor(rows[-1].started_at, rows[-1].id)
+                 if len(found) > limit and rows else None)
+        return CallResults(rows, min(total, COUNT_LIMIT), total <= COUNT_LIMIT, older)
 
     def known_intents(self) -> list[str]:
         """Every intent stored on a caller turn, for the filter's choices."""
-        with self._sessions() as session:
-            return sorted(i for i in session.scalars(
-                select(Turn.intent).where(Turn.intent.is_not(None)).distinct()) if i)
+        with self._sessions() as session:  # a skip scan of the intent index: one index
+            return sorted(i for i in session.scalars(DISTINCT_INTENTS) if i)  # probe each
 
 
 AUDIT_PAGE_SIZE = 50

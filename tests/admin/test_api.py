@@ -177,7 +177,17 @@ def test_calls_are_paged(api_as: ApiAs, console_db: sessionmaker[Session]) -> No
     assert [[c["id"] for c in page["calls"]] for page in pages] == [
         ids[0:3], ids[3:6], ids[6:7], []]
     assert all(page["total"] == 7 and page["per_page"] == 3 for page in pages)
+    assert all(page["total_exact"] for page in pages)
     assert [page["page"] for page in pages] == [1, 2, 3, 4]
+    # keyset: each page's next_before leads to the next, the last has none
+    seen, before = [], ""
+    for _ in range(4):
+        page = client.get("/api/calls", params={"per_page": "3", "before": before}).json()
+        seen.append([c["id"] for c in page["calls"]])
+        if page["next_before"] is None:
+            break
+        before = page["next_before"]
+    assert seen == [ids[0:3], ids[3:6], ids[6:7]]
 
 
 def test_bad_call_filters_are_400_json(api_as: ApiAs) -> None:

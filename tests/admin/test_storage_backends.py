@@ -114,9 +114,9 @@ def test_the_calls_search_filters_and_pages(sessions: sessionmaker[Session]) -> 
     search = CallSearch(sessions)
 
     def ids(**filters: object) -> list[str]:
-        rows, total = search.search(CallFilters(**filters), limit=10, offset=0)  # type: ignore[arg-type]
-        assert total == len(rows)
-        return [row.id for row in rows]
+        found = search.search(CallFilters(**filters), limit=10)  # type: ignore[arg-type]
+        assert found.total == len(found.rows) and found.exact and found.older is None
+        return [row.id for row in found.rows]
 
     assert ids() == [pending, handed, resolved]  # newest first
     assert ids(since=DAY2.replace(hour=0), until=DAY2.replace(hour=0) + timedelta(days=1)) \
@@ -130,8 +130,12 @@ def test_the_calls_search_filters_and_pages(sessions: sessionmaker[Session]) -> 
     assert ids(transport="webrtc") == []
     assert ids(text=handed[:8]) == [handed]
     assert ids(text="agent") == [handed]  # in the summary
-    rows, total = search.search(CallFilters(), limit=2, offset=2)
-    assert total == 3 and [row.id for row in rows] == [resolved]
-    assert rows[0].turns == 7 and rows[0].outcome == "resolved"
+    found = search.search(CallFilters(), limit=2, offset=2)
+    assert found.total == 3 and [row.id for row in found.rows] == [resolved]
+    assert found.rows[0].turns == 7 and found.rows[0].outcome == "resolved"
+    first = search.search(CallFilters(), limit=2)
+    assert [row.id for row in first.rows] == [pending, handed] and first.older is not None
+    assert [r.id for r in search.search(CallFilters(), limit=2, before=first.older).rows] \
+        == [resolved]
     assert search.known_intents() == ["check_order", "inform_order_number", "request_agent",
                                       "thank"]
