@@ -69,8 +69,8 @@ class UserChange(BaseModel):
 
 
 class CallPage(BaseModel):
-    total: int = Field(description="Matching calls, counted up to 10,000.")
-    total_exact: bool = Field(description="False when more than 10,000 match.")
+    total: int = Field(description="Matching calls, counted up to 1,000.")
+    total_exact: bool = Field(description="False when more than 1,000 match.")
     page: int
     per_page: int
     next_before: str | None = Field(

@@ -471,15 +471,19 @@ def bench_console(
 @bench_app.command("webrtc")
 def bench_webrtc(
     calls: Annotated[int, typer.Option(min=1, max=50, help="Concurrent browser-like calls.")] = 1,
+    console_load: Annotated[int, typer.Option(
+        min=0, max=16, help="Threads reading the console's heaviest API requests from the "
+                            "same web app during the calls.")] = 0,
     json_path: JsonOption = None,
 ) -> None:
     """Concurrent aiortc calls against the web app: connect time, voice-to-voice latency
-    at the caller, CPU per call. Starts a web app for the run if none answers."""
+    at the caller, CPU per call, frames the web app sent late. Starts a web app for the
+    run if none answers."""
     from switchboard.bench.webrtc import bench_webrtc as run_bench
 
     settings = get_settings()
     _setup_logging(settings, quiet=True)
-    _bench_report(lambda: asyncio.run(run_bench(settings, calls)), json_path)
+    _bench_report(lambda: asyncio.run(run_bench(settings, calls, console_load)), json_path)
 
 
 @bench_app.command("desk")

@@ -38,6 +38,11 @@ SPEECH_QUEUE_WAIT = Histogram(
     "switchboard_speech_queue_wait_seconds",
     "Time a transcription waited in a speech server's queue before the model took it.",
     buckets=(0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2))
+FRAME_LATENESS = Histogram(
+    "switchboard_media_frame_lateness_seconds",
+    "How late each 20 ms frame a WebRTC track sends leaves its process's event loop "
+    "(a frame over 0.02 s late is late: the browser's jitter buffer has to absorb it).",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16))
 RECOVERIES = Counter(
     "switchboard_recoveries",
     "Conversations recovered after a lost node: redial (the caller called again and "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select, text
@@ -105,9 +107,6 @@ def seed(sessions: sessionmaker[Session], calls: int, *, seed_value: int = 7) ->
                 batch.clear()
         if batch:
             (_copy if copy else _insert)(session, batch)
-        if copy:  # fresh statistics, as autovacuum would gather after a load
-            session.execute(text("ANALYZE"))
-            session.commit()
 
 
 def _insert(session: Session, batch: list[Any]) -> None:
@@ -131,6 +130,15 @@ def _copy(session: Session, batch: list[Any]) -> None:
                 copy.write_row([json.dumps(v) if isinstance(v, dict | list) else v
                                 for v in row.values()])
     session.commit()
+
+
+def _gather_statistics(sessions: sessionmaker[Session]) -> None:
+    """PostgreSQL's statistics of the tables just loaded, as autovacuum gathers them
+    after a load (without them the planner takes a million rows for a few)."""
+    with sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("ANALYZE"))
+            session.commit()
 
 
 @contextmanager
@@ -165,8 +173,10 @@ def time_requests(calls: int, requests: int, database_url: str | None = None
     with _database(database_url) as (settings, sessions):
         started = time.perf_counter()
         seed(sessions, calls)
+        _gather_statistics(sessions)
         seeded_s = time.perf_counter() - started
         roll_missing(sessions)
+        _gather_statistics(sessions)
         rolled_s = time.perf_counter() - started - seeded_s
         app = FastAPI()
         install_console(app, settings, sessions)
@@ -208,3 +218,58 @@ def time_requests(calls: int, requests: int, database_url: str | None = None
                     samples.append((time.perf_counter() - begin) * 1000)
                 timings.append(Timing(name, path, status, samples))
         return (seeded_s, rolled_s), timings
+
+
+LOAD_PATHS = ("/api/aggregates?since={month_ago}", "/api/calls?per_page=100",
+              "/api/calls?intent=request_agent&outcome=handed_off")
+LOAD_MAX_S = 600.0
+"""A console load never runs longer than this, whatever its caller does."""
+
+
+class ConsoleLoad:
+    """``workers`` threads reading the console's heaviest API requests (30-day aggregates,
+    calls lists) from a served web app as fast as it answers, until stopped; as a bench
+    user with an API token made in ``sessions`` (the web app's database)."""
+
+    def __init__(self, base_url: str, sessions: sessionmaker[Session], workers: int) -> None:
+        from admin.accounts import AccountRepository
+
+        accounts = AccountRepository(sessions, session_lifetime=timedelta(hours=1))
+        name = f"bench-load-{new_id()[:8]}"
+        user = accounts.create_user(name, new_id(), "admin")
+        self._token, _ = accounts.create_token(user.id, "bench console load")
+        self._base_url = base_url
+        month_ago = (datetime.now(UTC) - SPREAD).date().isoformat()
+        self._paths = [path.format(month_ago=month_ago) for path in LOAD_PATHS]
+        self._stop = threading.Event()
+        self.samples_ms: list[float] = []
+        self.failures = 0
+        self._threads = [threading.Thread(target=self._run, name=f"console-load-{i}",
+                                          daemon=True) for i in range(workers)]
+
+    def __enter__(self) -> ConsoleLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + LOAD_MAX_S
+        headers = {"Authorization": f"Bearer {self._token}"}
+        with httpx.Client(base_url=self._base_url, headers=headers, timeout=30,
+                          trust_env=False, verify=False) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                for path in self._paths:
+                    begin = time.perf_counter()
+                    try:
+                        ok = client.get(path).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    if ok:
+                        self.samples_ms.append((time.perf_counter() - begin) * 1000)
+                    else:
+                        self.failures += 1

@@ -23,12 +23,15 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from av import AudioFrame
+from prometheus_client.parser import text_string_to_metric_families
 
 from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import process_tree_cpu_s
 from switchboard.base.settings import PROJECT_ROOT, Settings
+from switchboard.bench.console import ConsoleLoad
 from switchboard.bench.kit import BenchError, Report, VoiceToVoice, piper_lines
 from switchboard.conversation.audio import frame_samples
+from switchboard.storage.database import prepare_database
 from telephony.webrtc.ice import parse_addresses, restrict_host_candidates, rtc_configuration
 from telephony.webrtc.media import CALL_RATE, FrameClock, FrameStamper, to_mono_int16
 
@@ -57,6 +60,11 @@ class BenchReport:
     calls: list[CallFigures]
     server_cpu_s: float | None
     wall_s: float
+    frames: float = 0.0
+    """Frames the web app's WebRTC tracks sent during the run."""
+    late_frames: float = 0.0
+    """Of those, sent over 20 ms late (its event loop was busy)."""
+    console: ConsoleLoad | None = None
 
 
 class CallerTrack(AudioStreamTrack):
@@ -222,20 +230,46 @@ async def web_app(settings: Settings) -> AsyncIterator[tuple[str, Settings, int]
             await asyncio.to_thread(web.stop, 20.0)
 
 
-async def bench_webrtc(settings: Settings, calls: int) -> Report:
-    """Place ``calls`` concurrent calls, one client process each."""
+def frame_lateness(base_url: str) -> tuple[float, float]:
+    """(frames sent, frames sent over 20 ms late) by the web app's WebRTC tracks so far,
+    from its ``/metrics``."""
+    text = httpx.get(f"{base_url}/metrics", timeout=5, trust_env=False, verify=False).text
+    total = on_time = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "switchboard_media_frame_lateness_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_count"):
+                total += sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.02:
+                on_time += sample.value
+    return total, total - on_time
+
+
+async def bench_webrtc(settings: Settings, calls: int, console_load: int = 0) -> Report:
+    """Place ``calls`` concurrent calls, one client process each; with ``console_load``,
+    that many threads read the console's heaviest requests from the same web app
+    meanwhile."""
     lines = await asyncio.to_thread(piper_lines, settings, TURNS, CALL_RATE)
     async with web_app(settings) as (base_url, settings, server_pid):
+        load = (ConsoleLoad(base_url, prepare_database(settings.effective_database_url),
+                            console_load) if console_load else contextlib.nullcontext())
+        frames_before = await asyncio.to_thread(frame_lateness, base_url)
         server_cpu = process_tree_cpu_s(server_pid)
         started = time.perf_counter()
         context = multiprocessing.get_context("spawn")
-        with context.Pool(calls) as pool:
+        with load, context.Pool(calls) as pool:
             results = await asyncio.to_thread(
                 pool.starmap, _client_process, [(base_url, settings, lines)] * calls
             )
         wall_s = time.perf_counter() - started
         used = process_tree_cpu_s(server_pid) - server_cpu
-    return report(BenchReport(results, used, wall_s))
+        frames_after = await asyncio.to_thread(frame_lateness, base_url)
+    bench = BenchReport(results, used, wall_s,
+                        frames=frames_after[0] - frames_before[0],
+                        late_frames=frames_after[1] - frames_before[1],
+                        console=load if isinstance(load, ConsoleLoad) else None)
+    return report(bench)
 
 
 def report(bench: BenchReport) -> Report:
@@ -248,14 +282,24 @@ def report(bench: BenchReport) -> Report:
     }
     if bench.server_cpu_s is not None:
         figures["server_cpu_per_call_pct"] = 100 * bench.server_cpu_s / call_s
+    if bench.frames:
+        figures["server_frames_sent"] = int(bench.frames)
+        figures["server_frames_late_per_1000"] = round(1000 * bench.late_frames / bench.frames,
+                                                       2)
+    series = {"voice_to_voice": [ms for c in bench.calls for ms in c.voice_to_voice_ms],
+              "connect": [c.connect_ms for c in bench.calls if c.connect_ms is not None]}
+    if bench.console is not None:
+        series["console_request"] = bench.console.samples_ms
+        figures["console_requests_failed"] = bench.console.failures
     return Report(
         title=f"bench webrtc: {len(bench.calls)} concurrent aiortc calls (Opus) against the "
               "web app",
-        series={"voice_to_voice": [ms for c in bench.calls for ms in c.voice_to_voice_ms],
-                "connect": [c.connect_ms for c in bench.calls if c.connect_ms is not None]},
+        series=series,
         figures=figures,
         notes=[*(f"failed: {c.error}" for c in bench.calls if c.error is not None),
                "voice_to_voice: end of the caller's speech → first audible bot frame at the "
                "caller (the kit's definition); connect: offer → connected; server CPU: "
-               "models, dialog and media, % of a core per call."],
+               "models, dialog and media, % of a core per call; late frames: sent by the "
+               "web app's tracks over 20 ms after their time; console_request: the console "
+               "load's API reads (30-day aggregates, calls lists), if any."],
     )

@@ -63,11 +63,17 @@ def test_bench_sip_calls_a_worker_and_times_the_answers(tmp_path: Path, rasa_ser
 def test_bench_webrtc_starts_a_web_app_and_times_the_answers(tmp_path: Path, rasa_server: Any,
                                                              database_url: str) -> None:
     figures = bench(tmp_path, rasa_server, database_url, "webrtc", "--calls", "1",
+                    "--console-load", "1",
                     SWITCHBOARD_WEB_HOST="127.0.0.1", SWITCHBOARD_WEB_PORT=str(free_port()),
                     SWITCHBOARD_WEBRTC_ICE_ADDRESSES="127.0.0.1")
     assert figures["series_ms"]["voice_to_voice"]["n"] == 2
     assert figures["series_ms"]["connect"]["n"] == 1
     assert figures["figures"]["calls_completed"] == "1 of 1"
+    # the web app's tracks counted their frames; the console load was served meanwhile
+    assert figures["figures"]["server_frames_sent"] > 100
+    assert 0 <= figures["figures"]["server_frames_late_per_1000"] <= 1000
+    assert figures["series_ms"]["console_request"]["n"] > 0
+    assert figures["figures"]["console_requests_failed"] == 0
 
 
 def test_bench_turn_scores_finished_and_paused_callers(tmp_path: Path) -> None:
