@@ -18,6 +18,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from av import AudioFrame
 
+from switchboard.base.metrics import FRAME_LATENESS
 from switchboard.conversation.audio import FRAME_MS, StreamResampler, frame_samples
 from switchboard.conversation.media import CATCH_UP_FRAMES, INBOUND_BUFFER_MS
 
@@ -57,12 +58,14 @@ class FrameClock:
     def __init__(self) -> None:
         self._next: float | None = None
 
-    async def tick(self) -> None:
+    async def tick(self) -> float:
+        """Wait for the next frame's time; returns how late it woke (s)."""
         now = time.monotonic()
         if self._next is None or now - self._next > CLOCK_RESYNC_MS / 1000:
             self._next = now
         self._next += FRAME_MS / 1000
         await asyncio.sleep(max(0.0, self._next - now))
+        return max(0.0, time.monotonic() - self._next)
 
 
 class FrameStamper:
@@ -180,5 +183,5 @@ class PacedOutboundTrack(AudioStreamTrack):
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        await self._clock.tick()
+        FRAME_LATENESS.observe(await self._clock.tick())
         return self._stamper.frame(self._queue.popleft() if self._queue else self._silence)
