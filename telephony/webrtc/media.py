@@ -14,7 +14,8 @@ import time
 from collections import deque
 
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from av import AudioFrame
 
@@ -37,6 +38,23 @@ backlog that stays is only delay on every word, never absorbed jitter."""
 
 CLOCK_RESYNC_MS = 100
 """A clock that falls this far behind (a stalled loop) restarts instead of bursting."""
+
+AIORTC_AUDIO_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+"""aiortc's receiver keeps each audio frame until four later ones came (a fixed 80 ms on
+every word); its buffer is private, set in ``RTCRtpReceiver.__init__`` (aiortc 1.16)."""
+
+
+def hold_received_audio(pc: RTCPeerConnection, frames: int) -> bool:
+    """Make ``pc``'s audio receivers hand each frame on once ``frames`` later ones came
+    (aiortc's default: 4), before any media flows; on a loopback or LAN leg a late packet
+    costs a 20 ms gap where the default costs 80 ms of delay on every frame. Returns False,
+    changing nothing, when aiortc's receivers no longer have that buffer."""
+    receivers = [t.receiver for t in pc.getTransceivers() if t.kind == "audio"]
+    if not all(hasattr(r, AIORTC_AUDIO_BUFFER) for r in receivers):
+        return False
+    for receiver in receivers:
+        setattr(receiver, AIORTC_AUDIO_BUFFER, JitterBuffer(capacity=16, prefetch=frames))
+    return True
 
 
 def to_mono_int16(frame: AudioFrame) -> np.ndarray:
