@@ -140,32 +140,26 @@ class CallRepository:
                 call.recording_path = recording_path
             session.commit()
 
-    def set_recording(self, call_id: str, path: str) -> None:
-        """Attach a recording file to the call."""
+    def _update(self, call_id: str, **fields: Any) -> None:
         with self._sessions() as session:
             call = session.get(Call, call_id)
             if call is None:
                 raise KeyError(f"no call with id {call_id}")
-            call.recording_path = path
+            for name, value in fields.items():
+                setattr(call, name, value)
             session.commit()
+
+    def set_recording(self, call_id: str, path: str) -> None:
+        """Attach a recording file to the call."""
+        self._update(call_id, recording_path=path)
 
     def set_agent(self, call_id: str, agent: str) -> None:
         """The agent who took the call (before any wrap-up)."""
-        with self._sessions() as session:
-            call = session.get(Call, call_id)
-            if call is None:
-                raise KeyError(f"no call with id {call_id}")
-            call.agent = agent
-            session.commit()
+        self._update(call_id, agent=agent)
 
     def wrap_up(self, call_id: str, *, agent: str, disposition: str, notes: str) -> None:
         """The agent's wrap-up of a call they took: disposition and notes."""
-        with self._sessions() as session:
-            call = session.get(Call, call_id)
-            if call is None:
-                raise KeyError(f"no call with id {call_id}")
-            call.agent, call.disposition, call.agent_notes = agent, disposition, notes
-            session.commit()
+        self._update(call_id, agent=agent, disposition=disposition, agent_notes=notes)
 
     def get_call(self, call_id: str) -> Call | None:
         """The call with its turns and events loaded (detached, safe to read anywhere)."""
