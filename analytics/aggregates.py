@@ -2,7 +2,7 @@
 
 Whole hours come from the analytics worker's hourly rollups, the rest from the calls
 (``analytics/rollups.py``), so a 30-day range reads about 720 rollup rows and the few calls
-of its partial hours. Response-time percentiles are those of the times rounded to 5 ms,
+of its partial hours. Response-time percentiles are those of the times rounded to 10 ms,
 interpolated as PostgreSQL's ``percentile_cont``. Days and hours are UTC.
 
 Rates are shares of the *analysed* calls in the range:

@@ -57,9 +57,9 @@ class Timing:
 def _rows(calls: int, now: datetime, rng: random.Random) -> Iterator[tuple[
         dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]]:
     outcomes, weights = zip(*OUTCOMES, strict=True)
-    for _ in range(calls):
+    for i in range(calls):  # oldest first, as a real database fills up
         call_id = new_id()
-        start = now - SPREAD * rng.random()
+        start = now - SPREAD * (1 - (i + rng.random()) / calls)
         turns, at = [], start
         intents: list[str] = []
         for seq in range(1, 7):

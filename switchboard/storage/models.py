@@ -280,7 +280,7 @@ class HourRollup(Base):
 
 class HourCount(Base):
     """Counts of one hour's calls by ``kind``: ``outcome`` (analysed calls), ``intent``
-    (caller turns) and ``response_ms`` (bot turns, by 5 ms bucket)."""
+    (caller turns) and ``response_ms`` (bot turns, by 10 ms bucket)."""
 
     __tablename__ = "rollup_counts"
 
