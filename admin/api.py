@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from admin.accounts import AccountError, UserView
 from admin.audit import log_action
 from admin.calls import call_detail, parse_filters, recording_response
+from admin.load import heavy_read
 from admin.security import api_user, console_of, ensure_allowed
 from analytics.aggregates import compute_aggregates
 from switchboard.storage.models import as_utc
@@ -175,9 +176,10 @@ def list_calls(request: Request, since: str = "", until: str = "", caller: str =
         "per_page": per_page, "before": before})
     if parsed.errors:
         raise ApiError(400, " ".join(parsed.errors))
-    found = CallSearch(console_of(request).sessions).search(
-        parsed.filters, limit=parsed.per_page, offset=(parsed.page - 1) * parsed.per_page,
-        before=parsed.before)
+    with heavy_read():
+        found = CallSearch(console_of(request).sessions).search(
+            parsed.filters, limit=parsed.per_page,
+            offset=(parsed.page - 1) * parsed.per_page, before=parsed.before)
     return CallPage(total=found.total, total_exact=found.exact, page=parsed.page,
                     per_page=parsed.per_page,
                     next_before=None if found.older is None else str(found.older),
@@ -218,7 +220,9 @@ def aggregates(request: Request, since: str = "", until: str = "") -> dict[str, 
         raise ApiError(400, "since must be before until")
     if end - start > MAX_AGGREGATE_RANGE:
         raise ApiError(400, "ranges are at most 366 days")
-    return compute_aggregates(console_of(request).sessions, since=start, until=end).as_dict()
+    with heavy_read():
+        return compute_aggregates(console_of(request).sessions, since=start,
+                                  until=end).as_dict()
 
 
 @router.get("/users", response_model=list[UserView], summary="Console users (admins)",

@@ -13,13 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -28,6 +26,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from admin.console import install_console, problems_of, validation_error
+from admin.load import share_with_live_calls
 from admin.security import page_session
 from switchboard.base.metrics import exposition
 from switchboard.conversation.host import CallHost
@@ -61,22 +60,6 @@ def _browser_ice_servers(node: CallHost) -> list[dict[str, Any]]:
             entry["credential"] = server.credential
         servers.append(entry)
     return servers
-
-
-CONSOLE_THREADS = 2
-"""Console requests (sync routes: database reads, rendering) run at most this many at a
-time; more would only take turns at the interpreter lock with the calls' media loop."""
-GIL_SWITCH_INTERVAL_S = 0.001
-"""How long a thread keeps the interpreter lock while another waits (Python's default is
-5 ms): the media loop, woken every 20 ms to send a frame, gets it back within ~1 ms."""
-
-
-def share_with_live_calls() -> None:
-    """Console work must not make the calls' frames late (``bench webrtc --console-load``:
-    with four threads reading 30-day figures, 144 of 1000 frames left over 20 ms late
-    before this, 3 without load)."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    anyio.to_thread.current_default_thread_limiter().total_tokens = CONSOLE_THREADS
 
 
 def create_app(node: CallHost) -> FastAPI:

@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from admin.accounts import SessionView
+from admin.load import heavy_read
 from admin.security import allowed, console_of, ensure_allowed, page_session
 from analytics.analysis import (
     ABANDONED,
@@ -228,11 +229,13 @@ def calls_list(request: Request, view: SessionView = Depends(page_session)) -> R
     console = console_of(request)
     parsed = parse_filters(request.query_params)
     search = CallSearch(console.sessions)
-    found = search.search(parsed.filters, limit=parsed.per_page, before=parsed.before)
+    with heavy_read():
+        found = search.search(parsed.filters, limit=parsed.per_page, before=parsed.before)
+        intents = search.known_intents()
     return console.render(request, "console/calls.html", {
         "nav": "calls", "rows": found.rows, "total": found.total, "exact": found.exact,
         "values": parsed.values, "outcomes": OUTCOMES, "transports": TRANSPORTS,
-        "intents": search.known_intents(),
+        "intents": intents,
         "newest_link": _list_link(parsed.values, parsed.per_page, None)
         if parsed.before is not None else None,
         "older_link": _list_link(parsed.values, parsed.per_page, found.older)

@@ -22,6 +22,7 @@ from markupsafe import Markup
 
 from admin import charts
 from admin.accounts import SessionView
+from admin.load import heavy_read
 from admin.security import console_of, ensure_allowed, page_session
 from admin.templating import percent, seconds
 from analytics.aggregates import Aggregates, compute_aggregates
@@ -331,7 +332,9 @@ def dashboard(
                          "text": f"{problem} Showing the {PRESETS[DEFAULT_RANGE].lower()}."})
         status = 400
         time_range = preset_range(DEFAULT_RANGE, now)
-    figures = compute_aggregates(console.sessions, since=time_range.since,
-                                 until=time_range.until)
-    return console.render(request, "console/dashboard.html",
-                          dashboard_context(figures, time_range, messages), status_code=status)
+    with heavy_read():
+        figures = compute_aggregates(console.sessions, since=time_range.since,
+                                     until=time_range.until)
+        return console.render(request, "console/dashboard.html",
+                              dashboard_context(figures, time_range, messages),
+                              status_code=status)

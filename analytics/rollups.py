@@ -44,6 +44,9 @@ RESPONSE_BUCKET_MS = 10
 RECENT = timedelta(days=2)
 """How far back each analysis makes sure every closed hour is rolled."""
 ROLL_ATTEMPTS = 3
+CLOSE_MARGIN = timedelta(minutes=1)
+"""An hour's rollup counts as final when its figures were read this long after it ended
+(calls stored a moment late, clocks of the nodes and the worker a little apart)."""
 EMPTY_BATCH = 2000
 HOUR_KEY = "%Y-%m-%d %H:00"
 
@@ -223,11 +226,14 @@ def _rolled_tally(session: Session, first: datetime, last: datetime
             tally.sentiment_per_hour.setdefault(key, Mean()).add(sentiment, sentiments)
     if not rolled:
         return tally, rolled
+    # the hours read above, whatever was rolled since (else an hour closed meanwhile
+    # would be summed here and read from the calls too)
+    these = HourRollup.hour.in_(sorted(rolled))
     sums = session.execute(select(*(func.sum(column) for column in (
         HourRollup.with_fallback, HourRollup.duration_sum, HourRollup.duration_n,
         HourRollup.queued, HourRollup.queue_abandoned, HourRollup.queue_wait_sum,
         HourRollup.queue_wait_n, HourRollup.agent_handle_sum, HourRollup.agent_handle_n,
-    ))).where(*closed)).one()
+    ))).where(these)).one()
     tally.with_fallback = int(sums[0] or 0)
     tally.duration_s.add(sums[1], sums[2])
     tally.queued, tally.queue_abandoned = int(sums[3] or 0), int(sums[4] or 0)
@@ -235,7 +241,7 @@ def _rolled_tally(session: Session, first: datetime, last: datetime
     tally.agent_handle_s.add(sums[7], sums[8])
     counts = session.execute(
         select(HourCount.kind, HourCount.key, func.sum(HourCount.n))
-        .join(HourRollup, HourRollup.hour == HourCount.hour).where(*closed)
+        .where(HourCount.hour.in_(sorted(rolled)))
         .group_by(HourCount.kind, HourCount.key))
     targets: dict[str, Counter[Any]] = {"outcome": tally.outcomes, "intent": tally.intents}
     for kind, key, n in counts:
@@ -277,7 +283,8 @@ def _rows(hour: datetime, part: Tally, now: datetime) -> tuple[dict[str, Any],
     sentiment = Mean()
     for mean in part.sentiment_per_hour.values():
         sentiment.add(mean.total, mean.count)
-    row = {"hour": hour, "rolled_at": now, "closed": now >= hour + HOUR, "calls": part.calls,
+    row = {"hour": hour, "rolled_at": now, "closed": now >= hour + HOUR + CLOSE_MARGIN,
+           "calls": part.calls,
            "analysed": part.analysed, "with_fallback": part.with_fallback,
            "duration_sum": part.duration_s.total, "duration_n": part.duration_s.count,
            "queued": part.queued, "queue_abandoned": part.queue_abandoned,
@@ -293,17 +300,35 @@ def _rows(hour: datetime, part: Tally, now: datetime) -> tuple[dict[str, Any],
 
 
 def _hours_with_calls(session: Session, hours: list[datetime]) -> set[datetime]:
+    """Which of ``hours`` (sorted) have calls: one query per run of consecutive hours (a
+    call's old hour and the recent ones are two, not a scan of everything between)."""
     dialect = session.get_bind().dialect.name
-    hour = _hour_bucket(dialect, Call.started_at)
-    found = session.scalars(select(hour).where(
-        Call.started_at >= hours[0], Call.started_at < hours[-1] + HOUR).distinct())
-    return {datetime.strptime(h, HOUR_KEY).replace(tzinfo=UTC) for h in found}
+    bucket = _hour_bucket(dialect, Call.started_at)
+    runs: list[list[datetime]] = []
+    for hour in hours:
+        if runs and runs[-1][-1] + HOUR == hour:
+            runs[-1].append(hour)
+        else:
+            runs.append([hour])
+    found: set[datetime] = set()
+    for run in runs:
+        found.update(datetime.strptime(h, HOUR_KEY).replace(tzinfo=UTC)
+                     for h in session.scalars(select(bucket).where(
+                         Call.started_at >= run[0], Call.started_at < run[-1] + HOUR)
+                         .distinct()))
+    return found
 
 
-def _store(session: Session, hours: list[datetime], rows: list[dict[str, Any]],
-           counts: list[dict[str, Any]]) -> None:
+def _clear(session: Session, hours: list[datetime]) -> None:
+    """Delete the hours' rollups first, so that a worker rolling one of them meanwhile
+    waits for this transaction (its rows are locked) and then fails on the insert and
+    rolls it again, instead of overwriting newer figures with older ones."""
     session.execute(delete(HourCount).where(HourCount.hour.in_(hours)))
     session.execute(delete(HourRollup).where(HourRollup.hour.in_(hours)))
+
+
+def _insert(session: Session, rows: list[dict[str, Any]],
+            counts: list[dict[str, Any]]) -> None:
     session.execute(insert(HourRollup), rows)
     if counts:
         session.execute(insert(HourCount), counts)
@@ -323,12 +348,15 @@ def roll_hours(sessions: sessionmaker[Session], hours: Iterable[datetime]) -> in
     for start in range(0, len(empty), EMPTY_BATCH):
         def store_empty(session: Session, batch: list[datetime] = empty[
                 start : start + EMPTY_BATCH]) -> None:
-            _store(session, batch, [_rows(h, Tally(), now)[0] for h in batch], [])
+            _clear(session, batch)
+            _insert(session, [_rows(h, Tally(), now)[0] for h in batch], [])
         _attempts(sessions, store_empty)
     for hour in (h for h in wanted if h in busy):
         def roll(session: Session, hour: datetime = hour) -> None:
-            row, counts = _rows(hour, raw_tally(session, [(hour, hour + HOUR)]), utcnow())
-            _store(session, [hour], [row], counts)
+            read_at = utcnow()  # before the read: "closed" means read after the hour
+            _clear(session, [hour])
+            row, counts = _rows(hour, raw_tally(session, [(hour, hour + HOUR)]), read_at)
+            _insert(session, [row], counts)
         _attempts(sessions, roll)
     return len(wanted)
 
@@ -356,7 +384,7 @@ def hours_to_roll(sessions: sessionmaker[Session], *, since: datetime | None = N
             if first is None:
                 return []
             since = first
-        start, end = floor_hour(since), floor_hour(now)
+        start, end = floor_hour(since), floor_hour(now - CLOSE_MARGIN)
         done = {as_utc(h) for h in session.scalars(select(HourRollup.hour).where(
             HourRollup.hour >= start, HourRollup.hour < end, HourRollup.closed))}
     hours, hour = [], start

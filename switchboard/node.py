@@ -359,9 +359,6 @@ class Node:
         try:
             result = await pipeline.run()
             reason, handoff = result.reason, result.handoff
-            if state.agent:
-                await asyncio.to_thread(self._agent_took_call, call_id, state.agent,
-                                        result.transfer_to)
         except asyncio.CancelledError:
             reason = "cancelled"  # the node stops under it: resumable on a redial
             raise
@@ -372,6 +369,9 @@ class Node:
             if span is not None:
                 span.end(reason)
         log.info("call %s ended: %s", call_id, result.reason)
+        if state.agent:
+            await asyncio.to_thread(self._agent_took_call, call_id, state.agent,
+                                    result.transfer_to)
         if self.analytics is not None:
             self._queue_analysis(call_id)
         return result
@@ -381,7 +381,7 @@ class Node:
         (accepting, listening and barging are audited by the console)."""
         try:
             self.calls.set_agent(call_id, agent)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, KeyError) as exc:
             log.error("call %s: could not store its agent %s: %s", call_id, agent, exc)
         if transfer_to:
             AuditRepository(self.sessions).record(agent, "desk.transfer", target=call_id,

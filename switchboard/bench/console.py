@@ -234,10 +234,12 @@ class ConsoleLoad:
     def __init__(self, base_url: str, sessions: sessionmaker[Session], workers: int) -> None:
         from admin.accounts import AccountRepository
 
-        accounts = AccountRepository(sessions, session_lifetime=timedelta(hours=1))
+        self._accounts = AccountRepository(sessions, session_lifetime=timedelta(hours=1))
         name = f"bench-load-{new_id()[:8]}"
-        user = accounts.create_user(name, new_id(), "admin")
-        self._token, _ = accounts.create_token(user.id, "bench console load")
+        self._user = self._accounts.create_user(name, new_id(), "agent")  # reads only
+        self._token, self._token_view = self._accounts.create_token(self._user.id,
+                                                                    "bench console load")
+        self._lock = threading.Lock()
         self._base_url = base_url
         month_ago = (datetime.now(UTC) - SPREAD).date().isoformat()
         self._paths = [path.format(month_ago=month_ago) for path in LOAD_PATHS]
@@ -256,6 +258,9 @@ class ConsoleLoad:
         self._stop.set()
         for thread in self._threads:
             thread.join(30)
+        # the bench user cannot be used again: its token revoked, the account off
+        self._accounts.revoke_token(self._token_view.id)
+        self._accounts.update_user(self._user.id, role="agent", active=False)
 
     def _run(self) -> None:
         deadline = time.monotonic() + LOAD_MAX_S
@@ -269,7 +274,8 @@ class ConsoleLoad:
                         ok = client.get(path).status_code == 200
                     except httpx.HTTPError:
                         ok = False
-                    if ok:
-                        self.samples_ms.append((time.perf_counter() - begin) * 1000)
-                    else:
-                        self.failures += 1
+                    with self._lock:
+                        if ok:
+                            self.samples_ms.append((time.perf_counter() - begin) * 1000)
+                        else:
+                            self.failures += 1

@@ -319,8 +319,8 @@ class CallCursor:
     started_at: datetime
     id: str
 
-    def __str__(self) -> str:
-        return f"{self.started_at.isoformat()}~{self.id}"
+    def __str__(self) -> str:  # "Z", not "+00:00": a "+" not URL-encoded reads as " "
+        return f"{as_utc(self.started_at).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}~{self.id}"
 
     @classmethod
     def parse(cls, text: str) -> CallCursor:

@@ -42,18 +42,23 @@ CLOCK_RESYNC_MS = 100
 AIORTC_AUDIO_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 """aiortc's receiver keeps each audio frame until four later ones came (a fixed 80 ms on
 every word); its buffer is private, set in ``RTCRtpReceiver.__init__`` (aiortc 1.16)."""
+HELD_BUFFER_FRAMES = 4
+"""A held buffer's capacity (aiortc's: 16). It hands on one frame per packet that comes,
+so the backlog a lost packet leaves (until the buffer is full and skips it) stays: at
+most 3 frames here, 15 (300 ms) with aiortc's."""
 
 
 def hold_received_audio(pc: RTCPeerConnection, frames: int) -> bool:
     """Make ``pc``'s audio receivers hand each frame on once ``frames`` later ones came
-    (aiortc's default: 4), before any media flows; on a loopback or LAN leg a late packet
-    costs a 20 ms gap where the default costs 80 ms of delay on every frame. Returns False,
+    (aiortc's default: 4), before any media flows: on a loopback or LAN leg that is 60 ms
+    less delay on every frame; a lost packet leaves at most 60 ms behind. Returns False,
     changing nothing, when aiortc's receivers no longer have that buffer."""
     receivers = [t.receiver for t in pc.getTransceivers() if t.kind == "audio"]
     if not all(hasattr(r, AIORTC_AUDIO_BUFFER) for r in receivers):
         return False
     for receiver in receivers:
-        setattr(receiver, AIORTC_AUDIO_BUFFER, JitterBuffer(capacity=16, prefetch=frames))
+        setattr(receiver, AIORTC_AUDIO_BUFFER,
+                JitterBuffer(capacity=HELD_BUFFER_FRAMES, prefetch=frames))
     return True
 
 
@@ -77,13 +82,17 @@ class FrameClock:
         self._next: float | None = None
 
     async def tick(self) -> float:
-        """Wait for the next frame's time; returns how late it woke (s)."""
+        """Wait for the next frame's time; returns how late it woke (s), a stall that
+        made the clock restart included."""
         now = time.monotonic()
-        if self._next is None or now - self._next > CLOCK_RESYNC_MS / 1000:
+        stalled = 0.0
+        if self._next is None:
             self._next = now
+        elif now - self._next > CLOCK_RESYNC_MS / 1000:
+            stalled, self._next = now - self._next, now
         self._next += FRAME_MS / 1000
         await asyncio.sleep(max(0.0, self._next - now))
-        return max(0.0, time.monotonic() - self._next)
+        return max(stalled, time.monotonic() - self._next, 0.0)
 
 
 class FrameStamper:
