@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -24,7 +25,7 @@ from pydantic import BaseModel, Field
 from admin.accounts import AccountError, UserView
 from admin.audit import log_action
 from admin.calls import call_detail, parse_filters, recording_response
-from admin.load import heavy_read
+from admin.load import heavy
 from admin.security import api_user, console_of, ensure_allowed
 from analytics.aggregates import compute_aggregates
 from switchboard.storage.models import as_utc
@@ -163,27 +164,30 @@ def me(user: UserView = Depends(authenticated)) -> UserView:
 
 @router.get("/calls", response_model=CallPage, summary="Calls, newest first, filtered",
             dependencies=[_allowed("calls")])
-def list_calls(request: Request, since: str = "", until: str = "", caller: str = "",
-               intent: str = "", outcome: str = "", transport: str = "", q: str = "",
-               page: str = "1", per_page: str = "25", before: str = "") -> CallPage:
+async def list_calls(request: Request, since: str = "", until: str = "", caller: str = "",
+                     intent: str = "", outcome: str = "", transport: str = "", q: str = "",
+                     page: str = "1", per_page: str = "25", before: str = "") -> Response:
     """``since``/``until`` are days (YYYY-MM-DD, ``until`` inclusive, UTC); ``outcome`` is
     resolved, handed_off, abandoned, failed, in_progress, unknown or pending (not analysed
     yet); ``caller`` and ``q`` match anywhere in the number / id / summary. ``before`` (the
     previous page's ``next_before``) pages by keyset, ``page`` by offset."""
-    parsed = parse_filters({
+    return await heavy(_list_calls, request, {
         "since": since, "until": until, "caller": caller, "intent": intent,
         "outcome": outcome, "transport": transport, "q": q, "page": page,
         "per_page": per_page, "before": before})
+
+
+def _list_calls(request: Request, params: dict[str, str]) -> Response:
+    parsed = parse_filters(params)
     if parsed.errors:
         raise ApiError(400, " ".join(parsed.errors))
-    with heavy_read():
-        found = CallSearch(console_of(request).sessions).search(
-            parsed.filters, limit=parsed.per_page,
-            offset=(parsed.page - 1) * parsed.per_page, before=parsed.before)
-    return CallPage(total=found.total, total_exact=found.exact, page=parsed.page,
-                    per_page=parsed.per_page,
-                    next_before=None if found.older is None else str(found.older),
-                    calls=found.rows)
+    found = CallSearch(console_of(request).sessions).search(
+        parsed.filters, limit=parsed.per_page, offset=(parsed.page - 1) * parsed.per_page,
+        before=parsed.before)
+    return JSONResponse(jsonable_encoder(CallPage(
+        total=found.total, total_exact=found.exact, page=parsed.page,
+        per_page=parsed.per_page, next_before=None if found.older is None else str(found.older),
+        calls=found.rows)))
 
 
 @router.get("/calls/{call_id}", response_model=CallDetail,
@@ -208,9 +212,13 @@ def get_recording(call_id: str, request: Request) -> Response:
 
 @router.get("/aggregates", summary="Figures over calls started in a time range",
             dependencies=[_allowed("dashboard")])
-def aggregates(request: Request, since: str = "", until: str = "") -> dict[str, Any]:
+async def aggregates(request: Request, since: str = "", until: str = "") -> Response:
     """Default: the last 7 days. ``since``/``until``: YYYY-MM-DD (``until`` inclusive) or
     ISO 8601 times; at most 366 days."""
+    return await heavy(_aggregates, request, since, until)
+
+
+def _aggregates(request: Request, since: str, until: str) -> Response:
     end = _moment(until, "until", end_of_day=True) or datetime.now(UTC)
     try:
         start = _moment(since, "since") or end - timedelta(days=7)
@@ -220,9 +228,8 @@ def aggregates(request: Request, since: str = "", until: str = "") -> dict[str, 
         raise ApiError(400, "since must be before until")
     if end - start > MAX_AGGREGATE_RANGE:
         raise ApiError(400, "ranges are at most 366 days")
-    with heavy_read():
-        return compute_aggregates(console_of(request).sessions, since=start,
-                                  until=end).as_dict()
+    return JSONResponse(jsonable_encoder(compute_aggregates(
+        console_of(request).sessions, since=start, until=end).as_dict()))
 
 
 @router.get("/users", response_model=list[UserView], summary="Console users (admins)",

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from admin.accounts import SessionView
-from admin.load import heavy_read
+from admin.load import heavy
 from admin.security import allowed, console_of, ensure_allowed, page_session
 from analytics.analysis import (
     ABANDONED,
@@ -222,16 +222,20 @@ def _list_link(values: dict[str, str], per_page: int, before: CallCursor | None)
 
 
 @router.get("/calls", include_in_schema=False)
-def calls_list(request: Request, view: SessionView = Depends(page_session)) -> Response:
+async def calls_list(request: Request,
+                     view: SessionView = Depends(page_session)) -> Response:
+    return await heavy(_calls_list, request, view)
+
+
+def _calls_list(request: Request, view: SessionView) -> Response:
     """Keyset-paged: "Older" carries the last call's position, so a page deep in a million
     calls costs what the first does."""
     ensure_allowed(view.user, "calls")
     console = console_of(request)
     parsed = parse_filters(request.query_params)
     search = CallSearch(console.sessions)
-    with heavy_read():
-        found = search.search(parsed.filters, limit=parsed.per_page, before=parsed.before)
-        intents = search.known_intents()
+    found = search.search(parsed.filters, limit=parsed.per_page, before=parsed.before)
+    intents = search.known_intents()
     return console.render(request, "console/calls.html", {
         "nav": "calls", "rows": found.rows, "total": found.total, "exact": found.exact,
         "values": parsed.values, "outcomes": OUTCOMES, "transports": TRANSPORTS,

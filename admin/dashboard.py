@@ -22,7 +22,7 @@ from markupsafe import Markup
 
 from admin import charts
 from admin.accounts import SessionView
-from admin.load import heavy_read
+from admin.load import heavy
 from admin.security import console_of, ensure_allowed, page_session
 from admin.templating import percent, seconds
 from analytics.aggregates import Aggregates, compute_aggregates
@@ -313,13 +313,18 @@ def dashboard_context(figures: Aggregates, time_range: TimeRange,
 
 
 @router.get("/", include_in_schema=False)
-def dashboard(
+async def dashboard(
     request: Request,
     view: SessionView = Depends(page_session),
     range_key: str = Query("", alias="range"),
     since: str = "",
     until: str = "",
 ) -> Response:
+    return await heavy(_dashboard, request, view, range_key, since, until)
+
+
+def _dashboard(request: Request, view: SessionView, range_key: str, since: str,
+               until: str) -> Response:
     ensure_allowed(view.user, "dashboard")
     console = console_of(request)
     now = datetime.now(UTC)
@@ -332,9 +337,7 @@ def dashboard(
                          "text": f"{problem} Showing the {PRESETS[DEFAULT_RANGE].lower()}."})
         status = 400
         time_range = preset_range(DEFAULT_RANGE, now)
-    with heavy_read():
-        figures = compute_aggregates(console.sessions, since=time_range.since,
-                                     until=time_range.until)
-        return console.render(request, "console/dashboard.html",
-                              dashboard_context(figures, time_range, messages),
-                              status_code=status)
+    figures = compute_aggregates(console.sessions, since=time_range.since,
+                                 until=time_range.until)
+    return console.render(request, "console/dashboard.html",
+                          dashboard_context(figures, time_range, messages), status_code=status)
