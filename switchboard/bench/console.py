@@ -45,7 +45,6 @@ INTENTS = ["check_order_status", "inform", "reset_password", "billing_question",
 BATCH = 2000
 
 
-
 @dataclass
 class Timing:
     name: str

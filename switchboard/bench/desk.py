@@ -61,7 +61,6 @@ QUEUE_WAIT_S = 60.0
 STEP_TIMEOUT_S = 15.0
 
 
-
 def tone(ms: int, hz: float, rate: int) -> np.ndarray:
     t = np.arange(rate * ms // 1000) / rate
     return (np.sin(2 * np.pi * hz * t) * 9000).astype(np.int16)

@@ -43,7 +43,6 @@ CONNECT_TIMEOUT_S = 20.0
 WEB_START_TIMEOUT_S = 120.0
 
 
-
 @dataclass
 class CallFigures:
     """One client's measurements."""

@@ -190,7 +190,7 @@ def test_paging_through_the_calls(client_as: ClientAs, thirty_calls: list[str]) 
     assert _ids(bad) == thirty_calls[:25]
 
 
-def test_over_ten_thousand_calls_are_not_counted_exactly(
+def test_past_the_count_limit_calls_are_not_counted_exactly(
         client_as: ClientAs, console_db: sessionmaker[Session],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("switchboard.storage.repository.COUNT_LIMIT", 3)

@@ -16,6 +16,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
+from switchboard.bench.desk import holds
+from switchboard.bench.desk import tone as bench_tone
 from switchboard.bench.webrtc import CallerTrack
 from telephony.webrtc.media import to_mono_int16
 
@@ -24,24 +26,15 @@ LEG_RATE = 48000
 """What an aiortc leg hears (Opus, 48 kHz)."""
 
 
-def tone(ms: int, freq: float, rate: int = 16000) -> np.ndarray:
-    t = np.arange(rate * ms // 1000) / rate
-    return (np.sin(2 * np.pi * freq * t) * 8000).astype(np.int16)
+def tone(ms: int, hz: float, rate: int = 16000) -> np.ndarray:
+    return bench_tone(ms, hz, rate)
 
 
 def hears(pcm: np.ndarray, rate: int, hz: float) -> bool:
-    """Whether some 100 ms of ``pcm`` is loud and holds ``hz`` as a good share of its
-    energy (a mix of two voices holds both)."""
+    """Whether some 100 ms of ``pcm`` is loud and mostly ``hz`` (a mix of two voices
+    holds each as a good share)."""
     step = rate // 10
-    for i in range(0, len(pcm) - step, step):
-        window = pcm[i : i + step].astype(np.float64)
-        if np.abs(window).max() < 1500:
-            continue
-        power = np.abs(np.fft.rfft(window)) ** 2
-        freqs = np.fft.rfftfreq(step, 1 / rate)
-        if power[np.abs(freqs - hz) < 40].sum() > 0.2 * power.sum():
-            return True
-    return False
+    return any(holds(pcm[i : i + step], rate, hz) for i in range(0, len(pcm) - step, step))
 
 
 def csrf(client: httpx.Client) -> str:

@@ -74,4 +74,3 @@ async def test_a_burst_from_the_receiver_does_not_become_a_standing_delay() -> N
         assert second is not None and np.median(second) > 2500
     finally:
         source.close()
-
