@@ -210,6 +210,16 @@ class Settings(BaseSettings):
     sip_tls_port: int = Field(default=5061, description="SIP over TLS port.")
     sip_tls_cert: Path | None = Field(default=None, description="PEM certificate for SIP TLS.")
     sip_tls_key: Path | None = Field(default=None, description="PEM private key for SIP TLS.")
+    sip_srtp: Literal["off", "optional", "mandatory"] = Field(
+        default="optional",
+        description="SRTP on SIP calls (SDES keys, RTP/SAVP): optional accepts callers with "
+        "or without it, mandatory answers a call offering plain RTP with 488.",
+    )
+    sip_srtp_needs_tls: bool = Field(
+        default=True,
+        description="Exchange SRTP keys (they travel in the SDP) only over SIP TLS; false "
+        "where a proxy on this host ends TLS (the node's Kamailio sets it for its workers).",
+    )
     sip_codecs: str = Field(
         default="PCMU,PCMA,G722",
         description="Codecs offered, highest priority first (PCMU, PCMA, G722).",

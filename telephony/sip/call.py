@@ -32,6 +32,10 @@ class CallLeg:
     local_uri: str = ""
     sip_call_id: str = ""
     source_address: str = ""
+    signalling: str = ""
+    """The SIP transport the call came in on (udp, tcp, tls); "" for an outbound call."""
+    srtp: bool = False
+    """Whether the call's media is SRTP (its SDP answer or offer is RTP/SAVP)."""
     call_uuid: str = ""
     """The call's id: an inbound INVITE's ``X-Call-UUID`` (set by a proxy or trunk in front),
     else one made here; sent back on the 200 OK and on REFER."""
@@ -56,6 +60,13 @@ def sip_headers(message: str) -> dict[str, str]:
     for name, value in _HEADER.findall(message.split("\r\n\r\n", 1)[0]):
         found.setdefault(_SHORT.get(name.lower(), name.lower()), value)
     return found
+
+
+def via_transport(message: str) -> str:
+    """The transport of a SIP request's top Via (``udp``, ``tcp``, ``tls``), or ""."""
+    via = sip_headers(message).get("via", "")
+    match = re.match(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z]+)", via)
+    return match.group(1).lower() if match else ""
 
 
 def supports_replaces(message: str) -> bool:
@@ -172,6 +183,13 @@ class SipCall(pj.Call):
             self.events.replaced(self.leg)
         except Exception:
             log.exception("call %s: replacing the call failed", self.leg.key)
+
+    def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
+        """Our SDP (offer or answer) is made: note whether its audio is SRTP."""
+        try:
+            self.leg.srtp = "RTP/SAVP" in str(prm.sdp.wholeSdp)
+        except Exception:
+            log.exception("call %s: SDP callback failed", self.leg.key)
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         try:

@@ -29,6 +29,7 @@ from telephony.sip.call import (
     sip_headers,
     source_allowed,
     supports_replaces,
+    via_transport,
 )
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
@@ -43,7 +44,12 @@ RTP_CHECK_S = 1.0
 """How often the RTP inactivity watchdog looks at the calls' packet counters."""
 SHUTDOWN_HANGUP_S = 3.0
 """How long shutdown waits for hung-up calls to be disconnected."""
-"""RTP (and RTCP) ports one worker may use, from ``sip_rtp_port`` on."""
+SRTP_MODES = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "mandatory": pj.PJMEDIA_SRTP_MANDATORY,
+}
+"""``sip_srtp`` and PJMEDIA's SRTP use (SDES keying, PJSUA's default)."""
 CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
 """Codec names of ``sip_codecs`` and the PJSIP codec id prefixes they select."""
 
@@ -253,6 +259,8 @@ class SipEndpoint:
         if settings.sip_username:
             acfg.sipConfig.authCreds.append(pj.AuthCredInfo(
                 "digest", settings.sip_realm, settings.sip_username, 0, settings.sip_password))
+        acfg.mediaConfig.srtpUse = SRTP_MODES[settings.sip_srtp]
+        acfg.mediaConfig.srtpSecureSignaling = 1 if settings.sip_srtp_needs_tls else 0
         tcfg = acfg.mediaConfig.transportConfig
         tcfg.port = settings.sip_rtp_port
         tcfg.portRange = RTP_PORTS_PER_WORKER
@@ -290,6 +298,7 @@ class SipEndpoint:
         leg.sip_call_id = str(info.callIdString)
         invite = str(prm.rdata.wholeMsg)
         leg.call_uuid = call_uuid(invite)
+        leg.signalling = via_transport(invite)
         leg.supports_replaces = supports_replaces(invite)
         op = pj.CallOpParam()
         if not source_allowed(leg.source_address, self._networks):

@@ -348,7 +348,8 @@ class SipWorker:
             transport="sip", source=leg.source, sink=leg.sink, caller=caller, callee=callee,
             metadata={"sip_call_id": leg.sip_call_id,
                       "direction": "rejoin" if job else leg.direction,
-                      "source_address": leg.source_address},
+                      "source_address": leg.source_address,
+                      "sip_transport": leg.signalling or None, "srtp": leg.srtp},
             control=_SipControl(self, session), call_id=leg.call_uuid or None,
             handoff_target=self.settings.sip_transfer_uri or None,
             rejoin=({**leg.rejoin, "caller": caller or "", "callee": callee or ""}

@@ -86,7 +86,9 @@ def invite(port: int, sdp_codecs: str, rtpmaps: str) -> bytes:
 class Baresip:
     """One baresip softphone: plays ``caller_wav`` (8 kHz, PCMU) into the call and records
     what it hears; commands go over ctrl_tcp (netstring JSON). With ``answermode="auto"``
-    it answers incoming calls at once (as ``user``)."""
+    it answers incoming calls at once (as ``user``). ``ca_file`` (PEM) is what it trusts for
+    SIP over TLS (``;transport=tls`` in the dialled URI); ``mediaenc`` (``srtp``,
+    ``srtp-mand``) offers SRTP with SDES keys."""
 
     workdir: Path
     caller_wav: Path
@@ -95,6 +97,8 @@ class Baresip:
     child: ChildProcess | None = None
     user: str = "caller"
     answermode: str = "manual"
+    ca_file: Path | None = None
+    mediaenc: str = ""
 
     def start(self) -> None:
         (self.workdir / "rec").mkdir(parents=True, exist_ok=True)
@@ -108,15 +112,16 @@ class Baresip:
             "audio_srate 8000",
             "audio_channels 1",
             f"module_path {BARESIP_MODULES}",
-            *(f"module {m}.so" for m in ("g711", "aufile", "aubridge", "sndfile", "account",
-                                         "menu", "ctrl_tcp")),
+            *(f"module {m}.so" for m in ("g711", "aufile", "aubridge", "sndfile", "srtp",
+                                         "account", "menu", "ctrl_tcp")),
+            *([f"sip_cafile {self.ca_file}"] if self.ca_file else []),
             f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
             f"snd_path {self.workdir / 'rec'}",
             "",
         ]))
         (self.workdir / "accounts").write_text(
             f"<sip:{self.user}@127.0.0.1>;regint=0;answermode={self.answermode};"
-            "audio_codecs=PCMU\n")
+            f"audio_codecs=PCMU{f';mediaenc={self.mediaenc}' if self.mediaenc else ''}\n")
         def ctrl_answers() -> str | None:
             try:
                 socket.create_connection(("127.0.0.1", self.ctrl_port), 0.5).close()
