@@ -8,7 +8,7 @@ FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      espeak-ng libsndfile1 make gcc g++ kamailio \
+      espeak-ng libsndfile1 make gcc g++ kamailio kamailio-tls-modules \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 RASA_VENV := .venv-rasa
-SYSTEM_PACKAGES := python3-venv espeak-ng libsndfile1 sip-tester baresip-core kamailio chromium docker-compose
+SYSTEM_PACKAGES := python3-venv espeak-ng libsndfile1 sip-tester baresip-core kamailio kamailio-tls-modules chromium docker-compose
 BIN := $(VENV)/bin
 # Packages used for one data file each, installed without their dependencies:
 # pipecat-ai ships the Smart Turn v3 end-of-turn model (BSD-2).

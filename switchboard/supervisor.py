@@ -141,6 +141,7 @@ def sip_worker(
     if behind_proxy:  # Kamailio filters callers; workers only ever see the proxy
         env["SWITCHBOARD_SIP_ALLOWED_NETWORKS"] = ""
         env["SWITCHBOARD_SIP_TRANSPORTS"] = "udp"
+        env["SWITCHBOARD_SIP_SRTP_NEEDS_TLS"] = "false"  # Kamailio ended TLS on this host
 
     def answers_options() -> str | None:
         if options_ping(settings.sip_host, port):

@@ -1,6 +1,7 @@
 """Kamailio as the node's one SIP entry point, in front of its SIP media workers.
 
-Callers reach Kamailio at ``sip_host:sip_port``; Kamailio's dispatcher hashes each INVITE
+Callers reach Kamailio at ``sip_host:sip_port`` (and over TLS at ``sip_tls_port``, where
+TLS ends); Kamailio's dispatcher hashes each INVITE
 on the From URI to one of the workers (``127.0.0.1:sip_worker_base_port + 2*i``, UDP),
 fails over to the next on 408/486/500/503 or silence, pings every worker with OPTIONS and
 stays in the dialog (Record-Route). The routing logic is ``deploy/kamailio/kamailio.cfg``;
@@ -41,7 +42,7 @@ HEALTH_POLL_S = 0.1
 PROBE_TIMEOUT_S = 0.5
 RPC_TIMEOUT_S = 2.0
 RPC_BUFFER_BYTES = 65_536
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 WILDCARD_PROBES = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 WORKER_STATES = {"A": "active", "T": "trying", "I": "inactive", "D": "disabled"}
 KAMAILIO_LOG_LEVELS = {"DEBUG": 3, "INFO": 2, "WARNING": 1, "ERROR": -1, "CRITICAL": -2}
@@ -103,14 +104,16 @@ def render_config(
     rpc_socket: Path,
     ping_interval_s: int = PING_INTERVAL_S,
     failover_timeout_s: float = FAILOVER_TIMEOUT_S,
+    tls_files: tuple[Path, Path] | None = None,
 ) -> str:
-    """The Kamailio configuration: the template with this node's values defined in front."""
-    transports = [t.strip() for t in settings.sip_transports.split(",") if t.strip()]
-    served = [t for t in transports if t in TRANSPORTS]
-    if not served:
+    """The Kamailio configuration: the template with this node's values defined in front.
+    ``tls_files``: the certificate and key Kamailio reads when it serves SIP over TLS."""
+    served = sip_transports(settings)
+    if served == ["tls"]:
         raise KamailioError(
             f"SWITCHBOARD_SIP_TRANSPORTS={settings.sip_transports!r} names neither udp nor "
-            "tcp; the Kamailio front end serves udp and tcp (TLS is not supported there yet)."
+            "tcp; the Kamailio front end serves tls beside udp or tcp (the workers' health "
+            "probes and the node's own checks use UDP)."
         )
     defines = [
         f'#!substdef "!SB_SIP_HOST!{_uri_host(settings.sip_host)}!g"',
@@ -124,6 +127,16 @@ def render_config(
         f"#!define SB_CHILDREN {PROXY_CHILDREN}",
         f"#!define SB_LOG_LEVEL {_kamailio_log_level(settings.log_level)}",
     ]
+    if "tls" in served:
+        if tls_files is None:
+            raise KamailioError(
+                "SIP over TLS needs SWITCHBOARD_SIP_TLS_CERT and SWITCHBOARD_SIP_TLS_KEY (PEM "
+                "files); set them or drop tls from SWITCHBOARD_SIP_TRANSPORTS")
+        defines += [
+            f'#!substdef "!SB_TLS_PORT!{settings.sip_tls_port}!g"',
+            f"#!define SB_TLS_CERT {_cfg_string(str(tls_files[0]))}",
+            f"#!define SB_TLS_KEY {_cfg_string(str(tls_files[1]))}",
+        ]
     networks = [n.strip() for n in settings.sip_allowed_networks.split(",") if n.strip()]
     if networks:
         defines.append(f"#!define SB_ALLOWED_NETWORKS {_cfg_string(','.join(networks))}")
@@ -131,6 +144,17 @@ def render_config(
     header, _, body = template.partition("\n")  # keep the #!KAMAILIO marker first
     generated = "\n".join(["# --- rendered by telephony/kamailio.py ---", *defines])
     return f"{header}\n{generated}\n{body}"
+
+
+def sip_transports(settings: Settings) -> list[str]:
+    """The transports of ``sip_transports`` that Kamailio serves (udp, tcp, tls)."""
+    named = [t.strip().lower() for t in settings.sip_transports.split(",") if t.strip()]
+    served = [t for t in TRANSPORTS if t in named]
+    if not served or set(named) - set(TRANSPORTS):
+        raise KamailioError(
+            f"SWITCHBOARD_SIP_TRANSPORTS={settings.sip_transports!r}: expected a comma list "
+            "of udp, tcp, tls")
+    return served
 
 
 def sip_target(worker: int | str) -> tuple[str, int]:
@@ -220,6 +244,9 @@ class KamailioProxy(Managed):
             os.chown(self._run_dir, user[0].pw_uid, user[1].gr_gid)
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.dispatcher_path.write_text(dispatcher_list(self.targets))
+        tls_files = None
+        if "tls" in sip_transports(self.settings):
+            tls_files = self._tls_files(user)
         self.config_path.write_text(
             render_config(
                 self.settings,
@@ -228,6 +255,7 @@ class KamailioProxy(Managed):
                 rpc_socket=self.rpc_socket,
                 ping_interval_s=self.ping_interval_s,
                 failover_timeout_s=self.failover_timeout_s,
+                tls_files=tls_files,
             )
         )
         command = [
@@ -247,6 +275,29 @@ class KamailioProxy(Managed):
             timeout_hint=f"Expected workers at {self.targets} behind {self.uri}.",
         )
         self._child.start()
+
+    def _tls_files(self, user: tuple[pwd.struct_passwd, grp.struct_group] | None
+                   ) -> tuple[Path, Path]:
+        """The TLS certificate and key, copied into the run directory for Kamailio's
+        unprivileged user (the originals may be readable by their owner only)."""
+        assert self._run_dir is not None
+        copies = []
+        for setting, name in (("sip_tls_cert", "tls-cert.pem"), ("sip_tls_key", "tls-key.pem")):
+            source = getattr(self.settings, setting)
+            if source is None:
+                raise KamailioError(
+                    "SIP over TLS needs SWITCHBOARD_SIP_TLS_CERT and SWITCHBOARD_SIP_TLS_KEY "
+                    "(PEM files); set them or drop tls from SWITCHBOARD_SIP_TRANSPORTS")
+            copy = self._run_dir / name
+            try:
+                shutil.copyfile(source, copy)
+            except OSError as exc:
+                raise KamailioError(f"cannot read {setting.upper()} {source}: {exc}") from exc
+            copy.chmod(0o600)
+            if user:
+                os.chown(copy, user[0].pw_uid, user[1].gr_gid)
+            copies.append(copy)
+        return copies[0], copies[1]
 
     def poll(self) -> int | None:
         """Kamailio's exit code once it has exited, ``None`` while it runs."""

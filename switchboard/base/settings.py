@@ -212,13 +212,15 @@ class Settings(BaseSettings):
     sip_tls_key: Path | None = Field(default=None, description="PEM private key for SIP TLS.")
     sip_srtp: Literal["off", "optional", "mandatory"] = Field(
         default="optional",
-        description="SRTP on SIP calls (SDES keys, RTP/SAVP): optional accepts callers with "
-        "or without it, mandatory answers a call offering plain RTP with 488.",
+        description="SRTP on SIP calls (SDES keys, RTP/SAVP): optional uses it when the other "
+        "party offers or accepts it, over any transport; mandatory answers a call offering "
+        "plain RTP with 488 and places calls only with SRTP.",
     )
     sip_srtp_needs_tls: bool = Field(
         default=True,
-        description="Exchange SRTP keys (they travel in the SDP) only over SIP TLS; false "
-        "where a proxy on this host ends TLS (the node's Kamailio sets it for its workers).",
+        description="With mandatory SRTP, exchange its keys (they travel in the SDP) only "
+        "over SIP TLS; false where a proxy on this host ends TLS (the node's Kamailio sets it "
+        "for its workers).",
     )
     sip_codecs: str = Field(
         default="PCMU,PCMA,G722",

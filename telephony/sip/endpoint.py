@@ -260,7 +260,10 @@ class SipEndpoint:
             acfg.sipConfig.authCreds.append(pj.AuthCredInfo(
                 "digest", settings.sip_realm, settings.sip_username, 0, settings.sip_password))
         acfg.mediaConfig.srtpUse = SRTP_MODES[settings.sip_srtp]
-        acfg.mediaConfig.srtpSecureSignaling = 1 if settings.sip_srtp_needs_tls else 0
+        # Optional SRTP is best effort: keys over plain SIP expose no more than plain RTP
+        # would, and PJSUA would otherwise refuse to place calls over UDP or TCP.
+        acfg.mediaConfig.srtpSecureSignaling = (
+            1 if settings.sip_srtp == "mandatory" and settings.sip_srtp_needs_tls else 0)
         tcfg = acfg.mediaConfig.transportConfig
         tcfg.port = settings.sip_rtp_port
         tcfg.portRange = RTP_PORTS_PER_WORKER

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from switchboard.base.settings import Settings
 from switchboard.bench.local_cluster import free_udp_port
 from telephony import kamailio
 from telephony.kamailio import KamailioError, KamailioProxy, options_status, worker_ports
+from tests.support.certs import make_certificate
 from tests.telephony.kamailio.sipp import (
     CallsResult,
     SilentPort,
@@ -119,6 +121,35 @@ def test_rendered_config_passes_kamailio_check(settings: Settings, ports: list[i
     assert check.returncode == 0, output[-3000:]
     assert f"udp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
     assert f"tcp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
+
+
+def test_rendered_config_with_tls_passes_kamailio_check(
+    settings: Settings, tmp_path: Path
+) -> None:
+    certificate = make_certificate(tmp_path / "tls")
+    settings = settings.model_copy(update={
+        "sip_transports": "udp,tls", "sip_tls_port": free_udp_port(),
+        "sip_tls_cert": certificate.cert, "sip_tls_key": certificate.key})
+    render = partial(kamailio.render_config, settings, port=settings.sip_port,
+                     dispatcher_list=Path("/nonexistent/dispatcher.list"),
+                     rpc_socket=Path("/tmp/unused.sock"))
+    with pytest.raises(KamailioError, match="SWITCHBOARD_SIP_TLS_CERT"):
+        render()
+    path = settings.data_dir / "check.cfg"
+    path.parent.mkdir(parents=True)
+    path.write_text(render(tls_files=(certificate.cert, certificate.key)))
+    check = subprocess.run(
+        ["kamailio", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
+    )
+    output = check.stdout + check.stderr
+    assert check.returncode == 0, output[-3000:]
+    assert f"tls: 127.0.0.1 [127.0.0.1]:{settings.sip_tls_port}" in output
+    assert f"udp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
+    assert "tcp:" not in output
+    for wrong in ("tls", "udp,sctp"):
+        with pytest.raises(KamailioError, match="SWITCHBOARD_SIP_TRANSPORTS"):
+            kamailio.render_config(settings.model_copy(update={"sip_transports": wrong}),
+                                   port=1, dispatcher_list=path, rpc_socket=path)
 
 
 def test_proxy_answers_options_and_lists_every_worker(proxy: KamailioProxy) -> None:
