@@ -139,8 +139,10 @@ def create_app(node: CallHost) -> FastAPI:
         try:
             answer = await gateway.answer(body.sdp, body.type, token=body.token, caller=caller)
         except OfferError as exc:
+            retry = ({} if exc.retry_after_s is None
+                     else {"Retry-After": str(exc.retry_after_s)})
             return JSONResponse({"error": exc.message}, status_code=exc.status,
-                                headers=headers)
+                                headers={**(headers or {}), **retry})
         answer["nodes"] = await asyncio.to_thread(other_nodes)
         return JSONResponse(answer, headers=headers)
 

@@ -142,6 +142,8 @@ def sip_worker(
         env["SWITCHBOARD_SIP_ALLOWED_NETWORKS"] = ""
         env["SWITCHBOARD_SIP_TRANSPORTS"] = "udp"
         env["SWITCHBOARD_SIP_SRTP_NEEDS_TLS"] = "false"  # Kamailio ended TLS on this host
+        env["SWITCHBOARD_SIP_SOURCE_MAX_CALLS"] = "0"  # and limits each source itself
+        env["SWITCHBOARD_SIP_SOURCE_CALL_RATE"] = ""
 
     def answers_options() -> str | None:
         if options_ping(settings.sip_host, port):

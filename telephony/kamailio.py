@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from switchboard.base.admission import parse_networks
 from switchboard.base.children import ChildProcess, Managed
 from switchboard.base.settings import PROJECT_ROOT, Settings
 
@@ -137,6 +138,13 @@ def render_config(
             f"#!define SB_TLS_CERT {_cfg_string(str(tls_files[0]))}",
             f"#!define SB_TLS_KEY {_cfg_string(str(tls_files[1]))}",
         ]
+    defines.append(f"#!define SB_FLOOD_REQUESTS {settings.sip_flood_requests}")
+    if settings.sip_source_max_calls:
+        defines.append(f"#!define SB_SOURCE_MAX_CALLS {settings.sip_source_max_calls}")
+    trusted = [str(n) for n in parse_networks(settings.sip_trusted_networks,
+                                              "SWITCHBOARD_SIP_TRUSTED_NETWORKS")]
+    if trusted:
+        defines.append(f"#!define SB_TRUSTED_NETWORKS {_cfg_string(','.join(trusted))}")
     networks = [n.strip() for n in settings.sip_allowed_networks.split(",") if n.strip()]
     if networks:
         defines.append(f"#!define SB_ALLOWED_NETWORKS {_cfg_string(','.join(networks))}")

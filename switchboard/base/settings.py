@@ -241,6 +241,26 @@ class Settings(BaseSettings):
         default="",
         description="Comma list of CIDRs allowed to call in; empty allows any source.",
     )
+    sip_trusted_networks: str = Field(
+        default="127.0.0.1,::1",
+        description="Comma list of CIDRs exempt from the per-source limits below (a trunk's "
+        "border controller, a proxy in front).",
+    )
+    sip_source_call_rate: str = Field(
+        default="10/minute",
+        description="New calls one source address may start in a moving window (10/minute, "
+        "2/second; empty: no limit); more are answered 503 with Retry-After.",
+    )
+    sip_source_max_calls: int = Field(
+        default=2, ge=0,
+        description="Calls at once from one source address (0: no limit); more are answered "
+        "503, so a flood from one address leaves lines for other callers.",
+    )
+    sip_flood_requests: int = Field(
+        default=32, ge=1,
+        description="With Kamailio in front: SIP requests one untrusted source may send in 2 s "
+        "before Kamailio drops its traffic (pike) until it slows down.",
+    )
     sip_registrar: str = Field(
         default="", description="Registrar URI to register with (e.g. sip:pbx.example.com)."
     )
@@ -320,6 +340,19 @@ class Settings(BaseSettings):
         "built-in tune.")
 
     # --- admin console ------------------------------------------------------------------
+    softphone_offer_rate: str = Field(
+        default="10/minute",
+        description="Browser calls one address may start in a moving window (empty: no "
+        "limit); more offers get 429 with Retry-After.",
+    )
+    softphone_calls_per_address: int = Field(
+        default=2, ge=0, description="Browser calls at once from one address (0: no limit)."
+    )
+    softphone_trusted_networks: str = Field(
+        default="127.0.0.1,::1",
+        description="Comma list of CIDRs exempt from the softphone's per-address limits (a "
+        "reverse proxy in front must forward the caller's address instead).",
+    )
     softphone_public: bool = Field(
         default=True,
         description="Anyone may call the bot from /softphone, like dialling its number; "

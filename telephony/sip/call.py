@@ -4,7 +4,6 @@ escape into PJSIP."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import time
@@ -14,6 +13,7 @@ from typing import Any, Protocol
 
 import pjsua2 as pj
 
+from switchboard.base.admission import Network, in_networks
 from telephony.sip.media_port import CallAudioPort, SipAudioSink, SipAudioSource
 
 log = logging.getLogger(__name__)
@@ -268,35 +268,7 @@ def _event_message(event: pj.SipEvent) -> str:
     return ""
 
 
-def source_allowed(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-                   ) -> bool:
+def source_allowed(address: str, networks: list[Network]) -> bool:
     """Whether ``address`` ("ip:port", "[v6]:port" or a bare IP) lies in ``networks``;
     an empty list allows every source."""
-    if not networks:
-        return True
-    host = address.strip()
-    if host.startswith("["):
-        host = host[1:host.find("]")]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
-
-
-def parse_networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """``"10.0.0.0/8, 127.0.0.1"`` → networks; raises ValueError naming a bad entry."""
-    networks = []
-    for item in (part.strip() for part in spec.split(",")):
-        if not item:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(
-                f"SWITCHBOARD_SIP_ALLOWED_NETWORKS: {item!r} is not an IP address or CIDR "
-                "network (expected e.g. 10.0.0.0/8,192.168.1.5)"
-            ) from None
-    return networks
+    return not networks or in_networks(address, networks)

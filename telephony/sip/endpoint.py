@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 import pjsua2 as pj
 
 from switchboard.base.settings import Settings
+from switchboard.base.admission import SourceAdmission, parse_networks
 from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip.availability import SERVICE_UNAVAILABLE, ServiceAvailability
 from telephony.sip.call import (
     CallEvents,
     CallLeg,
     SipCall,
-    parse_networks,
     sip_headers,
     source_allowed,
     supports_replaces,
@@ -95,7 +95,15 @@ class SipEndpoint:
         self.events = events
         self.sample_rate = sample_rate
         self._new_media = new_media
-        self._networks = parse_networks(settings.sip_allowed_networks)
+        self._networks = parse_networks(settings.sip_allowed_networks,
+                                        "SWITCHBOARD_SIP_ALLOWED_NETWORKS")
+        self._admission = SourceAdmission(
+            rate=settings.sip_source_call_rate, concurrent=settings.sip_source_max_calls,
+            trusted=parse_networks(settings.sip_trusted_networks,
+                                   "SWITCHBOARD_SIP_TRUSTED_NETWORKS"),
+            rate_setting="SWITCHBOARD_SIP_SOURCE_CALL_RATE")
+        self._admitted: dict[int, str] = {}
+        """Keys of the calls holding a per-source slot, and their source addresses."""
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._calls: dict[int, SipCall] = {}
         # Calls answered 403/486/503, held until DISCONNECTED: PJSUA sends a final answer given
@@ -279,6 +287,8 @@ class SipEndpoint:
         for table in (self._calls, self._rejected):
             if table.get(key) is call:  # not the call that replaced it
                 del table[key]
+                if table is self._calls and key in self._admitted:
+                    self._admission.release(self._admitted.pop(key))
         if call in self._replaced_calls:
             self._replaced_calls.remove(call)
 
@@ -303,32 +313,45 @@ class SipEndpoint:
         leg.call_uuid = call_uuid(invite)
         leg.signalling = via_transport(invite)
         leg.supports_replaces = supports_replaces(invite)
-        op = pj.CallOpParam()
         if not source_allowed(leg.source_address, self._networks):
             log.warning("rejecting call from %s (not in SWITCHBOARD_SIP_ALLOWED_NETWORKS)",
                         leg.source_address)
-            op.statusCode = 403
-            self._rejected[leg.key] = call
-            call.answer(op)
+            self._refuse(call, 403)
             return
         if self.draining:
             log.info("refusing a call from %s: this worker is draining", leg.source_address)
-            op.statusCode = SERVICE_UNAVAILABLE
-            op.reason = "Draining"
-            self._rejected[leg.key] = call
-            call.answer(op)
+            self._refuse(call, SERVICE_UNAVAILABLE, "Draining")
             return
         if len(self._calls) >= self.settings.sip_max_calls:
             log.warning("rejecting call from %s: busy (%d calls)", leg.source_address,
                         len(self._calls))
-            op.statusCode = 486
-            self._rejected[leg.key] = call
-            call.answer(op)
+            self._refuse(call, 486)
             return
+        refusal = self._admission.admit(leg.source_address)
+        if refusal is not None:
+            log.warning("refusing a call from %s: %s", leg.source_address, refusal.reason)
+            self._refuse(call, SERVICE_UNAVAILABLE, "Too Many Calls From Your Address",
+                         retry_after_s=refusal.retry_after_s)
+            return
+        self._admitted[leg.key] = leg.source_address
         self._calls[leg.key] = call
+        op = pj.CallOpParam()
         op.statusCode = 200
         op.txOption.headers.append(_call_uuid_header(leg.call_uuid))
         call.announce = True  # events.incoming once the 200 OK is out
+        call.answer(op)
+
+    def _refuse(self, call: SipCall, status: int, reason: str = "", *,
+                retry_after_s: int | None = None) -> None:
+        """Answer an incoming call with a final error; the call object is held until its
+        DISCONNECTED (PJSUA sends the answer after the callback)."""
+        op = pj.CallOpParam()
+        op.statusCode = status
+        if reason:
+            op.reason = reason
+        if retry_after_s is not None:
+            op.txOption.headers.append(_header("Retry-After", str(retry_after_s)))
+        self._rejected[call.leg.key] = call
         call.answer(op)
 
     def dial(self, uri: str, headers: dict[str, str] | None = None) -> CallLeg:

@@ -27,6 +27,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
+from switchboard.base.admission import SourceAdmission, parse_networks
 from switchboard.conversation.call import CallHandle, CallRequest
 from switchboard.conversation.host import CallHost
 from switchboard.conversation.timers import KEYPAD_KEYS
@@ -52,10 +53,11 @@ FINAL_REASONS = frozenset({"bot_hangup", "handoff", "max_duration"})
 class OfferError(Exception):
     """An offer the gateway refuses; ``status`` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(eq=False)
@@ -129,6 +131,12 @@ class WebRTCGateway:
         self._closing = False
         self.draining = False
         self._idle = asyncio.Event()  # set while no browser call is up
+        self._admission = SourceAdmission(
+            rate=self.settings.softphone_offer_rate,
+            concurrent=self.settings.softphone_calls_per_address,
+            trusted=parse_networks(self.settings.softphone_trusted_networks,
+                                   "SWITCHBOARD_SOFTPHONE_TRUSTED_NETWORKS"),
+            rate_setting="SWITCHBOARD_SOFTPHONE_OFFER_RATE")
         self._idle.set()
 
     @property
@@ -168,6 +176,12 @@ class WebRTCGateway:
             await pc.close()
             raise OfferError(400, "the offer carries no audio the server can receive; "
                                   "offer the microphone as sendrecv or sendonly")
+        refusal = self._admission.admit(caller or "")
+        if refusal is not None:
+            await pc.close()
+            log.warning("refusing a browser call from %s: %s", caller, refusal.reason)
+            raise OfferError(429, f"too many calls from your address ({refusal.reason}); "
+                                  "try again later", retry_after_s=refusal.retry_after_s)
         conversation.call = call
         self._conversations[conversation.token] = conversation
         self._calls.add(call)
@@ -298,6 +312,8 @@ class WebRTCGateway:
             self._release(call)
 
     def _release(self, call: BrowserCall) -> None:
+        if call in self._calls:
+            self._admission.release(call.caller or "")
         self._calls.discard(call)
         if not self._calls:
             self._idle.set()

@@ -149,6 +149,27 @@ Max-Forwards: 70
 Content-Length: 0
   ]]></send>
 """,
+    # A flood's call: held for hold_ms when answered; a 503 or 486 is acknowledged.
+    "flood": """
+  <recv response="503" optional="true" next="refused"/>
+  <recv response="486" optional="true" next="refused"/>
+""" + _ANSWERED.replace(
+        '  <nop><action><exec rtp_stream="{wav},1,0"/></action></nop>\n', ""
+    ) + '  <pause milliseconds="{hold_ms}"/>\n' + _BYE + """
+  <pause milliseconds="0" next="done"/>
+  <label id="refused"/>
+  <send><![CDATA[
+ACK sip:bot@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
+From: sipp <sip:sipp[local_port]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+  ]]></send>
+  <label id="done"/>
+""",
     # Answer and send no RTP at all, never hang up; wait for the bot's BYE.
     "silent_until_bye": _ANSWERED.replace(
         '  <nop><action><exec rtp_stream="{wav},1,0"/></action></nop>\n', ""

@@ -197,3 +197,31 @@ def test_server_stays_healthy_after_bad_offers(web_app: WebApp) -> None:
     health = httpx.get(f"{web_app.url}/healthz", timeout=5, trust_env=False)
     assert health.status_code == 200
     assert health.json()["status"] == "ok" and health.json()["webrtc_calls"] == 0
+
+
+def test_one_address_gets_two_browser_calls_at_once_and_others_still_get_theirs(
+    web_app: WebApp,
+) -> None:
+    """Per-address limits on the public softphone (defaults: two calls at once, ten a
+    minute; 127.0.0.1 is trusted): a third offer from one address is refused with 429 and
+    Retry-After, another address is answered. The offers are never connected, so the web
+    app drops them after its connect timeout."""
+    offer = {"sdp": offer_sdp(audio=True), "type": "offer"}
+
+    def post_from(address: str) -> httpx.Response:
+        transport = httpx.HTTPTransport(local_address=address)
+        with httpx.Client(transport=transport, trust_env=False, timeout=10) as client:
+            return client.post(f"{web_app.url}/softphone/offer", json=offer)
+
+    assert [post_from("127.0.0.2").status_code for _ in range(2)] == [200, 200]
+    refused = post_from("127.0.0.2")
+    assert refused.status_code == 429, refused.text
+    assert "too many calls from your address" in refused.json()["error"]
+    assert int(refused.headers["Retry-After"]) > 0
+    assert post_from("127.0.0.3").status_code == 200
+    assert post_offer(web_app, offer).status_code == 200  # trusted: the node's own address
+    deadline = time.monotonic() + 40
+    while httpx.get(f"{web_app.url}/healthz", timeout=5,
+                    trust_env=False).json()["webrtc_calls"] and time.monotonic() < deadline:
+        time.sleep(0.5)  # unconnected offers are dropped: the lines come back
+    assert post_from("127.0.0.2").status_code == 200
