@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import pjsua2 as pj
 
-from switchboard.base.settings import Settings
 from switchboard.base.admission import SourceAdmission, parse_networks
+from switchboard.base.settings import Settings
 from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip.availability import SERVICE_UNAVAILABLE, ServiceAvailability
 from telephony.sip.call import (

@@ -108,9 +108,11 @@ def legitimate_call(port: int, workdir: Path, calls: CallRepository) -> None:
 
 
 def answered_flood_calls(workdir: Path) -> int:
-    """How many of the flood's INVITEs were answered 200 (SIPp's message trace)."""
+    """How many of the flood's calls were answered 200 (SIPp's message trace)."""
     trace = (workdir / "invite-flood-messages.log").read_text(errors="replace")
-    return len(re.findall(r"^SIP/2\.0 200 OK", trace, re.M))
+    answers = re.findall(r"^SIP/2\.0 200 OK\r?\n(?:[^\r\n]+\r?\n)*?Call-ID: *(\S+)"
+                         r"(?:[^\r\n]*\r?\n)*?CSeq: *1 INVITE", trace, re.M)
+    return len(set(answers))
 
 
 @pytest.fixture
