@@ -241,6 +241,13 @@ class Settings(BaseSettings):
         default="",
         description="Comma list of CIDRs allowed to call in; empty allows any source.",
     )
+    sip_auth_username: str = Field(
+        default="",
+        description="Digest user a caller (a trunk) must authenticate as on INVITE unless its "
+        "address is in sip_allowed_networks; empty: no authentication.",
+    )
+    sip_auth_password: str = Field(default="", description="That caller's digest password.")
+    sip_auth_realm: str = Field(default="switchboard", description="Realm of that challenge.")
     sip_trusted_networks: str = Field(
         default="127.0.0.1,::1",
         description="Comma list of CIDRs exempt from the per-source limits below (a trunk's "
@@ -264,9 +271,18 @@ class Settings(BaseSettings):
     sip_registrar: str = Field(
         default="", description="Registrar URI to register with (e.g. sip:pbx.example.com)."
     )
-    sip_username: str = Field(default="", description="Digest user for registration/outbound.")
+    sip_username: str = Field(
+        default="", description="Digest user for registration and calls placed (the AOR's user)."
+    )
     sip_password: str = Field(default="", description="Digest password.")
     sip_realm: str = Field(default="*", description="Digest realm.")
+    sip_register_expiry_s: int = Field(
+        default=300, ge=10,
+        description="Registration lifetime asked of the registrar; renewed before it ends.",
+    )
+    sip_register_retry_s: int = Field(
+        default=30, ge=1, description="Wait before registering again after a failure."
+    )
     sip_transfer_uri: str = Field(
         default="", description="Where a handoff is transferred (REFER), e.g. sip:agents@pbx."
     )

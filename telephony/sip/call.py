@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 import pjsua2 as pj
 
-from switchboard.base.admission import Network, in_networks
 from telephony.sip.media_port import CallAudioPort, SipAudioSink, SipAudioSource
 
 log = logging.getLogger(__name__)
@@ -266,9 +265,3 @@ def _event_message(event: pj.SipEvent) -> str:
     except (AttributeError, pj.Error):
         pass
     return ""
-
-
-def source_allowed(address: str, networks: list[Network]) -> bool:
-    """Whether ``address`` ("ip:port", "[v6]:port" or a bare IP) lies in ``networks``;
-    an empty list allows every source."""
-    return not networks or in_networks(address, networks)

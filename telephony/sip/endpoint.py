@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pjsua2 as pj
 
-from switchboard.base.admission import SourceAdmission, parse_networks
+from switchboard.base.admission import SourceAdmission, in_networks, parse_networks
 from switchboard.base.settings import Settings
 from telephony.sip import RTP_PORTS_PER_WORKER
 from telephony.sip.availability import SERVICE_UNAVAILABLE, ServiceAvailability
@@ -27,10 +27,10 @@ from telephony.sip.call import (
     CallLeg,
     SipCall,
     sip_headers,
-    source_allowed,
     supports_replaces,
     via_transport,
 )
+from telephony.sip.digest import DigestAuthenticator
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
 CALL_UUID_HEADER = "X-Call-UUID"
@@ -82,7 +82,20 @@ class _Account(pj.Account):
             log.exception("incoming call handling failed")
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
-        log.info("registration: %s %s", prm.code, prm.reason)
+        try:
+            code, reason, expires = int(prm.code), str(prm.reason), int(prm.expiration)
+            if 200 <= code < 300 and expires > 0:
+                log.info("registered with %s: %s %s (for %d s)",
+                         self.endpoint.settings.sip_registrar, code, reason, expires)
+            elif 200 <= code < 300:
+                log.info("unregistered from %s", self.endpoint.settings.sip_registrar)
+            else:  # PJSUA itself retries only some failures (not a refused password)
+                retry_s = self.endpoint.settings.sip_register_retry_s
+                log.warning("registration with %s failed: %s %s; trying again in %d s",
+                            self.endpoint.settings.sip_registrar, code, reason, retry_s)
+                self.endpoint.register_at = time.monotonic() + retry_s
+        except Exception:
+            log.exception("registration callback failed")
 
 
 class SipEndpoint:
@@ -102,6 +115,11 @@ class SipEndpoint:
             trusted=parse_networks(settings.sip_trusted_networks,
                                    "SWITCHBOARD_SIP_TRUSTED_NETWORKS"),
             rate_setting="SWITCHBOARD_SIP_SOURCE_CALL_RATE")
+        self._digest = (DigestAuthenticator(settings.sip_auth_realm, settings.sip_auth_username,
+                                            settings.sip_auth_password)
+                        if settings.sip_auth_username else None)
+        self.register_at: float | None = None
+        """When to register again after a failure (monotonic), set by the account."""
         self._admitted: dict[int, str] = {}
         """Keys of the calls holding a per-source slot, and their source addresses."""
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -178,6 +196,7 @@ class SipEndpoint:
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + RTP_CHECK_S
                 self._check_rtp()
+                self._register_again()
         self._shutdown()
 
     def _init(self) -> None:
@@ -263,7 +282,11 @@ class SipEndpoint:
         user = settings.sip_username or "switchboard"
         acfg.idUri = f"sip:{user}@{settings.sip_host}:{settings.sip_port}"
         if settings.sip_registrar:
+            acfg.idUri = registered_uri(user, settings.sip_registrar)
             acfg.regConfig.registrarUri = settings.sip_registrar
+            acfg.regConfig.timeoutSec = settings.sip_register_expiry_s
+            acfg.regConfig.retryIntervalSec = settings.sip_register_retry_s
+            acfg.regConfig.firstRetryIntervalSec = settings.sip_register_retry_s
         if settings.sip_username:
             acfg.sipConfig.authCreds.append(pj.AuthCredInfo(
                 "digest", settings.sip_realm, settings.sip_username, 0, settings.sip_password))
@@ -313,10 +336,7 @@ class SipEndpoint:
         leg.call_uuid = call_uuid(invite)
         leg.signalling = via_transport(invite)
         leg.supports_replaces = supports_replaces(invite)
-        if not source_allowed(leg.source_address, self._networks):
-            log.warning("rejecting call from %s (not in SWITCHBOARD_SIP_ALLOWED_NETWORKS)",
-                        leg.source_address)
-            self._refuse(call, 403)
+        if not self._authorised(call, invite):
             return
         if self.draining:
             log.info("refusing a call from %s: this worker is draining", leg.source_address)
@@ -341,8 +361,34 @@ class SipEndpoint:
         call.announce = True  # events.incoming once the 200 OK is out
         call.answer(op)
 
+    def _authorised(self, call: SipCall, invite: str) -> bool:
+        """Whether the caller may call: from an allowed network, or (with inbound digest
+        credentials set) authenticated; else it is challenged (401) or refused (403)."""
+        address = call.leg.source_address
+        if self._networks and in_networks(address, self._networks):
+            return True
+        if self._digest is None:
+            if not self._networks:
+                return True
+            log.warning("rejecting call from %s (not in SWITCHBOARD_SIP_ALLOWED_NETWORKS)",
+                        address)
+            self._refuse(call, 403)
+            return False
+        check = self._digest.check("INVITE", sip_headers(invite).get("authorization", ""))
+        if check.ok:
+            return True
+        if check.stale:
+            log.info("challenging a call from %s: %s", address, check.reason)
+            self._refuse(call, 401, headers={
+                "WWW-Authenticate": self._digest.challenge(stale="nonce" in check.reason)})
+        else:
+            log.warning("rejecting call from %s: %s", address, check.reason)
+            self._refuse(call, 403)
+        return False
+
     def _refuse(self, call: SipCall, status: int, reason: str = "", *,
-                retry_after_s: int | None = None) -> None:
+                retry_after_s: int | None = None, headers: dict[str, str] | None = None,
+                ) -> None:
         """Answer an incoming call with a final error; the call object is held until its
         DISCONNECTED (PJSUA sends the answer after the callback)."""
         op = pj.CallOpParam()
@@ -351,6 +397,8 @@ class SipEndpoint:
             op.reason = reason
         if retry_after_s is not None:
             op.txOption.headers.append(_header("Retry-After", str(retry_after_s)))
+        for name, value in (headers or {}).items():
+            op.txOption.headers.append(_header(name, value))
         self._rejected[call.leg.key] = call
         call.answer(op)
 
@@ -404,6 +452,16 @@ class SipEndpoint:
             except BaseException as exc:
                 command.future.set_exception(_describe(exc))
 
+    def _register_again(self) -> None:
+        """Register again once a failed registration's retry time has come."""
+        if self.register_at is None or time.monotonic() < self.register_at:
+            return
+        self.register_at = None
+        try:
+            self.account.setRegistration(True)
+        except pj.Error as exc:  # one already under way (PJSUA's own retry)
+            log.info("registering again: %s", exc.info())
+
     def _check_rtp(self) -> None:
         for call in list(self._calls.values()):
             if call.check_rtp(self.settings.sip_rtp_timeout_s):
@@ -453,6 +511,15 @@ class SipEndpoint:
                 break
             command.future.set_exception(RuntimeError("the SIP endpoint stopped"))
         del self.ep
+
+
+def registered_uri(user: str, registrar: str) -> str:
+    """The address of record registered: ``user`` at the registrar's domain
+    (``sip:pbx.example.com:5060;transport=tcp`` → ``sip:user@pbx.example.com:5060``)."""
+    schemed = registrar.lower().startswith(("sip:", "sips:"))
+    host = registrar.split(":", 1)[1] if schemed else registrar
+    host = host.split(";", 1)[0].rsplit("@", 1)[-1]
+    return f"sip:{user}@{host}"
 
 
 def call_uuid(message: str) -> str:
