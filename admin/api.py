@@ -135,6 +135,11 @@ class CallDetail(BaseModel):
     handoff_target: str | None
     worker: str | None
     has_recording: bool
+    recording_deleted_at: datetime | None = Field(
+        description="When the retention policy deleted the recording.")
+    transcript_deleted_at: datetime | None = Field(
+        description="When the retention policy deleted the call's words (turn texts, the "
+        "analysis' summary); timings and intents stay.")
     turns: list[TurnOut]
     events: list[EventOut]
     analysis: AnalysisOut | None

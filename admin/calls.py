@@ -200,6 +200,8 @@ def call_detail(sessions: sessionmaker[Session], call_id: str) -> dict[str, Any]
         "end_reason": call.end_reason, "handoff_target": call.handoff_target,
         "agent": call.agent, "disposition": call.disposition, "agent_notes": call.agent_notes,
         "worker": call.worker, "has_recording": recording_file(call) is not None,
+        "recording_deleted_at": call.recording_deleted_at,
+        "transcript_deleted_at": call.transcript_deleted_at,
         "turns": turns, "events": events, "analysis": None,
     }
     if analysis is not None:

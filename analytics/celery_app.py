@@ -55,6 +55,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "timezone": "UTC",
+        # Celery beat runs inside the analytics worker (``-B``); the task is idempotent, so
+        # each node's worker may run it.
+        "beat_schedule": {
+            "retention": {"task": "switchboard.apply_retention",
+                          "schedule": settings.retention_check_minutes * 60.0},
+        },
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import asdict
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.analysis import analyze
 from analytics.celery_app import app
+from analytics.retention import apply_retention
 from analytics.rollups import roll_after_analysis, roll_missing
 from switchboard.base.logs import CALL_ID, CallContext
 from switchboard.base.logs import FORMAT as LOG_FORMAT
@@ -114,6 +116,14 @@ def roll_missing_hours() -> int:
     if rolled:
         log.info("rolled up %d hours of calls", rolled)
     return rolled
+
+
+@app.task(name="switchboard.apply_retention")
+def apply_retention_policy() -> dict[str, int]:
+    """Delete the recordings and transcripts the retention policy no longer keeps (run by
+    Celery beat every ``retention_check_minutes``)."""
+    settings = get_settings()
+    return asdict(apply_retention(settings, _sessions(settings.effective_database_url)))
 
 
 @task_prerun.connect

@@ -683,6 +683,8 @@ def analytics_worker() -> None:
         "--concurrency", str(settings.celery_worker_concurrency),
         "--hostname", f"analytics-{settings.worker_name or 'node'}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--beat", "--schedule",
+        str(settings.data_dir / f"celery-beat-{settings.worker_name or 'node'}"),
     ])
 
 

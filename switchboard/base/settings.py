@@ -435,6 +435,20 @@ class Settings(BaseSettings):
         description="A call ended at least this long ago without an analysis is queued again "
         "when a worker starts (covers tasks lost with a broker or a killed worker).",
     )
+    retention_recordings_days: float = Field(
+        default=0.0, ge=0,
+        description="Recordings of calls that started more than this many days ago are "
+        "deleted (the analytics worker checks every retention_check_minutes); 0 keeps them.",
+    )
+    retention_transcripts_days: float = Field(
+        default=0.0, ge=0,
+        description="The words of calls that started more than this many days ago (turns, "
+        "the analysis' transcript and summary) are deleted; timings, intents and outcomes "
+        "stay. 0 keeps them.",
+    )
+    retention_check_minutes: float = Field(
+        default=60.0, gt=0, description="How often the retention policy is applied."
+    )
     analytics_test_delay_s: float = Field(
         default=0.0,
         ge=0,

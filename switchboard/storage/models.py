@@ -77,6 +77,8 @@ class Call(Base):
     end_reason: Mapped[str | None] = mapped_column(String(64))
     handoff_target: Mapped[str | None] = mapped_column(String(255))
     recording_path: Mapped[str | None] = mapped_column(String(1024))
+    recording_deleted_at: Mapped[datetime | None]  # by the retention policy
+    transcript_deleted_at: Mapped[datetime | None]  # its words, by the retention policy
     agent: Mapped[str | None] = mapped_column(String(64), index=True)  # who took it
     disposition: Mapped[str | None] = mapped_column(String(32))  # the agent's wrap-up
     agent_notes: Mapped[str | None] = mapped_column(Text)

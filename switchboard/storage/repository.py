@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -160,6 +160,41 @@ class CallRepository:
     def wrap_up(self, call_id: str, *, agent: str, disposition: str, notes: str) -> None:
         """The agent's wrap-up of a call they took: disposition and notes."""
         self._update(call_id, agent=agent, disposition=disposition, agent_notes=notes)
+
+    def recordings_started_before(self, cutoff: datetime, *, limit: int,
+                                  skip: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+        """(call id, recording path) of ended calls started before ``cutoff`` that still
+        have a recording, oldest first (``skip``: ids to leave out)."""
+        with self._sessions() as session:
+            query = (select(Call.id, Call.recording_path)
+                     .where(Call.started_at < cutoff, Call.ended_at.is_not(None),
+                            Call.recording_path.is_not(None))
+                     .order_by(Call.started_at).limit(limit))
+            if skip:
+                query = query.where(Call.id.not_in(skip))
+            return [(call_id, path) for call_id, path in session.execute(query) if path]
+
+    def forget_recording(self, call_id: str) -> None:
+        """The call's recording file was deleted (retention policy)."""
+        self._update(call_id, recording_path=None, recording_deleted_at=utcnow())
+
+    def delete_transcripts(self, cutoff: datetime, *, limit: int) -> int:
+        """Blank the words of up to ``limit`` ended calls started before ``cutoff`` (oldest
+        first): their turns' text, their analysis' transcript and summary. Timings, intents
+        and outcomes stay, so the figures do not change. Returns how many calls."""
+        with self._sessions.begin() as session:
+            ids = list(session.scalars(
+                select(Call.id).where(Call.started_at < cutoff, Call.ended_at.is_not(None),
+                                      Call.transcript_deleted_at.is_(None))
+                .order_by(Call.started_at).limit(limit)))
+            if not ids:
+                return 0
+            session.execute(update(Turn).where(Turn.call_id.in_(ids)).values(text=""))
+            session.execute(update(CallAnalysis).where(CallAnalysis.call_id.in_(ids))
+                            .values(transcript=[], summary=""))
+            session.execute(update(Call).where(Call.id.in_(ids))
+                            .values(transcript_deleted_at=utcnow()))
+        return len(ids)
 
     def get_call(self, call_id: str) -> Call | None:
         """The call with its turns and events loaded (detached, safe to read anywhere)."""
