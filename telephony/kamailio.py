@@ -110,6 +110,13 @@ def render_config(
     """The Kamailio configuration: the template with this node's values defined in front.
     ``tls_files``: the certificate and key Kamailio reads when it serves SIP over TLS."""
     served = sip_transports(settings)
+    if settings.sip_public_address or settings.sip_media_address:
+        raise KamailioError(
+            "SWITCHBOARD_SIP_PUBLIC_ADDRESS / SIP_MEDIA_ADDRESS (behind NAT) work with one SIP "
+            "worker per node (SWITCHBOARD_SIP_WORKERS=1); Kamailio in front does not advertise "
+            "a public address yet. Scale behind NAT with more nodes, or give the node an "
+            "address callers reach directly."
+        )
     if served == ["tls"]:
         raise KamailioError(
             f"SWITCHBOARD_SIP_TRANSPORTS={settings.sip_transports!r} names neither udp nor "

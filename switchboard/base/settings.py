@@ -204,6 +204,18 @@ class Settings(BaseSettings):
     sip_port: int = Field(
         default=5060, description="SIP port callers use (Kamailio's when sip_workers > 1)."
     )
+    sip_public_address: str = Field(
+        default="",
+        description="Address callers reach this node at when it sits behind NAT (a container, "
+        "a cloud VM): written in Contact and Via instead of sip_host (one SIP worker per "
+        "node). Answers go to where requests come from (rport).",
+    )
+    sip_media_address: str = Field(
+        default="",
+        description="Address written in the SDP (c=, o=) behind NAT; empty: "
+        "sip_public_address. Media goes back to where each caller's RTP comes from "
+        "(symmetric RTP), whatever address the caller's SDP names.",
+    )
     sip_transports: str = Field(
         default="udp,tcp", description="Comma list of udp, tcp, tls (tls needs a certificate)."
     )

@@ -247,6 +247,7 @@ class SipEndpoint:
             tcfg = pj.TransportConfig()
             tcfg.port = port
             tcfg.boundAddress = settings.sip_host
+            tcfg.publicAddress = settings.sip_public_address
             if kind == "tls":
                 if not (settings.sip_tls_cert and settings.sip_tls_key):
                     raise SipSetupError(
@@ -280,7 +281,8 @@ class SipEndpoint:
         settings = self.settings
         acfg = pj.AccountConfig()
         user = settings.sip_username or "switchboard"
-        acfg.idUri = f"sip:{user}@{settings.sip_host}:{settings.sip_port}"
+        acfg.idUri = f"sip:{user}@{settings.sip_public_address or settings.sip_host}:" \
+                     f"{settings.sip_port}"
         if settings.sip_registrar:
             acfg.idUri = registered_uri(user, settings.sip_registrar)
             acfg.regConfig.registrarUri = settings.sip_registrar
@@ -299,6 +301,7 @@ class SipEndpoint:
         tcfg.port = settings.sip_rtp_port
         tcfg.portRange = RTP_PORTS_PER_WORKER
         tcfg.boundAddress = settings.sip_host
+        tcfg.publicAddress = settings.sip_media_address or settings.sip_public_address
         return acfg
 
     def _new_leg(self, direction: str) -> CallLeg:

@@ -146,6 +146,9 @@ def test_rendered_config_with_tls_passes_kamailio_check(
     assert f"tls: 127.0.0.1 [127.0.0.1]:{settings.sip_tls_port}" in output
     assert f"udp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
     assert "tcp:" not in output
+    natted = settings.model_copy(update={"sip_public_address": "203.0.113.7"})
+    with pytest.raises(KamailioError, match="SIP_WORKERS=1"):
+        kamailio.render_config(natted, port=1, dispatcher_list=path, rpc_socket=path)
     for wrong in ("tls", "udp,sctp"):
         with pytest.raises(KamailioError, match="SWITCHBOARD_SIP_TRANSPORTS"):
             kamailio.render_config(settings.model_copy(update={"sip_transports": wrong}),
