@@ -22,6 +22,9 @@ from switchboard.storage.models import ApiToken, ConsoleSession, LoginFailure, U
 
 ROLES = ("admin", "supervisor", "agent")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+PASSWORD_RE = re.compile(r"[^ \t\n\r\f\v](?:[\s\S]*[^ \t\n\r\f\v])?")
+"""No space, tab or line break at either end (the API's schema states the same pattern;
+explicit characters, as regex engines disagree on what counts as white space)."""
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
 TOKEN_PREFIX = "sbt_"
@@ -36,7 +39,13 @@ _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
-    """Input a user or admin can fix; the message says what is wrong."""
+    """Input a user or admin can fix; the message says what is wrong. ``status`` is the
+    HTTP status that says it: 400 bad input, 404 no such user, 409 it clashes with the
+    accounts as they are."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _sha256(secret: str) -> str:
@@ -69,7 +78,7 @@ def validate_password(password: str) -> str:
         raise AccountError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
         raise AccountError(f"passwords are at most {MAX_PASSWORD_LENGTH} characters")
-    if password.strip() != password or not password.strip():
+    if not PASSWORD_RE.fullmatch(password):
         raise AccountError("passwords may not start or end with spaces")
     return password
 
@@ -159,12 +168,12 @@ class AccountRepository:
         with self._sessions() as session:
             if session.scalar(select(User.id).where(func.lower(User.username)
                                                     == username.lower())):
-                raise AccountError(f"a user named {username!r} already exists")
+                raise AccountError(f"a user named {username!r} already exists", 409)
             session.add(user)
             try:
                 session.commit()
             except IntegrityError as exc:
-                raise AccountError(f"a user named {username!r} already exists") from exc
+                raise AccountError(f"a user named {username!r} already exists", 409) from exc
             return UserView.of(user)
 
     def list_users(self) -> list[UserView]:
@@ -194,7 +203,7 @@ class AccountRepository:
         with _ADMIN_CHANGES, self._sessions() as session:
             user = session.get(User, user_id)
             if user is None:
-                raise AccountError(f"no user with id {user_id}")
+                raise AccountError(f"no user with id {user_id}", 404)
             demoted = user.role == "admin" and user.active and (role != "admin" or not active)
             if demoted:
                 # Lock the admins' rows (PostgreSQL; the process lock covers SQLite) so two
@@ -204,7 +213,8 @@ class AccountRepository:
                     .with_for_update())))
                 if admins <= 1:
                     raise AccountError(
-                        f"{user.username} is the last active admin; make another admin first")
+                        f"{user.username} is the last active admin; make another admin first",
+                        409)
             changed = user.role != role or user.active != active
             user.role, user.active = role, active
             if changed:
@@ -219,7 +229,7 @@ class AccountRepository:
         with self._sessions() as session:
             user = session.get(User, user_id)
             if user is None:
-                raise AccountError(f"no user with id {user_id}")
+                raise AccountError(f"no user with id {user_id}", 404)
             user.password_hash = password_hash
             session.execute(delete(ConsoleSession).where(ConsoleSession.user_id == user_id))
             for token in session.scalars(select(ApiToken).where(
@@ -292,7 +302,7 @@ class AccountRepository:
         with self._sessions() as session:
             user = session.get(User, user_id)
             if user is None:
-                raise AccountError(f"no user with id {user_id}")
+                raise AccountError(f"no user with id {user_id}", 404)
             row = ConsoleSession(
                 token_hash=_sha256(token), user_id=user_id, csrf_token=secrets.token_urlsafe(32),
                 created_at=now, expires_at=now + self.session_lifetime, last_seen_at=now,
@@ -341,7 +351,7 @@ class AccountRepository:
         with self._sessions() as session:
             user = session.get(User, user_id)
             if user is None:
-                raise AccountError(f"no user with id {user_id}")
+                raise AccountError(f"no user with id {user_id}", 404)
             row = ApiToken(user_id=user_id, name=name, token_hash=_sha256(token),
                            prefix=token[: len(TOKEN_PREFIX) + 6])
             session.add(row)
@@ -366,7 +376,7 @@ class AccountRepository:
         with self._sessions() as session:
             row = session.get(ApiToken, token_id)
             if row is None or (user_id is not None and row.user_id != user_id):
-                raise AccountError(f"no API token with id {token_id}")
+                raise AccountError(f"no API token with id {token_id}", 404)
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
                 session.commit()

@@ -9,29 +9,48 @@ anyone not signed in, and each checks the role.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from admin.accounts import AccountError, UserView
+from admin.accounts import (
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
+    PASSWORD_RE,
+    ROLES,
+    USERNAME_RE,
+    AccountError,
+    UserView,
+)
 from admin.audit import log_action
-from admin.calls import call_detail, parse_filters, recording_response
+from admin.calls import (
+    MAX_PAGE_SIZE,
+    MAX_TEXT,
+    OUTCOMES,
+    PAGE_SIZE,
+    TRANSPORTS,
+    call_detail,
+    parse_filters,
+    recording_response,
+)
 from admin.load import heavy
 from admin.security import api_user, console_of, ensure_allowed
 from analytics.aggregates import compute_aggregates
 from switchboard.storage.models import as_utc
-from switchboard.storage.repository import CallRow, CallSearch
+from switchboard.storage.repository import CallCursor, CallRow, CallSearch
 
-MAX_AGGREGATE_RANGE = timedelta(days=366)
+MAX_PAGE = 1_000_000
+CALL_ID_PATTERN = "^[0-9A-Za-z]{1,64}$"
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 
 
@@ -59,14 +78,24 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
+class ErrorBody(BaseModel):
+    error: str = Field(description="What was wrong, in a sentence.")
+
+
+ROLE_PATTERN = f"^({'|'.join(ROLES)})$"
+
+
 class NewUser(BaseModel):
-    username: str = Field(max_length=64)
-    password: str = Field(max_length=1024)
-    role: str = Field(description="admin, supervisor or agent")
+    model_config = ConfigDict(strict=True)  # what the schema says: "0" is no boolean
+    username: str = Field(pattern=USERNAME_RE.pattern, max_length=64)
+    password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH,
+                          pattern=f"^{PASSWORD_RE.pattern}$")
+    role: str = Field(pattern=ROLE_PATTERN, description="admin, supervisor or agent")
 
 
 class UserChange(BaseModel):
-    role: str
+    model_config = ConfigDict(strict=True)
+    role: str = Field(pattern=ROLE_PATTERN, description="admin, supervisor or agent")
     active: bool
 
 
@@ -75,9 +104,11 @@ class CallPage(BaseModel):
     total_exact: bool = Field(description="False when more than 1,000 match.")
     page: int
     per_page: int
-    next_before: str | None = Field(
-        description="Pass as ``before`` for the next (older) page: keyset paging, as fast "
-                    "deep in the list as at its start; null on the last page.")
+    next_before: datetime | None = Field(
+        description="With ``next_before_id``, pass as ``before`` and ``before_id`` for the "
+                    "next (older) page: keyset paging, as fast deep in the list as at its "
+                    "start; null on the last page.")
+    next_before_id: str | None = Field(description="See ``next_before``.")
     calls: list[CallRow]
 
 
@@ -145,21 +176,29 @@ class CallDetail(BaseModel):
     analysis: AnalysisOut | None
 
 
-def _moment(text: str, name: str, *, end_of_day: bool = False) -> datetime | None:
-    if not text:
-        return None
-    try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            return datetime.combine(day + timedelta(days=1 if end_of_day else 0), time(), UTC)
-        moment = datetime.fromisoformat(text)
-        return as_utc(moment)
-    except (ValueError, OverflowError):
-        raise ApiError(400, f"{name}: {text[:40]!r} is neither YYYY-MM-DD nor an ISO 8601 "
-                            "time within the calendar") from None
+def _bound(value: date | datetime | None, *, end_of_day: bool = False) -> datetime | None:
+    """A day (midnight UTC; the next midnight for an inclusive end) or a time (as UTC);
+    clamped to the calendar."""
+    if value is None or isinstance(value, datetime):
+        return None if value is None else as_utc(value)
+    if end_of_day and value == date.max:
+        return datetime.max.replace(tzinfo=UTC)
+    return datetime.combine(value + timedelta(days=1 if end_of_day else 0), time(), UTC)
 
 
-router = APIRouter(prefix="/api", tags=["console"])
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the errors a route answers (every error body is ErrorBody)."""
+    meaning = {400: "The request cannot be read (a body that is no JSON, a NUL byte in the "
+                    "URL).",
+               401: "No valid API token (or console session).",
+               403: "The token's user may not do this (their role).",
+               404: "Not found.", 409: "It clashes with how things are (the message says).",
+               422: "A parameter or the body does not fit this document's schema."}
+    return {status: {"model": ErrorBody, "description": meaning[status]}
+            for status in statuses}
+
+
+router = APIRouter(prefix="/api", tags=["console"], responses=_errors(400, 401, 403, 422))
 
 
 @router.get("/me", response_model=UserView, summary="Who this token or session is")
@@ -167,37 +206,79 @@ def me(user: UserView = Depends(authenticated)) -> UserView:
     return user
 
 
+TEXT = Annotated[str, Query(max_length=MAX_TEXT, pattern=r"^[^\x00]*$")]  # no NUL byte
+ISO_8601 = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ].*)?$")
+
+
+def _iso_8601(value: Any) -> Any:
+    """Days and times only as ISO 8601 text (pydantic would read "0" as 1970-01-01)."""
+    if isinstance(value, str) and not ISO_8601.match(value):
+        raise ValueError("expected YYYY-MM-DD or an ISO 8601 time")
+    return value
+
+
+Day = Annotated[date, BeforeValidator(_iso_8601)]
+Moment = Annotated[datetime, BeforeValidator(_iso_8601)]
+DayOrMoment = Annotated[date | datetime, BeforeValidator(_iso_8601)]
+
+
+def _choice(values: tuple[str, ...]) -> str:
+    return f"^({'|'.join(('', *values))})$"
+
+
 @router.get("/calls", response_model=CallPage, summary="Calls, newest first, filtered",
             dependencies=[_allowed("calls")])
-async def list_calls(request: Request, since: str = "", until: str = "", caller: str = "",
-                     intent: str = "", outcome: str = "", transport: str = "", q: str = "",
-                     page: str = "1", per_page: str = "25", before: str = "") -> Response:
-    """``since``/``until`` are days (YYYY-MM-DD, ``until`` inclusive, UTC); ``outcome`` is
-    resolved, handed_off, abandoned, failed, in_progress, unknown or pending (not analysed
-    yet); ``caller`` and ``q`` match anywhere in the number / id / summary. ``before`` (the
-    previous page's ``next_before``) pages by keyset, ``page`` by offset."""
-    return await heavy(_list_calls, request, {
-        "since": since, "until": until, "caller": caller, "intent": intent,
-        "outcome": outcome, "transport": transport, "q": q, "page": page,
-        "per_page": per_page, "before": before})
+async def list_calls(
+    request: Request,
+    since: Annotated[Day | None, Query(description="First day (UTC).")] = None,
+    until: Annotated[Day | None, Query(description="Last day (UTC), included; before "
+                                                    "``since``: nothing matches.")] = None,
+    caller: TEXT = "", intent: TEXT = "",
+    outcome: Annotated[str, Query(pattern=_choice(OUTCOMES))] = "",
+    transport: Annotated[str, Query(pattern=_choice(TRANSPORTS))] = "",
+    q: TEXT = "",
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
+    before: Annotated[Moment | None, Query(
+        description="The previous page's ``next_before``: calls older than that one.")] = None,
+    before_id: Annotated[str, Query(pattern=CALL_ID_PATTERN, description=(
+        "The previous page's ``next_before_id`` (with ``before``)."))] = "0",
+) -> Response:
+    """``outcome`` is resolved, handed_off, abandoned, failed, in_progress, unknown or pending
+    (not analysed yet); ``caller`` and ``q`` match anywhere in the number / id / summary.
+    ``before``/``before_id`` (the previous page's ``next_before``/``next_before_id``) page by
+    keyset, ``page`` by offset."""
+    params = {"since": since.isoformat() if since else "",
+              "until": until.isoformat() if until else "", "caller": caller,
+              "intent": intent, "outcome": outcome, "transport": transport, "q": q,
+              "page": str(page), "per_page": str(per_page)}
+    cursor = None if before is None else CallCursor(as_utc(before), before_id)
+    empty = since is not None and until is not None and since > until
+    return await heavy(_list_calls, request, params, cursor, empty)
 
 
-def _list_calls(request: Request, params: dict[str, str]) -> Response:
+def _list_calls(request: Request, params: dict[str, str], cursor: CallCursor | None,
+                empty: bool) -> Response:
     parsed = parse_filters(params)
-    if parsed.errors:
+    if parsed.errors and not empty:  # the parameters' schema leaves nothing else wrong
         raise ApiError(400, " ".join(parsed.errors))
+    if empty:
+        return JSONResponse(jsonable_encoder(CallPage(
+            total=0, total_exact=True, page=parsed.page, per_page=parsed.per_page,
+            next_before=None, next_before_id=None, calls=[])))
     found = CallSearch(console_of(request).sessions).search(
         parsed.filters, limit=parsed.per_page, offset=(parsed.page - 1) * parsed.per_page,
-        before=parsed.before)
+        before=cursor)
+    older = found.older
     return JSONResponse(jsonable_encoder(CallPage(
         total=found.total, total_exact=found.exact, page=parsed.page,
-        per_page=parsed.per_page, next_before=None if found.older is None else str(found.older),
-        calls=found.rows)))
+        per_page=parsed.per_page, next_before=None if older is None else older.started_at,
+        next_before_id=None if older is None else older.id, calls=found.rows)))
 
 
 @router.get("/calls/{call_id}", response_model=CallDetail,
             summary="A call: redacted transcript with latencies, events and its analysis",
-            dependencies=[_allowed("calls")])
+            dependencies=[_allowed("calls")], responses=_errors(404))
 def get_call(call_id: str, request: Request) -> Any:
     detail = call_detail(console_of(request).sessions, call_id)
     if detail is None:
@@ -206,7 +287,8 @@ def get_call(call_id: str, request: Request) -> Any:
 
 
 @router.get("/calls/{call_id}/recording", summary="The call's recording (WAV)",
-            responses={200: {"content": {"audio/wav": {}}}}, response_class=Response,
+            responses={200: {"content": {"audio/wav": {}}}, **_errors(404)},
+            response_class=Response,
             dependencies=[_allowed("recordings")])
 def get_recording(call_id: str, request: Request) -> Response:
     response = recording_response(console_of(request).sessions, call_id)
@@ -217,22 +299,25 @@ def get_recording(call_id: str, request: Request) -> Response:
 
 @router.get("/aggregates", summary="Figures over calls started in a time range",
             dependencies=[_allowed("dashboard")])
-async def aggregates(request: Request, since: str = "", until: str = "") -> Response:
-    """Default: the last 7 days. ``since``/``until``: YYYY-MM-DD (``until`` inclusive) or
-    ISO 8601 times; at most 366 days."""
-    return await heavy(_aggregates, request, since, until)
+async def aggregates(
+    request: Request,
+    since: Annotated[DayOrMoment | None, Query(
+        description="A day (its midnight, UTC) or a time; default: 7 days before until.")
+    ] = None,
+    until: Annotated[DayOrMoment | None, Query(
+        description="A day (included) or a time (excluded); default: now. A range that "
+                    "ends before it starts holds no calls.")] = None,
+) -> Response:
+    """The dashboard's figures over calls started from ``since`` until ``until``."""
+    end = _bound(until, end_of_day=True) or datetime.now(UTC)
+    start = _bound(since)
+    if start is None:
+        start = (end - timedelta(days=7) if end - datetime.min.replace(tzinfo=UTC)
+                 > timedelta(days=7) else datetime.min.replace(tzinfo=UTC))
+    return await heavy(_aggregates, request, start, end)
 
 
-def _aggregates(request: Request, since: str, until: str) -> Response:
-    end = _moment(until, "until", end_of_day=True) or datetime.now(UTC)
-    try:
-        start = _moment(since, "since") or end - timedelta(days=7)
-    except OverflowError:
-        raise ApiError(400, "until is too close to the start of the calendar") from None
-    if start >= end:
-        raise ApiError(400, "since must be before until")
-    if end - start > MAX_AGGREGATE_RANGE:
-        raise ApiError(400, "ranges are at most 366 days")
+def _aggregates(request: Request, start: datetime, end: datetime) -> Response:
     return JSONResponse(jsonable_encoder(compute_aggregates(
         console_of(request).sessions, since=start, until=end).as_dict()))
 
@@ -244,14 +329,15 @@ def list_users(request: Request) -> list[UserView]:
 
 
 @router.post("/users", response_model=UserView, status_code=201,
-             summary="Add a console user (admins)", dependencies=[_allowed("users")])
+             summary="Add a console user (admins)", dependencies=[_allowed("users")],
+             responses=_errors(409))
 def add_user(body: NewUser, request: Request,
              user: Annotated[UserView, Depends(api_user)]) -> UserView:
     try:
         created = console_of(request).accounts.create_user(body.username, body.password,
                                                            body.role)
     except AccountError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise ApiError(exc.status, str(exc)) from None
     log_action(request, user.username, "user.create", target=created.username,
           detail={"role": created.role, "via": "api"})
     return created
@@ -259,14 +345,14 @@ def add_user(body: NewUser, request: Request,
 
 @router.patch("/users/{user_id}", response_model=UserView,
               summary="Change a user's role or switch them off (admins)",
-              dependencies=[_allowed("users")])
+              dependencies=[_allowed("users")], responses=_errors(404, 409))
 def change_user(user_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], body: UserChange,
                 request: Request, user: Annotated[UserView, Depends(api_user)]) -> UserView:
     try:
         changed = console_of(request).accounts.update_user(user_id, role=body.role,
                                                            active=body.active)
     except AccountError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise ApiError(exc.status, str(exc)) from None
     log_action(request, user.username, "user.update", target=changed.username,
           detail={"role": changed.role, "active": changed.active, "via": "api"})
     return changed

@@ -6,7 +6,7 @@ softphone (the bot's public phone line) and ``/healthz``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from admin import api, audit, calls, dashboard, desk, live, users
 from admin.accounts import SessionView
@@ -157,11 +158,14 @@ def _to_login(request: Request) -> Response:
     return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
 
-def _error_page(request: Request, heading: str, detail: str, status: int) -> Response:
+def _error_page(request: Request, heading: str, detail: str, status: int,
+                headers: Mapping[str, str] | None = None) -> Response:
     if _wants_json(request):
-        return JSONResponse({"error": detail}, status_code=status)
-    return console_of(request).render(request, "console/error.html",
-                                      {"heading": heading, "detail": detail}, status)
+        return JSONResponse({"error": detail}, status_code=status, headers=headers)
+    response = console_of(request).render(request, "console/error.html",
+                                          {"heading": heading, "detail": detail}, status)
+    response.headers.update(headers or {})
+    return response
 
 
 def problems_of(exc: RequestValidationError) -> str:
@@ -199,6 +203,9 @@ def install_console(app: FastAPI, settings: Settings, sessions: sessionmaker[Ses
                     ) -> Response:
         raw = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
         if b"%00" in raw or b"\x00" in raw:  # no text column stores a NUL byte
+            if _wants_json(request):
+                return JSONResponse({"error": "NUL bytes are not allowed in URLs"},
+                                    status_code=400)
             return PlainTextResponse("NUL bytes are not allowed in URLs", status_code=400)
         response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
@@ -238,7 +245,13 @@ def install_console(app: FastAPI, settings: Settings, sessions: sessionmaker[Ses
                 return _to_login(request)
             if exc.status_code == 404:
                 return _error_page(request, "Not found", "There is no such page.", 404)
-        return _error_page(request, "Request refused", detail, exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not of its first route
+            headers["Allow"] = ", ".join(sorted({
+                method for route in request.app.routes
+                if isinstance(route, Route) and route.methods
+                and route.path_regex.match(request.url.path) for method in route.methods}))
+        return _error_page(request, "Request refused", detail, exc.status_code, headers)
 
     app.include_router(router)
     app.include_router(dashboard.router)

@@ -56,8 +56,11 @@ def floor_hour(moment: datetime) -> datetime:
 
 
 def ceil_hour(moment: datetime) -> datetime:
+    """The hour ``moment`` starts or the next one (the calendar's last hour at its end)."""
     floor = floor_hour(moment)
-    return floor if floor == as_utc(moment) else floor + HOUR
+    if floor == as_utc(moment) or floor.replace(tzinfo=None) > datetime.max - HOUR:
+        return floor
+    return floor + HOUR
 
 
 @dataclass
@@ -257,13 +260,10 @@ def _windows(since: datetime, until: datetime, rolled: set[datetime]
     """``[since, until)`` less the rolled hours, as few windows as it takes."""
     windows: list[tuple[datetime, datetime]] = []
     start = since
-    hour = ceil_hour(since)
-    while hour < until:
-        if hour in rolled:
-            if start < hour:
-                windows.append((start, hour))
-            start = hour + HOUR
-        hour += HOUR
+    for hour in sorted(h for h in rolled if since <= h and h + HOUR <= until):
+        if start < hour:  # (the rolled hours, not every hour: ranges may span years)
+            windows.append((start, hour))
+        start = hour + HOUR
     if start < until:
         windows.append((start, until))
     return windows
