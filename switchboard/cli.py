@@ -523,6 +523,25 @@ def bench_sip(
                       target=target), json_path)
 
 
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option(min=0.1, max=24 * 60,
+                                           help="How long to keep calling.")] = 30.0,
+    concurrency: Annotated[int, typer.Option(min=1, max=32, help="Calls at a time.")] = 4,
+    turns: Annotated[int, typer.Option(min=1, max=8, help="Caller lines per call.")] = 2,
+    json_path: JsonOption = None,
+) -> None:
+    """Cycle real SIP calls through a node it starts for MINUTES, CONCURRENCY at a time,
+    sampling the node's memory, file descriptors, threads, processes, open calls and
+    database rows after each round: flat lines, and no call left open at the end."""
+    from switchboard.bench.soak import bench_soak as run_bench
+
+    settings = get_settings()
+    _setup_logging(settings, quiet=True)
+    _bench_report(lambda: run_bench(settings, minutes=minutes, concurrency=concurrency,
+                                    turns=turns), json_path)
+
+
 @bench_app.command("failover")
 def bench_failover(
     kills: Annotated[int, typer.Option(

@@ -6,6 +6,9 @@ import math
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from switchboard.base.children import ChildProcess, log_probe
@@ -42,20 +45,29 @@ def server_stages(database_url: str, calls: int) -> dict[str, list[float]]:
     return stages
 
 
-def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
-              target: str | None) -> Report:
-    lines = piper_lines(settings, turns, RATE)
-    if target is not None:
-        return run_sip_bench(target, calls, concurrency, lines).report()
-    workers = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
+@dataclass(frozen=True)
+class BenchNode:
+    """A node a bench started for itself: its SIP URI, supervisor PID and database."""
+
+    uri: str
+    pid: int
+    database_url: str
+    log_path: Path
+
+
+@contextmanager
+def bench_node(workers: int) -> Iterator[BenchNode]:
+    """`switchboard run --sip-workers N` on free ports and a database of its own (a
+    temporary folder), until the block ends."""
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
         sip_port = free_sip_port()
         log_path = Path(tmp) / "node.log"
+        database_url = f"sqlite:///{tmp}/bench.db"
         node = ChildProcess(
             "node", [sys.executable, "-m", "switchboard", "run", "--sip-workers", str(workers)],
             log_path=log_path, healthy=log_probe(log_path, "node ready"), stop_grace_s=30.0,
             env={
-                "SWITCHBOARD_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+                "SWITCHBOARD_DATABASE_URL": database_url,
                 "SWITCHBOARD_CELERY_BROKER_URL": f"sqla+sqlite:///{tmp}/broker.db",
                 "SWITCHBOARD_SIP_PORT": str(sip_port),
                 "SWITCHBOARD_SIP_WORKER_BASE_PORT": str(free_port(socket.SOCK_DGRAM)),
@@ -70,15 +82,25 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
         node.start()
         try:
             node.wait_healthy(NODE_START_TIMEOUT_S)
-            pid = node.pid
-            assert pid is not None
-            result = run_sip_bench(f"sip:bot@127.0.0.1:{sip_port}", calls, concurrency, lines,
-                                   node_cpu=lambda: process_tree_cpu_s(pid),
-                                   media_cpu=lambda: process_tree_cpu_s(
-                                       pid, command_has="sip-worker"))
+            assert node.pid is not None
+            yield BenchNode(f"sip:bot@127.0.0.1:{sip_port}", node.pid, database_url, log_path)
         finally:
             node.stop()
-        stages = server_stages(f"sqlite:///{tmp}/bench.db", calls)
+
+
+def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
+              target: str | None) -> Report:
+    lines = piper_lines(settings, turns, RATE)
+    if target is not None:
+        return run_sip_bench(target, calls, concurrency, lines).report()
+    workers = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
+    with bench_node(workers) as node:
+        pid = node.pid
+        result = run_sip_bench(node.uri, calls, concurrency, lines,
+                               node_cpu=lambda: process_tree_cpu_s(pid),
+                               media_cpu=lambda: process_tree_cpu_s(
+                                   pid, command_has="sip-worker"))
+        stages = server_stages(node.database_url, calls)
     report = result.report()
     report.series.update(stages)
     caller, server = (percentile(report.series.get(name, []), 50)

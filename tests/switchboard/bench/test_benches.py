@@ -98,3 +98,17 @@ def test_bench_grammar_compares_whisper_and_the_digit_grammar(tmp_path: Path) ->
         for condition in ("clean", "noisy"):
             for method in ("whisper", "grammar", "combined"):
                 assert 0 <= figures[f"{voice} {condition} {method} %"] <= 100
+
+
+def test_bench_soak_cycles_calls_and_samples_the_node(tmp_path: Path, rasa_server: Any,
+                                                      database_url: str) -> None:
+    """The smallest soak: one round of one call through a node the bench starts; the node's
+    resources are sampled before and after, and no call is left open."""
+    figures = bench(tmp_path, rasa_server, database_url, "soak", "--minutes", "0.1",
+                    "--concurrency", "1", "--turns", "1")
+    numbers = figures["figures"]
+    assert numbers["calls"] >= 1 and numbers["failed_calls"] == 0
+    assert numbers["stuck_calls (open after the last one ended)"] == 0
+    assert numbers["call rows per call"] == 1.0
+    first, last = (int(n) for n in numbers["fds first round / last"].split(" / "))
+    assert first > 0 and last > 0
