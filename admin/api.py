@@ -21,7 +21,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_serializer
 
 from admin.accounts import (
     MAX_PASSWORD_LENGTH,
@@ -109,6 +109,11 @@ class CallPage(BaseModel):
                     "next (older) page: keyset paging, as fast deep in the list as at its "
                     "start; null on the last page.")
     next_before_id: str | None = Field(description="See ``next_before``.")
+
+    @field_serializer("next_before")
+    def _utc_z(self, moment: datetime | None) -> str | None:
+        """"Z", not "+00:00": a "+" not URL-encoded reads back as a space."""
+        return None if moment is None else as_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     calls: list[CallRow]
 
 

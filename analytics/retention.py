@@ -2,7 +2,8 @@
 ``retention_recordings_days`` / ``retention_transcripts_days`` are deleted (0 keeps them).
 Celery beat, embedded in the analytics worker, runs :func:`apply_retention` every
 ``retention_check_minutes``; each run that deletes something leaves an audit entry. Runs are
-idempotent: several workers (nodes) may run it at once."""
+idempotent: several workers (nodes) may run it at once; each deletes the recordings of its
+own node's calls (they are on its disk) and anybody's words (they are in the database)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ def apply_retention(settings: Settings, sessions: sessionmaker[Session],
     now = now or utcnow()
     calls = CallRepository(sessions)
     run = RetentionRun()
-    if settings.retention_recordings_days > 0:
-        _delete_recordings(calls, now - timedelta(days=settings.retention_recordings_days), run)
+    if settings.retention_recordings_days > 0:  # this node's: they are on its disk
+        _delete_recordings(calls, now - timedelta(days=settings.retention_recordings_days),
+                           settings.effective_node_id, run)
     if settings.retention_transcripts_days > 0:
         cutoff = now - timedelta(days=settings.retention_transcripts_days)
         for _ in range(MAX_BATCHES):
@@ -57,10 +59,12 @@ def apply_retention(settings: Settings, sessions: sessionmaker[Session],
     return run
 
 
-def _delete_recordings(calls: CallRepository, cutoff: datetime, run: RetentionRun) -> None:
+def _delete_recordings(calls: CallRepository, cutoff: datetime, node: str,
+                       run: RetentionRun) -> None:
     failed: set[str] = set()
     for _ in range(MAX_BATCHES):
-        batch = calls.recordings_started_before(cutoff, limit=BATCH, skip=frozenset(failed))
+        batch = calls.recordings_started_before(cutoff, node=node, limit=BATCH,
+                                                skip=frozenset(failed))
         for call_id, path in batch:
             try:
                 Path(path).unlink()

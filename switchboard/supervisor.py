@@ -144,6 +144,12 @@ def sip_worker(
         env["SWITCHBOARD_SIP_SRTP_NEEDS_TLS"] = "false"  # Kamailio ended TLS on this host
         env["SWITCHBOARD_SIP_SOURCE_MAX_CALLS"] = "0"  # and limits each source itself
         env["SWITCHBOARD_SIP_SOURCE_CALL_RATE"] = ""
+        env["SWITCHBOARD_SIP_AUTH_USERNAME"] = ""  # Kamailio authenticates callers
+        # Behind NAT Kamailio advertises the public address; the workers' media is reached
+        # there directly, their signalling only through Kamailio.
+        env["SWITCHBOARD_SIP_PUBLIC_ADDRESS"] = ""
+        env["SWITCHBOARD_SIP_MEDIA_ADDRESS"] = (settings.sip_media_address
+                                                or settings.sip_public_address)
 
     def answers_options() -> str | None:
         if options_ping(settings.sip_host, port):

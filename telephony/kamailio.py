@@ -25,6 +25,7 @@ from typing import Any
 
 from switchboard.base.admission import parse_networks
 from switchboard.base.children import ChildProcess, Managed
+from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT, Settings
 
 CONFIG_TEMPLATE = PROJECT_ROOT / "deploy" / "kamailio" / "kamailio.cfg"
@@ -106,17 +107,13 @@ def render_config(
     ping_interval_s: int = PING_INTERVAL_S,
     failover_timeout_s: float = FAILOVER_TIMEOUT_S,
     tls_files: tuple[Path, Path] | None = None,
+    internal_port: int | None = None,
 ) -> str:
     """The Kamailio configuration: the template with this node's values defined in front.
-    ``tls_files``: the certificate and key Kamailio reads when it serves SIP over TLS."""
+    ``tls_files``: the certificate and key Kamailio reads when it serves SIP over TLS;
+    ``internal_port``: behind NAT (``sip_public_address``), the UDP port of the socket
+    that talks to the workers."""
     served = sip_transports(settings)
-    if settings.sip_public_address or settings.sip_media_address:
-        raise KamailioError(
-            "SWITCHBOARD_SIP_PUBLIC_ADDRESS / SIP_MEDIA_ADDRESS (behind NAT) work with one SIP "
-            "worker per node (SWITCHBOARD_SIP_WORKERS=1); Kamailio in front does not advertise "
-            "a public address yet. Scale behind NAT with more nodes, or give the node an "
-            "address callers reach directly."
-        )
     if served == ["tls"]:
         raise KamailioError(
             f"SWITCHBOARD_SIP_TRANSPORTS={settings.sip_transports!r} names neither udp nor "
@@ -145,11 +142,23 @@ def render_config(
             f"#!define SB_TLS_CERT {_cfg_string(str(tls_files[0]))}",
             f"#!define SB_TLS_KEY {_cfg_string(str(tls_files[1]))}",
         ]
+    if settings.sip_public_address:
+        if internal_port is None:
+            raise KamailioError("behind NAT Kamailio needs a port for its workers' socket")
+        defines += ["#!define SB_BEHIND_NAT",
+                    f'#!substdef "!SB_PUBLIC_ADDRESS!{_uri_host(settings.sip_public_address)}!g"',
+                    f'#!substdef "!SB_INTERNAL_PORT!{internal_port}!g"']
+    if settings.sip_auth_username:
+        defines += [f"#!define SB_AUTH_USER {_cfg_string(settings.sip_auth_username)}",
+                    f"#!define SB_AUTH_PASSWORD {_cfg_string(settings.sip_auth_password)}",
+                    f"#!define SB_AUTH_REALM {_cfg_string(settings.sip_auth_realm)}"]
     defines.append(f"#!define SB_FLOOD_REQUESTS {settings.sip_flood_requests}")
     if settings.sip_source_max_calls:
         defines.append(f"#!define SB_SOURCE_MAX_CALLS {settings.sip_source_max_calls}")
-    trusted = [str(n) for n in parse_networks(settings.sip_trusted_networks,
-                                              "SWITCHBOARD_SIP_TRUSTED_NETWORKS")]
+    trusted = [str(n) for spec, name in (
+        (settings.sip_trusted_networks, "SWITCHBOARD_SIP_TRUSTED_NETWORKS"),
+        (settings.sip_allowed_networks, "SWITCHBOARD_SIP_ALLOWED_NETWORKS"),  # the trunks
+    ) for n in parse_networks(spec, name)]
     if trusted:
         defines.append(f"#!define SB_TRUSTED_NETWORKS {_cfg_string(','.join(trusted))}")
     networks = [n.strip() for n in settings.sip_allowed_networks.split(",") if n.strip()]
@@ -182,11 +191,13 @@ def sip_target(worker: int | str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def dispatcher_list(targets: list[tuple[str, int]]) -> str:
+def dispatcher_list(targets: list[tuple[str, int]], socket: str = "") -> str:
     """The dispatcher list file: every worker (host, port) in one set, all active at
-    start."""
-    lines = ["# set destination flags priority (rendered by telephony/kamailio.py)"]
-    lines += [f"{DISPATCHER_SET} sip:{_uri_host(host)}:{port} 0 0" for host, port in targets]
+    start (reached from ``socket``, e.g. ``udp:127.0.0.1:5062``, when given)."""
+    lines = ["# set destination flags priority attributes (rendered by telephony/kamailio.py)"]
+    attributes = f" socket={socket}" if socket else ""
+    lines += [f"{DISPATCHER_SET} sip:{_uri_host(host)}:{port} 0 0{attributes}"
+              for host, port in targets]
     return "\n".join(lines) + "\n"
 
 
@@ -258,10 +269,17 @@ class KamailioProxy(Managed):
         if user:
             os.chown(self._run_dir, user[0].pw_uid, user[1].gr_gid)
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        self.dispatcher_path.write_text(dispatcher_list(self.targets))
+        internal_port = None
+        if self.settings.sip_public_address:  # see render_config
+            internal_port = free_port(socket.SOCK_DGRAM)
+        self.dispatcher_path.write_text(dispatcher_list(
+            self.targets, f"udp:{_uri_host(self.settings.sip_host)}:{internal_port}"
+            if internal_port else ""))
         tls_files = None
         if "tls" in sip_transports(self.settings):
             tls_files = self._tls_files(user)
+        self.config_path.touch(mode=0o600)  # it may hold the trunk's password
+        self.config_path.chmod(0o600)
         self.config_path.write_text(
             render_config(
                 self.settings,
@@ -271,6 +289,7 @@ class KamailioProxy(Managed):
                 ping_interval_s=self.ping_interval_s,
                 failover_timeout_s=self.failover_timeout_s,
                 tls_files=tls_files,
+                internal_port=internal_port,
             )
         )
         command = [

@@ -173,7 +173,10 @@ class Settings(BaseSettings):
 
     # --- dialog (Rasa) -----------------------------------------------------------------
     rasa_url: str = Field(
-        default="http://127.0.0.1:5005", description="Rasa server the pipeline talks to."
+        default="http://127.0.0.1:5005",
+        description="Rasa server the pipeline talks to; a comma list names redundant "
+        "servers sharing their trackers in Redis (one that fails is passed over, the "
+        "conversation goes on at another).",
     )
     rasa_api_token: str = Field(
         default="",
@@ -207,8 +210,8 @@ class Settings(BaseSettings):
     sip_public_address: str = Field(
         default="",
         description="Address callers reach this node at when it sits behind NAT (a container, "
-        "a cloud VM): written in Contact and Via instead of sip_host (one SIP worker per "
-        "node). Answers go to where requests come from (rport).",
+        "a cloud VM): written in Contact and Via (by Kamailio, with several workers) "
+        "instead of sip_host. Answers go to where requests come from (rport).",
     )
     sip_media_address: str = Field(
         default="",
@@ -262,8 +265,8 @@ class Settings(BaseSettings):
     sip_auth_realm: str = Field(default="switchboard", description="Realm of that challenge.")
     sip_trusted_networks: str = Field(
         default="127.0.0.1,::1",
-        description="Comma list of CIDRs exempt from the per-source limits below (a trunk's "
-        "border controller, a proxy in front).",
+        description="Comma list of CIDRs exempt from the per-source limits below (a proxy "
+        "in front; sip_allowed_networks, the trunks, are exempt too).",
     )
     sip_source_call_rate: str = Field(
         default="10/minute",

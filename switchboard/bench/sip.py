@@ -56,36 +56,35 @@ class BenchNode:
 
 
 @contextmanager
-def bench_node(workers: int) -> Iterator[BenchNode]:
-    """`switchboard run --sip-workers N` on free ports and a database of its own (a
-    temporary folder), until the block ends."""
-    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
-        sip_port = free_sip_port()
-        log_path = Path(tmp) / "node.log"
-        database_url = f"sqlite:///{tmp}/bench.db"
-        node = ChildProcess(
-            "node", [sys.executable, "-m", "switchboard", "run", "--sip-workers", str(workers)],
-            log_path=log_path, healthy=log_probe(log_path, "node ready"), stop_grace_s=30.0,
-            env={
-                "SWITCHBOARD_DATABASE_URL": database_url,
-                "SWITCHBOARD_CELERY_BROKER_URL": f"sqla+sqlite:///{tmp}/broker.db",
-                "SWITCHBOARD_SIP_PORT": str(sip_port),
-                "SWITCHBOARD_SIP_WORKER_BASE_PORT": str(free_port(socket.SOCK_DGRAM)),
-                "SWITCHBOARD_SIP_RTP_PORT": "42000",
-                "SWITCHBOARD_SIP_RECORD": "false",
-                "SWITCHBOARD_WEB_PORT": str(free_port(socket.SOCK_STREAM)),
-                "SWITCHBOARD_RASA_PORT": str(free_port(socket.SOCK_STREAM)),
-                "SWITCHBOARD_ACTION_PORT": str(free_port(socket.SOCK_STREAM)),
-            },
-        )
-        print(f"starting a node with {workers} SIP worker(s) (log: {log_path})...", flush=True)
-        node.start()
-        try:
-            node.wait_healthy(NODE_START_TIMEOUT_S)
-            assert node.pid is not None
-            yield BenchNode(f"sip:bot@127.0.0.1:{sip_port}", node.pid, database_url, log_path)
-        finally:
-            node.stop()
+def bench_node(workers: int, tmp: str) -> Iterator[BenchNode]:
+    """`switchboard run --sip-workers N` on free ports, its database and log in the
+    folder ``tmp``, until the block ends (the folder stays: read the calls after)."""
+    sip_port = free_sip_port()
+    log_path = Path(tmp) / "node.log"
+    database_url = f"sqlite:///{tmp}/bench.db"
+    node = ChildProcess(
+        "node", [sys.executable, "-m", "switchboard", "run", "--sip-workers", str(workers)],
+        log_path=log_path, healthy=log_probe(log_path, "node ready"), stop_grace_s=30.0,
+        env={
+            "SWITCHBOARD_DATABASE_URL": database_url,
+            "SWITCHBOARD_CELERY_BROKER_URL": f"sqla+sqlite:///{tmp}/broker.db",
+            "SWITCHBOARD_SIP_PORT": str(sip_port),
+            "SWITCHBOARD_SIP_WORKER_BASE_PORT": str(free_port(socket.SOCK_DGRAM)),
+            "SWITCHBOARD_SIP_RTP_PORT": "42000",
+            "SWITCHBOARD_SIP_RECORD": "false",
+            "SWITCHBOARD_WEB_PORT": str(free_port(socket.SOCK_STREAM)),
+            "SWITCHBOARD_RASA_PORT": str(free_port(socket.SOCK_STREAM)),
+            "SWITCHBOARD_ACTION_PORT": str(free_port(socket.SOCK_STREAM)),
+        },
+    )
+    print(f"starting a node with {workers} SIP worker(s) (log: {log_path})...", flush=True)
+    node.start()
+    try:
+        node.wait_healthy(NODE_START_TIMEOUT_S)
+        assert node.pid is not None
+        yield BenchNode(f"sip:bot@127.0.0.1:{sip_port}", node.pid, database_url, log_path)
+    finally:
+        node.stop()
 
 
 def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
@@ -94,13 +93,14 @@ def bench_sip(settings: Settings, *, calls: int, concurrency: int, turns: int,
     if target is not None:
         return run_sip_bench(target, calls, concurrency, lines).report()
     workers = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
-    with bench_node(workers) as node:
-        pid = node.pid
-        result = run_sip_bench(node.uri, calls, concurrency, lines,
-                               node_cpu=lambda: process_tree_cpu_s(pid),
-                               media_cpu=lambda: process_tree_cpu_s(
-                                   pid, command_has="sip-worker"))
-        stages = server_stages(node.database_url, calls)
+    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
+        with bench_node(workers, tmp) as node:
+            pid = node.pid
+            result = run_sip_bench(node.uri, calls, concurrency, lines,
+                                   node_cpu=lambda: process_tree_cpu_s(pid),
+                                   media_cpu=lambda: process_tree_cpu_s(
+                                       pid, command_has="sip-worker"))
+        stages = server_stages(node.database_url, calls)  # all stored once it stopped
     report = result.report()
     report.series.update(stages)
     caller, server = (percentile(report.series.get(name, []), 50)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,8 @@ def bench_soak(settings: Settings, *, minutes: float, concurrency: int, turns: i
     workers = max(1, math.ceil(concurrency / CALLS_PER_PROCESS))
     voice_to_voice: list[float] = []
     placed = failed = unanswered = 0
-    with bench_node(workers) as node:
+    with tempfile.TemporaryDirectory(prefix="switchboard-soak-") as tmp, \
+            bench_node(workers, tmp) as node:
         sampler = Sampler(node)
         print(HEADER, flush=True)
         sampler.take(0)

@@ -161,14 +161,16 @@ class CallRepository:
         """The agent's wrap-up of a call they took: disposition and notes."""
         self._update(call_id, agent=agent, disposition=disposition, agent_notes=notes)
 
-    def recordings_started_before(self, cutoff: datetime, *, limit: int,
+    def recordings_started_before(self, cutoff: datetime, *, node: str, limit: int,
                                   skip: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-        """(call id, recording path) of ended calls started before ``cutoff`` that still
-        have a recording, oldest first (``skip``: ids to leave out)."""
+        """(call id, recording path) of ended calls of ``node`` (or of no node: stored
+        before calls had one) started before ``cutoff`` that still have a recording,
+        oldest first (``skip``: ids to leave out). Recordings are on their node's disk."""
         with self._sessions() as session:
             query = (select(Call.id, Call.recording_path)
                      .where(Call.started_at < cutoff, Call.ended_at.is_not(None),
-                            Call.recording_path.is_not(None))
+                            Call.recording_path.is_not(None),
+                            or_(Call.node == node, Call.node.is_(None)))
                      .order_by(Call.started_at).limit(limit))
             if skip:
                 query = query.where(Call.id.not_in(skip))

@@ -117,7 +117,8 @@ class SipCall(pj.Call):
     def __init__(self, account: pj.Account, leg: CallLeg, events: CallEvents,
                  sample_rate: int, on_gone: Callable[[SipCall], None],
                  call_id: int = pj.PJSUA_INVALID_ID, *,
-                 on_replaced: Callable[[SipCall, SipCall], None] | None = None) -> None:
+                 on_replaced: Callable[[SipCall, SipCall], None] | None = None,
+                 may_replace: Callable[[str, str], bool] | None = None) -> None:
         super().__init__(account, call_id)
         self.account = account
         self.leg = leg
@@ -130,6 +131,9 @@ class SipCall(pj.Call):
         self.media_index: int | None = None
         self.gone = False
         self.on_replaced = on_replaced
+        self.may_replace = may_replace
+        """Whether an INVITE with Replaces (its source address, its text) may take this
+        call over: the same check as any incoming call (RFC 3891 §6)."""
         self.replaced = False
         self.announce = False
         """Set by the endpoint on an answered inbound call: tell ``events.incoming``
@@ -167,12 +171,26 @@ class SipCall(pj.Call):
             self.announce = False
             self.events.incoming(self.leg)
 
+    def onCallReplaceRequest(self, prm: pj.OnCallReplaceRequestParam) -> None:
+        """An INVITE with Replaces for this call: refused (403) unless its sender may call
+        in (an allowed network, or digest credentials sent with it)."""
+        try:
+            if self.may_replace is not None and not self.may_replace(
+                    str(prm.rdata.srcAddress), str(prm.rdata.wholeMsg)):
+                log.warning("call %s: refusing a Replaces from %s", self.leg.key,
+                            prm.rdata.srcAddress)
+                prm.statusCode, prm.reason = 403, "Forbidden"
+        except Exception:
+            log.exception("call %s: Replaces check failed", self.leg.key)
+            prm.statusCode, prm.reason = 500, "Server Internal Error"
+
     def onCallReplaced(self, prm: pj.OnCallReplacedParam) -> None:
         """An INVITE with Replaces for this call arrived and PJSUA answered it: the new
         call carries on with this call's leg (its media queues, its key)."""
         try:
             successor = SipCall(self.account, self.leg, self.events, self.sample_rate,
-                                self.on_gone, prm.newCallId, on_replaced=self.on_replaced)
+                                self.on_gone, prm.newCallId, on_replaced=self.on_replaced,
+                                may_replace=self.may_replace)
             prm.newCall = successor
             self.replaced = True
             self.release_media(close_source=False)
@@ -184,9 +202,11 @@ class SipCall(pj.Call):
             log.exception("call %s: replacing the call failed", self.leg.key)
 
     def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
-        """Our SDP (offer or answer) is made: note whether its audio is SRTP."""
+        """Our SDP (offer or answer) is made: note whether its audio is SRTP (RTP/SAVP, or
+        RTP/AVP with SDES keys: optional SRTP)."""
         try:
-            self.leg.srtp = "RTP/SAVP" in str(prm.sdp.wholeSdp)
+            sdp = str(prm.sdp.wholeSdp)
+            self.leg.srtp = "RTP/SAVP" in sdp or "a=crypto:" in sdp
         except Exception:
             log.exception("call %s: SDP callback failed", self.leg.key)
 

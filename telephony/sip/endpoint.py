@@ -30,7 +30,7 @@ from telephony.sip.call import (
     supports_replaces,
     via_transport,
 )
-from telephony.sip.digest import DigestAuthenticator
+from telephony.sip.digest import DigestAuthenticator, DigestCheck
 from telephony.sip.media_port import SipAudioSink, SipAudioSource
 
 CALL_UUID_HEADER = "X-Call-UUID"
@@ -112,9 +112,9 @@ class SipEndpoint:
                                         "SWITCHBOARD_SIP_ALLOWED_NETWORKS")
         self._admission = SourceAdmission(
             rate=settings.sip_source_call_rate, concurrent=settings.sip_source_max_calls,
-            trusted=parse_networks(settings.sip_trusted_networks,
-                                   "SWITCHBOARD_SIP_TRUSTED_NETWORKS"),
-            rate_setting="SWITCHBOARD_SIP_SOURCE_CALL_RATE")
+            trusted=[*parse_networks(settings.sip_trusted_networks,
+                                     "SWITCHBOARD_SIP_TRUSTED_NETWORKS"), *self._networks],
+            rate_setting="SWITCHBOARD_SIP_SOURCE_CALL_RATE")  # (allowed networks: trunks)
         self._digest = (DigestAuthenticator(settings.sip_auth_realm, settings.sip_auth_username,
                                             settings.sip_auth_password)
                         if settings.sip_auth_username else None)
@@ -326,7 +326,7 @@ class SipEndpoint:
     def _new_call(self, account: pj.Account, leg: CallLeg,
                   call_id: int = pj.PJSUA_INVALID_ID) -> SipCall:
         return SipCall(account, leg, self.events, self.sample_rate, self._forget, call_id,
-                       on_replaced=self._replaced)
+                       on_replaced=self._replaced, may_replace=self._may_replace)
 
     def on_incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
         leg = self._new_leg("inbound")
@@ -364,23 +364,29 @@ class SipEndpoint:
         call.announce = True  # events.incoming once the 200 OK is out
         call.answer(op)
 
-    def _authorised(self, call: SipCall, invite: str) -> bool:
-        """Whether the caller may call: from an allowed network, or (with inbound digest
-        credentials set) authenticated; else it is challenged (401) or refused (403)."""
-        address = call.leg.source_address
+    def _admits(self, address: str, invite: str) -> DigestCheck:
+        """Whether a caller may call in: from an allowed network, or (with inbound digest
+        credentials set) with valid credentials; an empty allow-list admits anybody."""
         if self._networks and in_networks(address, self._networks):
-            return True
+            return DigestCheck(True)
         if self._digest is None:
-            if not self._networks:
-                return True
-            log.warning("rejecting call from %s (not in SWITCHBOARD_SIP_ALLOWED_NETWORKS)",
-                        address)
-            self._refuse(call, 403)
-            return False
-        check = self._digest.check("INVITE", sip_headers(invite).get("authorization", ""))
+            return DigestCheck(not self._networks,
+                               "not in SWITCHBOARD_SIP_ALLOWED_NETWORKS")
+        return self._digest.check("INVITE", _request_uri(invite),
+                                  sip_headers(invite).get("authorization", ""))
+
+    def _may_replace(self, address: str, invite: str) -> bool:
+        """Whether an INVITE with Replaces may take a call over (no challenge there: valid
+        credentials must come with it)."""
+        return self._admits(address, invite).ok
+
+    def _authorised(self, call: SipCall, invite: str) -> bool:
+        """Whether the caller may call; else it is challenged (401) or refused (403)."""
+        address = call.leg.source_address
+        check = self._admits(address, invite)
         if check.ok:
             return True
-        if check.stale:
+        if self._digest is not None and check.stale:
             log.info("challenging a call from %s: %s", address, check.reason)
             self._refuse(call, 401, headers={
                 "WWW-Authenticate": self._digest.challenge(stale="nonce" in check.reason)})
@@ -532,6 +538,12 @@ def call_uuid(message: str) -> str:
         with contextlib.suppress(ValueError):
             return uuid.UUID(given).hex
     return uuid.uuid4().hex
+
+
+def _request_uri(message: str) -> str:
+    """The Request-URI of a SIP request's first line ("" if it has none)."""
+    parts = message.split("\r\n", 1)[0].split(" ")
+    return parts[1] if len(parts) == 3 else ""
 
 
 def _header(name: str, value: str) -> pj.SipHeader:

@@ -85,6 +85,8 @@ class BrowserCall:
     task: asyncio.Task[None] | None = None
     hung_up: bool = False
     outbox: list[str] = field(default_factory=list)
+    admitted: bool = False
+    """Whether it holds one of its address's slots (SourceAdmission)."""
 
     def send(self, message: dict[str, Any]) -> None:
         """Send a JSON message to the page, or keep it until its channel opens."""
@@ -161,7 +163,41 @@ class WebRTCGateway:
         if len(self._calls) >= self.settings.webrtc_max_calls:
             raise OfferError(503, f"all {self.settings.webrtc_max_calls} browser lines are "
                                   "busy; try again later")
-        conversation = await self._conversation_for(token)
+        holds = self._admit(token, caller)  # before any work for a refused caller
+        try:
+            conversation = await self._conversation_for(token)
+            call = await self._answer_offer(sdp, conversation, caller)
+        except BaseException:
+            if holds:
+                self._admission.release(caller or "")
+            raise
+        call.admitted = holds
+        conversation.call = call
+        self._conversations[conversation.token] = conversation
+        self._calls.add(call)
+        self._idle.clear()
+        asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._drop_unconnected, call)
+        local = call.pc.localDescription
+        return {"sdp": local.sdp, "type": local.type, "token": conversation.token,
+                "resumed": conversation.conversation_id is not None}
+
+    def _admit(self, token: str | None, caller: str | None) -> bool:
+        """Whether the new call holds a slot of its address: a reconnect takes over its
+        earlier call's; any other call asks for one (429 when the address has none)."""
+        known = self._conversations.get(token) if token else None
+        previous = None if known is None else known.call
+        if previous is not None and previous.caller == caller:
+            holds, previous.admitted = previous.admitted, False
+            return holds
+        refusal = self._admission.admit(caller or "")
+        if refusal is not None:
+            log.warning("refusing a browser call from %s: %s", caller, refusal.reason)
+            raise OfferError(429, f"too many calls from your address ({refusal.reason}); "
+                                  "try again later", retry_after_s=refusal.retry_after_s)
+        return True
+
+    async def _answer_offer(self, sdp: str, conversation: Conversation,
+                            caller: str | None) -> BrowserCall:
         pc = RTCPeerConnection(rtc_configuration(self.settings))
         call = BrowserCall(pc, PacedOutboundTrack(), conversation, caller)
         self._wire(call)
@@ -176,20 +212,7 @@ class WebRTCGateway:
             await pc.close()
             raise OfferError(400, "the offer carries no audio the server can receive; "
                                   "offer the microphone as sendrecv or sendonly")
-        refusal = self._admission.admit(caller or "")
-        if refusal is not None:
-            await pc.close()
-            log.warning("refusing a browser call from %s: %s", caller, refusal.reason)
-            raise OfferError(429, f"too many calls from your address ({refusal.reason}); "
-                                  "try again later", retry_after_s=refusal.retry_after_s)
-        conversation.call = call
-        self._conversations[conversation.token] = conversation
-        self._calls.add(call)
-        self._idle.clear()
-        asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._drop_unconnected, call)
-        local = pc.localDescription
-        return {"sdp": local.sdp, "type": local.type, "token": conversation.token,
-                "resumed": conversation.conversation_id is not None}
+        return call
 
     async def _conversation_for(self, token: str | None) -> Conversation:
         self._forget_expired()
@@ -312,7 +335,8 @@ class WebRTCGateway:
             self._release(call)
 
     def _release(self, call: BrowserCall) -> None:
-        if call in self._calls:
+        if call in self._calls and call.admitted:
+            call.admitted = False
             self._admission.release(call.caller or "")
         self._calls.discard(call)
         if not self._calls:

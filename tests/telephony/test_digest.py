@@ -18,14 +18,14 @@ def md5(text: str) -> str:
 
 
 def answer(challenge: str, *, user: str = "trunk", password: str = "pw",
-           realm: str | None = None, method: str = "INVITE") -> str:
+           realm: str | None = None, method: str = "INVITE", nc: str = "00000001") -> str:
     """The Authorization a client computes for ``challenge`` (RFC 2617, §3.2.2)."""
     nonce = re.search(r'nonce="([^"]+)"', challenge).group(1)  # type: ignore[union-attr]
     realm = realm or re.search(r'realm="([^"]+)"', challenge).group(1)  # type: ignore[union-attr]
     ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"{method}:{URI}")
-    response = md5(f"{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}")
+    response = md5(f"{ha1}:{nonce}:{nc}:0a4f113b:auth:{ha2}")
     return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{URI}", '
-            f'response="{response}", algorithm=MD5, cnonce="0a4f113b", qop=auth, nc=00000001')
+            f'response="{response}", algorithm=MD5, cnonce="0a4f113b", qop=auth, nc={nc}')
 
 
 @pytest.fixture
@@ -33,8 +33,25 @@ def auth() -> DigestAuthenticator:
     return DigestAuthenticator("switchboard", "trunk", "pw")
 
 
-def test_the_right_answer_to_a_challenge_passes(auth: DigestAuthenticator) -> None:
-    assert auth.check("INVITE", answer(auth.challenge())).ok
+def test_the_right_answer_to_a_challenge_passes_once(auth: DigestAuthenticator) -> None:
+    challenge = auth.challenge()
+    first = answer(challenge)
+    assert auth.check("INVITE", URI, first).ok
+    replayed = auth.check("INVITE", URI, first)
+    assert not replayed.ok and "replay" in replayed.reason
+    assert auth.check("INVITE", URI, answer(challenge, nc="00000002")).ok  # the next count
+
+
+def test_credentials_for_another_uri_or_without_qop_are_refused(
+    auth: DigestAuthenticator,
+) -> None:
+    given = answer(auth.challenge())
+    assert not auth.check("INVITE", "sip:bot@elsewhere", given).ok
+    without_qop = re.sub(r", qop=auth, nc=\S+", "", given)
+    check = auth.check("INVITE", URI, without_qop)
+    assert not check.ok and "qop" in check.reason
+    odd = auth.check("INVITE", URI, given.replace('nonce="', 'nonce="é'))
+    assert not odd.ok and odd.stale  # any character: no TypeError
 
 
 def test_a_wrong_password_or_user_is_refused_not_challenged_again(
@@ -43,21 +60,21 @@ def test_a_wrong_password_or_user_is_refused_not_challenged_again(
     for wrong in (answer(auth.challenge(), password="guess"),
                   answer(auth.challenge(), user="mallory"),
                   answer(auth.challenge(), method="BYE")):
-        check = auth.check("INVITE", wrong)
+        check = auth.check("INVITE", URI, wrong)
         assert not check.ok and not check.stale, check
 
 
 def test_missing_forged_or_expired_nonces_get_a_new_challenge(
     auth: DigestAuthenticator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert auth.check("INVITE", "").stale
-    assert auth.check("INVITE", "Basic dHJ1bms6cHc=").stale
+    assert auth.check("INVITE", URI, "").stale
+    assert auth.check("INVITE", URI, "Basic dHJ1bms6cHc=").stale
     other = DigestAuthenticator("switchboard", "trunk", "pw")  # another worker's nonce
-    assert auth.check("INVITE", answer(other.challenge())).reason.startswith("a nonce")
+    assert auth.check("INVITE", URI, answer(other.challenge())).reason.startswith("a nonce")
     old = auth.challenge()
     issued_ms = int(re.search(r'nonce="([0-9]+)-', old).group(1))  # type: ignore[union-attr]
     monkeypatch.setattr(digest.time, "time", lambda: issued_ms / 1000 + digest.NONCE_TTL_S + 1)
-    check = auth.check("INVITE", answer(old))
+    check = auth.check("INVITE", URI, answer(old))
     assert check.stale and "expired" in check.reason
     assert "stale=true" in auth.challenge(stale=True)
 

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +129,11 @@ def test_rendered_config_with_tls_passes_kamailio_check(
     settings = settings.model_copy(update={
         "sip_transports": "udp,tls", "sip_tls_port": free_udp_port(),
         "sip_tls_cert": certificate.cert, "sip_tls_key": certificate.key})
-    render = partial(kamailio.render_config, settings, port=settings.sip_port,
-                     dispatcher_list=Path("/nonexistent/dispatcher.list"),
-                     rpc_socket=Path("/tmp/unused.sock"))
+    def render(settings: Settings = settings, **options: Any) -> str:
+        return kamailio.render_config(settings, port=settings.sip_port,
+                                      dispatcher_list=Path("/nonexistent/dispatcher.list"),
+                                      rpc_socket=Path("/tmp/unused.sock"), **options)
+
     with pytest.raises(KamailioError, match="SWITCHBOARD_SIP_TLS_CERT"):
         render()
     path = settings.data_dir / "check.cfg"
@@ -147,8 +148,20 @@ def test_rendered_config_with_tls_passes_kamailio_check(
     assert f"udp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
     assert "tcp:" not in output
     natted = settings.model_copy(update={"sip_public_address": "203.0.113.7"})
-    with pytest.raises(KamailioError, match="SIP_WORKERS=1"):
-        kamailio.render_config(natted, port=1, dispatcher_list=path, rpc_socket=path)
+    with pytest.raises(KamailioError, match="workers' socket"):
+        render(settings=natted, tls_files=(certificate.cert, certificate.key))
+    internal = free_udp_port()
+    path.write_text(render(settings=natted, tls_files=(certificate.cert, certificate.key),
+                           internal_port=internal))
+    check = subprocess.run(["kamailio", "-c", "-f", str(path)], capture_output=True,
+                           text=True, timeout=30)
+    output = check.stdout + check.stderr
+    assert check.returncode == 0, output[-3000:]
+    assert f"[127.0.0.1]:{settings.sip_port} advertise 203.0.113.7:{settings.sip_port}" in output
+    assert f"[127.0.0.1]:{settings.sip_tls_port} advertise 203.0.113.7" in output
+    assert f"udp: 127.0.0.1 [127.0.0.1]:{internal}\n" in output  # the workers' side
+    assert kamailio.dispatcher_list([("127.0.0.1", 5070)], f"udp:127.0.0.1:{internal}") \
+        .splitlines()[1] == f"1 sip:127.0.0.1:5070 0 0 socket=udp:127.0.0.1:{internal}"
     for wrong in ("tls", "udp,sctp"):
         with pytest.raises(KamailioError, match="SWITCHBOARD_SIP_TRANSPORTS"):
             kamailio.render_config(settings.model_copy(update={"sip_transports": wrong}),

@@ -100,7 +100,8 @@ class Baresip:
     ca_file: Path | None = None
     mediaenc: str = ""
     auth_pass: str = ""
-    """The digest password it answers a challenge with (as ``user``)."""
+    """The digest password it answers a challenge with (as ``auth_user``, else ``user``)."""
+    auth_user: str = ""
 
     def start(self) -> None:
         (self.workdir / "rec").mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,8 @@ class Baresip:
         (self.workdir / "accounts").write_text(
             f"<sip:{self.user}@127.0.0.1>;regint=0;answermode={self.answermode};"
             f"audio_codecs=PCMU{f';mediaenc={self.mediaenc}' if self.mediaenc else ''}"
-            f"{f';auth_pass={self.auth_pass}' if self.auth_pass else ''}\n")
+            f"{f';auth_pass={self.auth_pass}' if self.auth_pass else ''}"
+            f"{f';auth_user={self.auth_user}' if self.auth_user else ''}\n")
         def ctrl_answers() -> str | None:
             try:
                 socket.create_connection(("127.0.0.1", self.ctrl_port), 0.5).close()

@@ -30,6 +30,14 @@ def header(message: str, name: str) -> str | None:
     return found.group(1) if found else None
 
 
+def record_route(message: str) -> list[str]:
+    """Every Record-Route entry of a message, top first."""
+    entries = []
+    for value in re.findall(r"^Record-Route:\s*(.+?)\r?$", message, re.M | re.I):
+        entries += [entry.strip() for entry in value.split(",") if entry.strip()]
+    return entries
+
+
 @dataclass
 class RawCaller:
     """One dialog with the worker at 127.0.0.1:``port``; ``claims`` is the address the
@@ -47,6 +55,8 @@ class RawCaller:
     sdp_version: int = 1
     remote_tag_header: str = ""
     contact: str = ""
+    route: list[str] = field(default_factory=list)
+    """The dialog's route set (the 200 OK's Record-Route, reversed): a proxy in front."""
     media_port: int = 0
     heard: bytearray = field(default_factory=bytearray)
     payload_types: list[int] = field(default_factory=list)
@@ -83,6 +93,7 @@ class RawCaller:
             f"From: <sip:{self.user}@{self.claims}>;tag={self.tag}\r\nTo: {to}\r\n"
             f"Call-ID: {self.call_id}\r\nCSeq: {number} {method}\r\nMax-Forwards: 70\r\n"
             f"Contact: <sip:{self.user}@{self.claims}:5060>\r\n"
+            + (f"Route: {', '.join(self.route)}\r\n" if self.route and self.contact else "")
             + ("Content-Type: application/sdp\r\n" if body else "")
             + f"Content-Length: {len(body)}\r\n\r\n{body}").encode(),
             ("127.0.0.1", self.port))
@@ -117,6 +128,7 @@ class RawCaller:
         assert ok.startswith("SIP/2.0 200"), ok
         self.remote_tag_header = header(ok, "To") or ""
         self.contact = (header(ok, "Contact") or "").strip("<>")
+        self.route = record_route(ok)[::-1]
         self.media_port = int(re.search(r"^m=audio (\d+)", ok, re.M).group(1))  # type: ignore[union-attr]
         self._request("ACK", cseq=self.cseq)
         return ok

@@ -82,6 +82,19 @@ Content-Length: 0
   <recv response="200"/>
 """
 
+_ACK_REFUSAL = """  <send><![CDATA[
+ACK sip:bot@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
+From: sipp <sip:sipp[local_port]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+  ]]></send>
+"""
+"""The ACK of a final error answer to the INVITE."""
+
 _BODIES = {
     # Talk (the WAV), then hang up after ``hold_ms``.
     "caller_hangs_up": _ANSWERED + '  <pause milliseconds="{hold_ms}"/>\n' + _BYE,
@@ -122,33 +135,9 @@ SIP/2.0 200 OK
   <recv request="BYE" timeout="{wait_ms}"/>
 """ + _OK,
     # Expect 486 Busy Here.
-    "busy": """
-  <recv response="486"/>
-  <send><![CDATA[
-ACK sip:bot@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
-From: sipp <sip:sipp[local_port]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-  ]]></send>
-""",
+    "busy": '\n  <recv response="486"/>\n' + _ACK_REFUSAL,
     # Expect 403 Forbidden (a source outside SWITCHBOARD_SIP_ALLOWED_NETWORKS).
-    "forbidden": """
-  <recv response="403"/>
-  <send><![CDATA[
-ACK sip:bot@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
-From: sipp <sip:sipp[local_port]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-  ]]></send>
-""",
+    "forbidden": '\n  <recv response="403"/>\n' + _ACK_REFUSAL,
     # A flood's call: held for hold_ms when answered; a 503 or 486 is acknowledged.
     "flood": """
   <recv response="503" optional="true" next="refused"/>
@@ -158,17 +147,7 @@ Content-Length: 0
     ) + '  <pause milliseconds="{hold_ms}"/>\n' + _BYE + """
   <pause milliseconds="0" next="done"/>
   <label id="refused"/>
-  <send><![CDATA[
-ACK sip:bot@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
-From: sipp <sip:sipp[local_port]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-  ]]></send>
-  <label id="done"/>
+""" + _ACK_REFUSAL + """  <label id="done"/>
 """,
     # Answer and send no RTP at all, never hang up; wait for the bot's BYE.
     "silent_until_bye": _ANSWERED.replace(

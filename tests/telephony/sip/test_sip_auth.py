@@ -18,7 +18,7 @@ import pytest
 
 from switchboard.base.children import ChildProcess
 from switchboard.base.processes import free_port
-from switchboard.bench.local_cluster import free_udp_port
+from switchboard.bench.local_cluster import free_udp_port, running_node
 from switchboard.storage.repository import CallRepository
 from telephony.kamailio import kamailio_executable
 from tests.analytics.test_worker import wait_for
@@ -58,11 +58,13 @@ def test_an_invite_without_credentials_is_challenged(guarded_worker: Worker) -> 
     assert options(port) == "SIP/2.0 200 OK"  # health probes need no credentials
 
 
-def call_as(worker: Worker, workdir: Path, password: str) -> Baresip:
+def call_as(worker: Worker, workdir: Path, password: str, user: str = TRUNK_USER) -> Baresip:
+    """baresip calling ``worker`` as ``user``, authenticating as the trunk."""
+    workdir.mkdir(parents=True, exist_ok=True)
     wav = workdir / "caller.wav"
     write_wav(wav, audio([5000]), RATE)
     phone = Baresip(workdir, wav, sip_port=free_udp_port(3), ctrl_port=free_port(),
-                    user=TRUNK_USER, auth_pass=password)
+                    user=user, auth_user=TRUNK_USER, auth_pass=password)
     phone.start()
     phone.command("dial", f"sip:bot@127.0.0.1:{worker.port}")
     return phone
@@ -181,3 +183,32 @@ def test_a_refused_registration_is_reported_and_retried(
         assert re.search(r"registration with \S+ failed: 401", worker.log()), worker.log()[-2000:]
         assert registrar.saved() == []
         assert options(worker.port) == "SIP/2.0 200 OK"  # still up, still answering
+
+
+def test_kamailio_in_front_authenticates_the_trunk(
+    database_url: str, calls: CallRepository, tmp_path: Path
+) -> None:
+    """With several workers Kamailio asks for the credentials (407) instead of the
+    workers; the right password gets a call, a wrong one none."""
+    with running_node(tmp_path / "node", database_url, "--sip-workers", "2",
+                      SWITCHBOARD_SIP_WORKER_BASE_PORT=str(free_udp_port(4)),
+                      SWITCHBOARD_SIP_AUTH_USERNAME=TRUNK_USER,
+                      SWITCHBOARD_SIP_AUTH_PASSWORD=TRUNK_PASSWORD) as node:
+        front = Worker(node.child, node.sip_port, 0, tmp_path, node.log_path)
+        reply = sip_request(node.sip_port, invite(node.sip_port, "0",
+                                                  "a=rtpmap:0 PCMU/8000\r\n"))
+        assert reply is not None and reply.startswith("SIP/2.0 407"), reply
+        phone = call_as(front, tmp_path / "right", TRUNK_PASSWORD, user="fronted")
+        try:
+            assert phone.wait_for_log("Call established", 15), phone.log()
+            assert phone.wait_for_log("terminated", 30), phone.log()
+        finally:
+            phone.stop()
+        wrong = call_as(front, tmp_path / "wrong", "guessed-password", user="fronted")
+        try:
+            assert wrong.wait_for_log("session closed", 15), wrong.log()
+            assert "Call established" not in wrong.log()
+        finally:
+            wrong.stop()
+    [call] = stored_call(calls, "fronted@127.0.0.1", count=1)
+    assert call.worker in ("sip-0", "sip-1") and call.turns[0].speaker == "bot"

@@ -154,7 +154,8 @@ def test_kamailio_drops_a_flood_and_the_node_answers_other_callers(
         assert node.child.poll() is None
         text = (data_dir / "logs" / "kamailio.log").read_text(errors="replace")
         assert f"from {FLOODER}" in text and "dropped: too many requests" in text
-        assert 1 <= answered_flood_calls(tmp_path) <= 2  # two calls at once per address
+        assert answered_flood_calls(tmp_path) <= 2  # two calls at once per address (if pike
+        # lets its INVITEs through before the OPTIONS flood trips it)
         # once the flood is over the node takes calls as before
         (tmp_path / "after").mkdir()
         legitimate_call(node.sip_port, tmp_path / "after", calls)
