@@ -82,7 +82,6 @@ class SipWorker:
         self.node = node
         self.settings = node.settings
         self.sessions: dict[int, _Session] = {}
-        self.results: list[CallResult] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._endpoint: SipEndpoint | None = None
         self._idle = asyncio.Event()  # set while no call is up
@@ -311,9 +310,7 @@ class SipWorker:
             if leg.direction == "outbound":
                 if not await self._wait_answered(session):
                     return None
-            result = await self._converse(session)
-            self.results.append(result)
-            return result
+            return await self._converse(session)
         except Exception:
             log.exception("SIP call %s failed", leg.key)
             return None

@@ -8,12 +8,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from analytics.analysis import analyze
 from analytics.retention import apply_retention
 from switchboard.base.settings import Settings
 from switchboard.storage.database import prepare_database
+from switchboard.storage.models import Call
 from switchboard.storage.repository import AnalysisRepository, AuditRepository, CallRepository
 from tests.admin.conftest import (
     accounts,
@@ -136,3 +138,18 @@ def test_the_console_says_what_the_policy_deleted(
     detail = client.get(f"/api/calls/{old}").json()
     assert detail["recording_deleted_at"] and detail["transcript_deleted_at"]
     assert detail["has_recording"] is False and all(t["text"] == "" for t in detail["turns"])
+
+
+def test_another_nodes_recordings_are_left_to_it(tmp_path: Path) -> None:
+    """Recordings are on the disk of the node that took the call: each node's worker
+    deletes its own (the words, in the shared database, go whoever's they are)."""
+    sessions = prepare_database(f"sqlite:///{tmp_path / 'db.sqlite'}", demo_data=False)
+    theirs = recorded_call(sessions, tmp_path, NOW - timedelta(days=40), "theirs")
+    with sessions.begin() as session:
+        session.execute(update(Call).where(Call.id == theirs).values(node="node-b"))
+    mine = settings(tmp_path, recordings=7, transcripts=7).model_copy(
+        update={"node_id": "node-a"})
+    run = apply_retention(mine, sessions, NOW)
+    assert (run.recordings_deleted, run.recordings_missing, run.transcripts_deleted) == (0, 0, 1)
+    assert (tmp_path / "theirs.wav").exists()
+    assert CallRepository(sessions).get_call(theirs).recording_path  # type: ignore[union-attr]
