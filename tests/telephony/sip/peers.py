@@ -102,13 +102,15 @@ class Baresip:
     auth_pass: str = ""
     """The digest password it answers a challenge with (as ``auth_user``, else ``user``)."""
     auth_user: str = ""
+    address: str = "127.0.0.1"
+    """The loopback address it binds (127.0.0.3: a caller that is not the node itself)."""
 
     def start(self) -> None:
         (self.workdir / "rec").mkdir(parents=True, exist_ok=True)
         (self.workdir / "config").write_text("\n".join([
             "poll_method epoll",
-            f"sip_listen 127.0.0.1:{self.sip_port}",
-            "net_interface 127.0.0.1",
+            f"sip_listen {self.address}:{self.sip_port}",
+            f"net_interface {self.address}",
             "audio_player aubridge,nil",
             "audio_alert aubridge,nil",
             f"audio_source aufile,{self.caller_wav}",
@@ -123,7 +125,7 @@ class Baresip:
             "",
         ]))
         (self.workdir / "accounts").write_text(
-            f"<sip:{self.user}@127.0.0.1>;regint=0;answermode={self.answermode};"
+            f"<sip:{self.user}@{self.address}>;regint=0;answermode={self.answermode};"
             f"audio_codecs=PCMU{f';mediaenc={self.mediaenc}' if self.mediaenc else ''}"
             f"{f';auth_pass={self.auth_pass}' if self.auth_pass else ''}"
             f"{f';auth_user={self.auth_user}' if self.auth_user else ''}\n")

@@ -10,6 +10,7 @@ import grp
 import os
 import pwd
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -34,6 +35,8 @@ TRUNK_USER = "trunk"
 TRUNK_PASSWORD = "trunk-secret"  # (baresip reads an account parameter up to a space)
 REGISTRAR_PASSWORD = "line-secret"
 REGISTRAR_CONFIG = Path(__file__).with_name("registrar.cfg")
+OUTSIDER = "127.0.0.3"
+"""A caller's address that is not the node's own (Kamailio trusts itself)."""
 
 
 # ---------------------------------------------------------------------- inbound
@@ -58,13 +61,15 @@ def test_an_invite_without_credentials_is_challenged(guarded_worker: Worker) -> 
     assert options(port) == "SIP/2.0 200 OK"  # health probes need no credentials
 
 
-def call_as(worker: Worker, workdir: Path, password: str, user: str = TRUNK_USER) -> Baresip:
-    """baresip calling ``worker`` as ``user``, authenticating as the trunk."""
+def call_as(worker: Worker, workdir: Path, password: str, user: str = TRUNK_USER,
+            address: str = "127.0.0.1") -> Baresip:
+    """baresip calling ``worker`` as ``user`` from ``address``, authenticating as the
+    trunk."""
     workdir.mkdir(parents=True, exist_ok=True)
     wav = workdir / "caller.wav"
     write_wav(wav, audio([5000]), RATE)
     phone = Baresip(workdir, wav, sip_port=free_udp_port(3), ctrl_port=free_port(),
-                    user=user, auth_user=TRUNK_USER, auth_pass=password)
+                    user=user, auth_user=TRUNK_USER, auth_pass=password, address=address)
     phone.start()
     phone.command("dial", f"sip:bot@127.0.0.1:{worker.port}")
     return phone
@@ -195,20 +200,26 @@ def test_kamailio_in_front_authenticates_the_trunk(
                       SWITCHBOARD_SIP_AUTH_USERNAME=TRUNK_USER,
                       SWITCHBOARD_SIP_AUTH_PASSWORD=TRUNK_PASSWORD) as node:
         front = Worker(node.child, node.sip_port, 0, tmp_path, node.log_path)
-        reply = sip_request(node.sip_port, invite(node.sip_port, "0",
-                                                  "a=rtpmap:0 PCMU/8000\r\n"))
-        assert reply is not None and reply.startswith("SIP/2.0 407"), reply
-        phone = call_as(front, tmp_path / "right", TRUNK_PASSWORD, user="fronted")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as outsider:  # not the node
+            outsider.bind((OUTSIDER, 0))
+            outsider.settimeout(5)
+            outsider.sendto(invite(node.sip_port, "0", "a=rtpmap:0 PCMU/8000\r\n"),
+                            ("127.0.0.1", node.sip_port))
+            reply = outsider.recv(65535).decode(errors="replace")
+        assert reply.startswith("SIP/2.0 407"), reply
+        phone = call_as(front, tmp_path / "right", TRUNK_PASSWORD, user="fronted",
+                        address=OUTSIDER)
         try:
             assert phone.wait_for_log("Call established", 15), phone.log()
             assert phone.wait_for_log("terminated", 30), phone.log()
         finally:
             phone.stop()
-        wrong = call_as(front, tmp_path / "wrong", "guessed-password", user="fronted")
+        wrong = call_as(front, tmp_path / "wrong", "guessed-password", user="fronted",
+                        address=OUTSIDER)
         try:
             assert wrong.wait_for_log("session closed", 15), wrong.log()
             assert "Call established" not in wrong.log()
         finally:
             wrong.stop()
-    [call] = stored_call(calls, "fronted@127.0.0.1", count=1)
+    [call] = stored_call(calls, f"fronted@{OUTSIDER}", count=1)
     assert call.worker in ("sip-0", "sip-1") and call.turns[0].speaker == "bot"

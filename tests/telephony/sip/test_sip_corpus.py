@@ -32,7 +32,7 @@ GARBAGE_PACKETS = 300
 
 def malformed(port: int) -> list[bytes]:
     """SIP that parsers trip on: truncations, folding, huge and contradictory headers."""
-    good = invite(port, "0", "a=rtpmap:0 PCMU/8000\r\n")
+    good = invite(port, "0", "a=rtpmap:0 PCMU/8000\r\n").replace(b"<sip:raw@", b"<sip:corpus@")
     tag = uuid.uuid4().hex[:8]
     return [
         *(good[:cut] for cut in (10, 40, 120, len(good) // 2, len(good) - 5)),

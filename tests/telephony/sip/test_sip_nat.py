@@ -75,7 +75,7 @@ def test_a_node_with_kamailio_behind_nat_advertises_the_public_address(
                            request_host=PUBLIC)
         try:
             ok = caller.invite()
-            assert caller.route and all(PUBLIC in entry for entry in caller.route), ok
+            assert caller.route and PUBLIC in caller.route[0], ok  # its first hop
             assert f"c=IN IP4 {PUBLIC}" in ok, ok
             caller.talk(8.0)
             assert caller.bye().startswith("SIP/2.0 200")
