@@ -354,7 +354,7 @@ class SipEndpoint:
         if refusal is not None:
             log.warning("refusing a call from %s: %s", leg.source_address, refusal.reason)
             self._refuse(call, SERVICE_UNAVAILABLE, "Too Many Calls From Your Address",
-                         retry_after_s=refusal.retry_after_s)
+                         headers={"Retry-After": str(refusal.retry_after_s)})
             return
         self._admitted[leg.key] = leg.source_address
         self._calls[leg.key] = call
@@ -396,16 +396,13 @@ class SipEndpoint:
         return False
 
     def _refuse(self, call: SipCall, status: int, reason: str = "", *,
-                retry_after_s: int | None = None, headers: dict[str, str] | None = None,
-                ) -> None:
+                headers: dict[str, str] | None = None) -> None:
         """Answer an incoming call with a final error; the call object is held until its
         DISCONNECTED (PJSUA sends the answer after the callback)."""
         op = pj.CallOpParam()
         op.statusCode = status
         if reason:
             op.reason = reason
-        if retry_after_s is not None:
-            op.txOption.headers.append(_header("Retry-After", str(retry_after_s)))
         for name, value in (headers or {}).items():
             op.txOption.headers.append(_header(name, value))
         self._rejected[call.leg.key] = call

@@ -100,6 +100,15 @@ def test_worker_ports_follow_the_base_port_in_steps_of_two() -> None:
     assert worker_ports(settings) == [6000, 6002, 6004]
 
 
+def kamailio_check(config: Path) -> str:
+    """``kamailio -c``'s output for a configuration it accepts (fails the test if not)."""
+    check = subprocess.run(["kamailio", "-c", "-f", str(config)], capture_output=True,
+                           text=True, timeout=30)
+    output = check.stdout + check.stderr
+    assert check.returncode == 0, output[-3000:]
+    return output
+
+
 def test_rendered_config_passes_kamailio_check(settings: Settings, ports: list[int]) -> None:
     settings = settings.model_copy(update={"sip_allowed_networks": "10.0.0.0/8, 192.168.0.0/16"})
     config = kamailio.render_config(
@@ -113,11 +122,7 @@ def test_rendered_config_passes_kamailio_check(settings: Settings, ports: list[i
     path = settings.data_dir / "check.cfg"
     path.parent.mkdir(parents=True)
     path.write_text(config)
-    check = subprocess.run(
-        ["kamailio", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
-    )
-    output = check.stdout + check.stderr
-    assert check.returncode == 0, output[-3000:]
+    output = kamailio_check(path)
     assert f"udp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
     assert f"tcp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
 
@@ -139,11 +144,7 @@ def test_rendered_config_with_tls_passes_kamailio_check(
     path = settings.data_dir / "check.cfg"
     path.parent.mkdir(parents=True)
     path.write_text(render(tls_files=(certificate.cert, certificate.key)))
-    check = subprocess.run(
-        ["kamailio", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
-    )
-    output = check.stdout + check.stderr
-    assert check.returncode == 0, output[-3000:]
+    output = kamailio_check(path)
     assert f"tls: 127.0.0.1 [127.0.0.1]:{settings.sip_tls_port}" in output
     assert f"udp: 127.0.0.1 [127.0.0.1]:{settings.sip_port}" in output
     assert "tcp:" not in output
@@ -153,10 +154,7 @@ def test_rendered_config_with_tls_passes_kamailio_check(
     internal = free_udp_port()
     path.write_text(render(settings=natted, tls_files=(certificate.cert, certificate.key),
                            internal_port=internal))
-    check = subprocess.run(["kamailio", "-c", "-f", str(path)], capture_output=True,
-                           text=True, timeout=30)
-    output = check.stdout + check.stderr
-    assert check.returncode == 0, output[-3000:]
+    output = kamailio_check(path)
     assert f"[127.0.0.1]:{settings.sip_port} advertise 203.0.113.7:{settings.sip_port}" in output
     assert f"[127.0.0.1]:{settings.sip_tls_port} advertise 203.0.113.7" in output
     assert f"udp: 127.0.0.1 [127.0.0.1]:{internal}\n" in output  # the workers' side
