@@ -71,8 +71,7 @@ class Bridge:
     def join(self, leg: AgentLeg, media_ms: int) -> None:
         """``leg`` joins the call at ``media_ms`` of its media."""
         if leg.mode == "talk":
-            if self.agent is not None:
-                self.agent.close()
+            self.release()
             self.agent, self._detector = leg, self._new_detector()
             self._joined_ms = media_ms
         else:
@@ -80,7 +79,10 @@ class Bridge:
 
     def release(self) -> AgentLeg | None:
         """The agent leaves the call (the bot takes it back); their leg is closed."""
-        leg, self.agent, self._detector = self.agent, None, None
+        leg, detector = self.agent, self._detector
+        self.agent, self._detector = None, None
+        if detector is not None:
+            detector.close()
         if leg is not None:
             leg.close()
         return leg

@@ -82,6 +82,10 @@ class Endpointer:
         self._pre_roll = samples(pre_roll_ms)
         self.reset()
 
+    def close(self) -> None:
+        """Free the speech detector's model (the stream has ended)."""
+        self._detector.close()
+
     def reset(self) -> None:
         """Forget all audio and state, as for a new stream."""
         self._detector.reset()

@@ -192,6 +192,10 @@ class SpeechDetector(Protocol):
         """Forget all audio, as for a new stream."""
         ...
 
+    def close(self) -> None:
+        """Free the detector's model now (the call has ended; it is not used again)."""
+        ...
+
 
 VadFactory = Callable[[int, float], SpeechDetector]
 """Builds a call's speech detector from its sample rate and speech threshold."""

@@ -167,6 +167,7 @@ class ConversationPipeline:
             if self._arrived is not None:
                 self._arrived.close()
             await self._stop_tasks(media, respond, ended)
+            self.detector.close()  # (the media loop that used it has stopped)
         end = self._end or CallEnded("internal_error", "failed")
         handoff = self.responder.handoff
         self.recorder.end(reason=end.reason, status=end.status,

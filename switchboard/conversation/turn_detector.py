@@ -129,6 +129,10 @@ class TurnDetector:
             min_utterance_ms=options.min_utterance_ms, max_utterance_s=options.max_utterance_s,
         ), options)
 
+    def close(self) -> None:
+        """Free the speech detector's model (the call, or the agent's leg, has ended)."""
+        self.endpointer.close()
+
     @property
     def in_speech(self) -> bool:
         """The caller is in the middle of an utterance."""

@@ -202,3 +202,10 @@ def test_early_end_must_come_before_end_of_turn() -> None:
 def test_a_threshold_outside_zero_to_one_is_refused(threshold: float) -> None:
     with pytest.raises(ValueError, match="threshold"):
         SileroDetector(16000, threshold)
+
+
+def test_closing_a_detector_frees_its_model_once() -> None:
+    detector = SileroDetector(16000)
+    detector.close()
+    detector.close()  # a second close (and the garbage collector later) is harmless
+    del detector

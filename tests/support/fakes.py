@@ -131,6 +131,7 @@ class ScriptedDetector:
         self.script = script
         self.frames = 0
         self.resets = 0
+        self.closed = False
 
     def is_speech(self, frame: np.ndarray) -> bool:
         speech = self.frames < len(self.script) and self.script[self.frames] == "1"
@@ -140,6 +141,9 @@ class ScriptedDetector:
     def reset(self) -> None:
         self.resets += 1
 
+    def close(self) -> None:
+        self.closed = True
+
 
 class LoudnessDetector:
     """A speech detector for unit tests: a frame is speech when its mean level is high."""
@@ -148,12 +152,16 @@ class LoudnessDetector:
 
     def __init__(self, sample_rate: int, threshold: float = 0.5) -> None:
         self.sample_rate = sample_rate
+        self.closed = False
 
     def is_speech(self, frame: np.ndarray) -> bool:
         return bool(np.abs(frame.astype(np.int32)).mean() > self.LEVEL)
 
     def reset(self) -> None:
         pass
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class MemoryRecorder:

@@ -132,3 +132,24 @@ async def test_a_speculative_guess_stuck_in_a_busy_queue_does_not_hold_the_turn(
     assert dialog.received == ["/call_start", "bye"] and result.reason == "bot_hangup"
     assert stt.priorities == [Priority.FINAL]  # the final request answered the turn
     assert stt.cancelled == [Priority.SPECULATIVE]  # and the stuck guess was dropped
+
+
+async def test_the_call_frees_its_speech_detector_when_it_ends() -> None:
+    """The detector's model (Silero's onnxruntime session, megabytes the garbage collector
+    does not see) is freed as the call ends, not whenever a full collection comes."""
+    made: list[LoudnessDetector] = []
+
+    def vad(rate: int, threshold: float) -> LoudnessDetector:
+        made.append(LoudnessDetector(rate, threshold))
+        return made[-1]
+
+    source = FileSource(np.concatenate([silence(3000), tone(600), silence(3000)]), RATE,
+                        realtime=False, tail_s=1.0)
+    pipeline = ConversationPipeline(
+        call_id="c2", source=source, sink=CaptureSink(RATE), stt=FakeSTT(["bye"]),
+        tts=FakeTTS(), dialog=FakeDialog(script), vad=vad, recorder=MemoryRecorder(),
+        turn_taking=TurnTaking(no_input_timeout_s=30, max_call_s=60))
+    source.call = pipeline
+    assert made and not any(d.closed for d in made)
+    await asyncio.wait_for(pipeline.run(), 30)
+    assert made and all(d.closed for d in made)
