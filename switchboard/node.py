@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -60,8 +61,15 @@ from switchboard.storage.live import (
     TurnEvent,
 )
 from switchboard.storage.repository import AuditRepository, CallIdTaken, CallRepository
+from switchboard.storage.spool import SpooledCalls, WriteSpool
 
 log = logging.getLogger(__name__)
+
+
+def spooled_calls(settings: Settings, sessions: sessionmaker[Session]) -> SpooledCalls:
+    """The calls' writes, spooled in ``data_dir/spool`` while the database is away."""
+    return SpooledCalls(CallRepository(sessions),
+                        WriteSpool(settings.data_dir / "spool", settings.worker_name or "node"))
 
 
 def stt_config(settings: Settings) -> SttConfig:
@@ -214,7 +222,7 @@ class Node:
 
     settings: Settings
     sessions: sessionmaker[Session]
-    calls: CallRepository
+    calls: SpooledCalls
     stt: SpeechToText
     tts: TextToSpeech
     dialog: DialogEngine
@@ -230,6 +238,7 @@ class Node:
     desk: NodeDesk | None = None
     """The agents' desk (handoffs wait for an agent), with Redis and ``desk_enabled``."""
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _replaying: asyncio.Task[None] | None = None
 
     @property
     def node_id(self) -> str:
@@ -280,8 +289,8 @@ class Node:
             from telephony.webrtc.agent import BrowserAgentLegs
 
             agents = NodeDesk(settings, BrowserAgentLegs(settings), live)
-        return cls(settings, sessions, CallRepository(sessions), stt, tts, dialog, celery, owned,
-                   pool, live, tracing, agents)
+        return cls(settings, sessions, spooled_calls(settings, sessions), stt, tts, dialog,
+                   celery, owned, pool, live, tracing, agents)
 
     def start_call(self, request: CallRequest) -> CallHandle:
         """Store a new call and run the conversation on the request's media; the handle
@@ -310,6 +319,8 @@ class Node:
             metadata=metadata, worker=self.settings.worker_name or None, node=self.node_id,
         )
         CALL_ID.set(call_id)  # every log line of the call, from here on, names it
+        if self.calls.spooled(call_id) or self.calls.spool.pending():
+            self._replay_soon()
         state = CallState(
             call_id=call_id, node=self.node_id, transport=request.transport,
             conversation_id=conversation_id or call_id, caller=who,
@@ -372,9 +383,32 @@ class Node:
         if state.agent:
             await asyncio.to_thread(self._agent_took_call, call_id, state.agent,
                                     result.transfer_to)
-        if self.analytics is not None:
+        if self.calls.spooled(call_id):  # its analysis is queued once its end is written
+            self._replay_soon()
+        elif self.analytics is not None:
             self._queue_analysis(call_id)
         return result
+
+    def _replay_soon(self) -> None:
+        """Write the spooled call writes once the database answers (every
+        ``spool_retry_s``), then queue the analysis of the calls whose end they held."""
+        if self._replaying is None or self._replaying.done():
+            self._replaying = asyncio.create_task(self._replay(), name="spool-replay")
+
+    async def _replay(self) -> None:
+        while self.calls.spool.pending():
+            try:
+                result = await asyncio.to_thread(self.calls.replay)
+            except Exception:
+                log.exception("replaying the spooled call writes failed")
+                result = None
+            if result is not None:
+                if self.analytics is not None:
+                    for call_id in result.ended:
+                        self._queue_analysis(call_id)
+                if not result.left and not self.calls.spool.pending():
+                    return
+            await asyncio.sleep(self.settings.spool_retry_s)
 
     def _agent_took_call(self, call_id: str, agent: str, transfer_to: str | None) -> None:
         """The call is the agent's in its record; a transfer they asked for is audited
@@ -468,6 +502,10 @@ class Node:
         task.add_done_callback(self._background.discard)
 
     async def aclose(self) -> None:
+        if self._replaying is not None:  # what is left stays spooled for the next start
+            self._replaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replaying
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         for engine in self.owned:

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         "PostgreSQL: postgresql+psycopg://user:pass@host/db",
     )
     demo_data: bool = Field(default=True, description="Seed the demo orders on start.")
+    spool_retry_s: float = Field(
+        default=5.0, gt=0, description="While the database cannot be reached, a call's writes "
+        "wait on disk (data_dir/spool); how often to try writing them.")
     redis_url: str = Field(
         default="",
         description="Redis shared by the nodes: heartbeats, the call registry and each call's "

@@ -12,13 +12,16 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import psycopg
 import redis
 
 from switchboard.base.children import ChildError, ChildProcess, log_probe
@@ -29,6 +32,7 @@ NODE_START_TIMEOUT_S = 240.0
 NODE_STOP_GRACE_S = 60.0
 FRONT_START_TIMEOUT_S = 30.0
 REDIS_START_TIMEOUT_S = 10.0
+POSTGRES_START_TIMEOUT_S = 30.0
 PORT_TRIES = 200
 
 
@@ -94,6 +98,80 @@ class RedisServer:
         try:
             return bool(self.client.ping())
         except redis.RedisError:
+            return False
+
+
+def _postgres_bin(program: str) -> str:
+    """A PostgreSQL server program (Debian keeps them out of PATH, in
+    /usr/lib/postgresql/VERSION/bin)."""
+    found = shutil.which(program) or next(
+        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{program}"),
+                                reverse=True)), None)
+    if found is None:
+        raise ChildError(f"{program} is needed: apt-get install postgresql")
+    return found
+
+
+class PostgresServer:
+    """A PostgreSQL server of its own (the installed binaries; as the ``postgres`` user
+    when run as root, which PostgreSQL refuses to run as) on a free port of 127.0.0.1, its
+    cluster in a new folder under /tmp; it can be crashed (``crash``: SIGQUIT, every backend
+    ends at once, as in a crash) and started again on the same port (crash recovery)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="switchboard-pg-"))
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        as_postgres = (["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
+                        "--"] if os.geteuid() == 0 else [])
+        if as_postgres:
+            shutil.chown(self.folder, "postgres", "postgres")
+        data = self.folder / "data"
+        subprocess.run([*as_postgres, _postgres_bin("initdb"), "-D", str(data), "-U",
+                        "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+                       check=True, capture_output=True, timeout=POSTGRES_START_TIMEOUT_S)
+        self._process = ChildProcess(
+            "postgres",
+            [*as_postgres, _postgres_bin("postgres"), "-D", str(data), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.folder), "-c", "fsync=off"],
+            log_path=log_dir / f"postgres-{self.port}.log",
+            healthy=lambda: None if self._answers() else "not accepting connections yet",
+            start_timeout_s=POSTGRES_START_TIMEOUT_S,
+        )
+
+    def start(self) -> None:
+        self._process.start()
+        self._process.wait_healthy()
+
+    def crash(self) -> None:
+        """End the server and its backends at once (immediate shutdown: no checkpoint,
+        recovery on the next start)."""
+        self._process.send_signal(signal.SIGQUIT)
+        with contextlib.suppress(ChildError):
+            self._process.stop(grace_s=10.0)
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self.crash()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _answers(self) -> bool:
+        try:
+            psycopg.connect(host="127.0.0.1", port=self.port, user="postgres",
+                            dbname="postgres", connect_timeout=1).close()
+            return True
+        except psycopg.Error:
             return False
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from switchboard.base.settings import Settings
 from switchboard.conversation.call import CallHandle, CallRequest
-from switchboard.storage.repository import CallRepository
+from switchboard.storage.spool import SpooledCalls
 
 
 class CallHost(Protocol):
@@ -21,7 +21,8 @@ class CallHost(Protocol):
 
     settings: Settings
     sessions: sessionmaker[Session]
-    calls: CallRepository
+    calls: SpooledCalls
+    """A call's writes (kept on disk while the database cannot be reached)."""
 
     def start_call(self, request: CallRequest) -> CallHandle:
         """Store a new call and run it on the request's media; returns at once."""

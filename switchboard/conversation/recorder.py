@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.models import utcnow
-from switchboard.storage.repository import CallRepository
+from switchboard.storage.spool import SpooledCalls
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,12 @@ class CallRecorder:
     """The database's :class:`Recorder`: writes through one thread so a call's rows land
     in the order they happened.
 
-    A write that fails is logged with the call id and kept in ``failed`` — the pipeline's
-    own turn list still holds every turn, so nothing said on the call is lost."""
+    A write the database cannot take while it is unreachable is spooled on disk and
+    written when it returns (:class:`SpooledCalls`); a write that fails otherwise is logged
+    with the call id and kept in ``failed`` — the pipeline's own turn list still holds
+    every turn, so nothing said on the call is lost."""
 
-    def __init__(self, repository: CallRepository, call_id: str) -> None:
+    def __init__(self, repository: SpooledCalls, call_id: str) -> None:
         self.repository = repository
         self.call_id = call_id
         # The call's clock for event and end times; the pipeline sets its media clock, so

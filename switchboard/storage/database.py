@@ -30,6 +30,10 @@ def _make_sqlite_directory(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+CONNECT_TIMEOUT_S = 5
+"""How long a new PostgreSQL connection may take (a host that does not answer at all)."""
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their directory and foreign keys switched on."""
     parsed = make_url(url)
@@ -45,6 +49,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
+    if parsed.get_backend_name() == "postgresql":  # an unreachable host fails in seconds
+        return create_engine(url, pool_pre_ping=True,
+                             connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     return create_engine(url, pool_pre_ping=True)
 
 

@@ -75,12 +75,14 @@ class CallRepository:
         call_id: str | None = None,
         worker: str | None = None,
         node: str | None = None,
+        started_at: datetime | None = None,
     ) -> str:
         """Store a new call; its id (``call_id`` when given: :class:`CallIdTaken` if an
-        earlier call has it)."""
+        earlier call has it). ``started_at``: now unless given (a call written late)."""
         with self._sessions() as session:
             call = Call(transport=transport, caller=caller, callee=callee,
-                        call_metadata=metadata or {}, worker=worker, node=node)
+                        call_metadata=metadata or {}, worker=worker, node=node,
+                        started_at=started_at or utcnow())
             if call_id:
                 call.id = call_id
             session.add(call)

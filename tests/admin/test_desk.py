@@ -22,13 +22,12 @@ from switchboard.conversation.call import CallRequest
 from switchboard.conversation.desk import QueuePolicy
 from switchboard.conversation.engines import BotMessage
 from switchboard.desk import NodeDesk
-from switchboard.node import Node
+from switchboard.node import Node, spooled_calls
 from switchboard.simulate import CaptureSink, FileSource
 from switchboard.storage.database import prepare_database
 from switchboard.storage.desk import DeskQueue
 from switchboard.storage.live import CallState, LiveState, LiveWriter
 from switchboard.storage.models import CallEvent
-from switchboard.storage.repository import CallRepository
 from telephony.webrtc.agent import BrowserAgentLegs
 from tests.admin.conftest import http_client_as
 from tests.support.desk_agent import LEG_RATE, AgentPage, csrf, hears, tone, until
@@ -144,7 +143,7 @@ async def test_an_agent_takes_a_queued_call_and_talks_with_the_caller_in_the_bro
     sessions = prepare_database(settings.effective_database_url)
     writer = LiveWriter(LiveState(redis_server.url))
     desk = NodeDesk(settings, BrowserAgentLegs(settings), writer)
-    node = Node(settings, sessions, CallRepository(sessions), FakeSTT([]), FakeTTS(),
+    node = Node(settings, sessions, spooled_calls(settings, sessions), FakeSTT([]), FakeTTS(),
                 FakeDialog(handoff_script), analytics=None, live=writer, desk=desk)
     source = FileSource(tone(90_000, 440), RATE, realtime=True, tail_s=5)
     sink = CaptureSink(RATE)
