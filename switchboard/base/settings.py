@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         default="Sorry, I'm having technical trouble right now. Please call again later. Goodbye.",
         description="Spoken when the dialog engine cannot be reached.",
     )
+    empty_reply_text: str = Field(
+        default="Sorry, I couldn't do that just now. Could you try again?",
+        description="Spoken when the dialog answers a turn with nothing to say (a custom "
+        "action failed, say, with its action server down): the caller never hears silence.",
+    )
 
     # --- dialog (Rasa) -----------------------------------------------------------------
     rasa_url: str = Field(

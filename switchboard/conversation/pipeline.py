@@ -113,7 +113,7 @@ class ConversationPipeline:
             self.rate, vad(self.rate, turn_taking.vad_threshold), turn_taking)
         self.speculative = SpeculativeTranscriber(stt, self.rate)
         self.timers = CallTimers(turn_taking)
-        self.responder = Responder(self, stt, tts, dialog, turn_taking.apology_text)
+        self.responder = Responder(self, stt, tts, dialog, turn_taking)
         self.desk = desk
         self.hold: HoldMusic | None = None
         """Played to the caller whenever the bot is not speaking (see :meth:`music`)."""

@@ -31,6 +31,7 @@ from switchboard.conversation.media import Playout
 from switchboard.conversation.recorder import Recorder
 from switchboard.conversation.speech_handle import SpeechHandle, SpeechTimings
 from switchboard.conversation.timers import CallTimers
+from switchboard.conversation.turn_detector import TurnTaking
 from switchboard.conversation.turns import TurnRecord
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,13 @@ class Responder:
     """Handles one input at a time; raises :class:`CallEnded` when the call is over."""
 
     def __init__(self, stage: Stage, stt: SpeechToText, tts: TextToSpeech,
-                 dialog: DialogEngine, apology_text: str) -> None:
+                 dialog: DialogEngine, texts: TurnTaking) -> None:
         self.stage = stage
         self.stt = stt
         self.tts = tts
         self.dialog = dialog
-        self.apology_text = apology_text
+        self.apology_text = texts.apology_text
+        self.empty_reply_text = texts.empty_reply_text
         self.handoff: dict[str, Any] | None = None
         self.speech: SpeechHandle | None = None
         """The bot's latest utterance."""
@@ -321,6 +323,11 @@ class Responder:
         dialog_ms = (time.perf_counter() - dialog_started) * 1000
         text = " ".join(reply.texts)
         final = reply.hangup or reply.handoff is not None
+        if not text and not final:  # never silence: Rasa lost a failed action's messages
+            log.warning("call %s: the dialog answered %r with nothing to say; asking the "
+                        "caller to try again", stage.call_id, reply.sent_text)
+            stage.recorder.event("empty_reply", {"sent": reply.sent_text})
+            text = self.empty_reply_text
         if text:
             record, timings = await self.say(text, interruptible=not final)
             record.endpoint_ms = endpoint_ms

@@ -43,6 +43,7 @@ class TurnTaking:
     dtmf_timeout_s: float = _default("dtmf_timeout_s")
     max_call_s: float = _default("max_call_s")
     apology_text: str = _default("apology_text")
+    empty_reply_text: str = _default("empty_reply_text")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TurnTaking:

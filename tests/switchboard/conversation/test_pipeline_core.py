@@ -32,6 +32,8 @@ def script(message: str) -> list[BotMessage]:
         return [BotMessage(text=f"Order {message[8:]}."), BotMessage(custom={"hangup": True})]
     if message == "bye":
         return [BotMessage(text="Goodbye."), BotMessage(custom={"hangup": True})]
+    if message == "lost":  # what Rasa answers when a custom action failed: nothing
+        return []
     return [BotMessage(text="Tell me more.")]
 
 
@@ -153,3 +155,15 @@ async def test_the_call_frees_its_speech_detector_when_it_ends() -> None:
     assert made and not any(d.closed for d in made)
     await asyncio.wait_for(pipeline.run(), 30)
     assert made and all(d.closed for d in made)
+
+
+async def test_a_turn_the_dialog_answers_with_nothing_gets_a_retry_prompt_not_silence() -> None:
+    recorder = MemoryRecorder()
+    stt = FakeSTT(["lost", "bye"])
+    caller = np.concatenate([silence(3000), tone(800), silence(4000), tone(600), silence(500)])
+    result = await call(caller, stt, FakeDialog(script), recorder)
+
+    assert [(t.speaker, t.text) for t in recorder.turns] == [
+        ("bot", "Hello there."), ("caller", "lost"), ("bot", TurnTaking().empty_reply_text),
+        ("caller", "bye"), ("bot", "Goodbye.")]
+    assert "empty_reply" in recorder.kinds() and result.reason == "bot_hangup"
