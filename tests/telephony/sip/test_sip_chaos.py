@@ -3,9 +3,11 @@ the order number, a part of the node dies, the caller keys the number and hears 
 
 - The dialog tier runs redundantly (two real Rasa servers sharing trackers and locks in
   Redis): killing the one the call talks to mid-form loses no turn and no call.
-- The database (a PostgreSQL server of the test's own) crashes: the call goes on, what it
-  writes waits in the worker's spool and lands once the server is back; analysed once.
-- Redis (the live call state) goes away: the call goes on; its state lands once it is back."""
+- The action server (order lookups) dies: Rasa answers the number with nothing, the bot
+  asks the caller to try again; the action server back, the number is answered.
+- The database (a PostgreSQL server of the test's own) crashes and Redis (the live call
+  state) stops: the call goes on, what it writes waits in the worker's spool (and its state
+  in memory) and lands once they are back; the call is analysed once."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from switchboard.base.children import ChildProcess, log_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
 from switchboard.bench.local_cluster import PostgresServer, RedisServer, free_udp_port
+from switchboard.conversation.turn_detector import TurnTaking
 from switchboard.node import rasa_config
 from switchboard.storage.database import prepare_database
 from switchboard.storage.live import LiveState
@@ -72,11 +75,19 @@ class ChaosCall:
     rate: int
 
 
+def key_the_number(phone: Baresip) -> None:
+    for digit in "48213#":
+        phone.command("sndcode", digit)
+        time.sleep(0.3)
+
+
 def order_call_with_a_fault(tmp_path: Path, tts: PiperTTS, port: int, user: str,
-                            calls: CallRepository, fault: Callable[[], None]) -> ChaosCall:
+                            calls: CallRepository, fault: Callable[[], None],
+                            then: Callable[[Baresip], None] = key_the_number) -> ChaosCall:
     """baresip asks the worker on ``port`` for its order's status; once the stored call
     shows the bot asking for the order number, ``fault`` runs, then the caller keys
-    48213# and hangs up at the end of its recording. What the caller heard."""
+    48213# (or does ``then``) and hangs up at the end of its recording. What the caller
+    heard."""
     wav = tmp_path / f"{user}.wav"
     write_wav(wav, audio([GREETING_MS, piper_speech(tts, "Hi, I'd like to check my order "
                                                          "status.", RATE), 24000]), RATE)
@@ -96,9 +107,7 @@ def order_call_with_a_fault(tmp_path: Path, tts: PiperTTS, port: int, user: str,
         wait_for(asked_for_the_number, 30, "the bot asking for the order number")
         fault()
         time.sleep(0.5)
-        for digit in "48213#":
-            phone.command("sndcode", digit)
-            time.sleep(0.3)
+        then(phone)
         assert phone.wait_for_log("terminated", 40), phone.log()
         heard, rate = phone.heard()
     finally:
@@ -137,29 +146,44 @@ def test_killing_the_rasa_server_mid_call_loses_no_turn(
     assert_answered_in_full(call, stt, chaos)
 
 
-def test_a_postgresql_crash_mid_call_loses_no_turn_and_the_analysis_runs_once(
-    rasa_server: RasaServers, stt: WhisperSTT, tts: PiperTTS, tmp_path: Path,
+def test_the_database_and_redis_failing_mid_call_lose_no_turn_and_analyse_once(
+    rasa_server: RasaServers, redis_server: RedisServer, stt: WhisperSTT, tts: PiperTTS,
+    tmp_path: Path,
 ) -> None:
-    """The node's database server crashes (immediate shutdown) while the bot waits for the
-    order number: the call goes on, its later turns and its end wait in the worker's spool,
-    and once PostgreSQL is back they are written in order and the call analysed once."""
+    """The node's database (a PostgreSQL server of the test's own) crashes and Redis (the
+    live call state) stops while the bot waits for the order number: the call goes on; its
+    later turns and its end wait in the worker's spool and its state in memory; once both
+    are back they are written, in order, and the call is analysed once."""
     broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+
+    def outage() -> None:
+        postgres.crash()
+        redis_server.stop()
+
     with PostgresServer(tmp_path) as postgres:
         calls = CallRepository(prepare_database(postgres.url))
         with worker_process(tmp_path / "worker", rasa_server.url, postgres.url,
                             SWITCHBOARD_RASA_API_TOKEN=TEST_API_TOKEN,
+                            SWITCHBOARD_REDIS_URL=redis_server.url,
                             SWITCHBOARD_CELERY_BROKER_URL=broker,
                             SWITCHBOARD_SPOOL_RETRY_S="1") as worker:
-            chaos = order_call_with_a_fault(tmp_path, tts, worker.port, "pgchaos", calls,
-                                            postgres.crash)
+            chaos = order_call_with_a_fault(tmp_path, tts, worker.port, "outage", calls, outage)
             spool = tmp_path / "worker" / "spool"
             assert any(p.stat().st_size for p in spool.glob("*.jsonl")), worker.log()
             postgres.start()
-            [call] = stored_call(calls, "pgchaos@127.0.0.1", timeout=30)
+            redis_server.start()
+            [call] = stored_call(calls, "outage@127.0.0.1", timeout=30)
             wait_for(lambda: not list(spool.glob("*.jsonl")), 10, "the spool to be written")
+            live = LiveState(redis_server.url, recovery_window_s=60)
+            try:
+                state = wait_for(lambda: live.call(call.id), 20, "the call's state in Redis")
+            finally:
+                live.close()
             assert worker.child.poll() is None
             log = worker.log()
         assert "spooled" in log and "wrote" in log, log
+        assert "keeping call state in memory" in log and "is back" in log, log
+        assert state.state == "ended" and state.end_reason == "caller_hangup", state
         assert_answered_in_full(call, stt, chaos)
 
         analyses = AnalysisRepository(prepare_database(postgres.url))
@@ -178,27 +202,46 @@ def test_a_postgresql_crash_mid_call_loses_no_turn_and_the_analysis_runs_once(
         assert analysis is not None and analysis.runs == 1
 
 
-def test_a_redis_outage_mid_call_loses_no_turn_and_the_live_state_catches_up(
-    rasa_server: RasaServers, redis_server: RedisServer, database_url: str, stt: WhisperSTT,
-    tts: PiperTTS, calls: CallRepository, tmp_path: Path,
+def test_the_action_server_dying_mid_call_gets_a_spoken_retry_not_silence(
+    database_url: str, stt: WhisperSTT, tts: PiperTTS, calls: CallRepository, tmp_path: Path,
 ) -> None:
-    """Redis (the nodes' live call state) goes away while the bot waits for the order
-    number: the call goes on and is stored in full; once Redis is back the call's latest
-    state is written there (the live board and recovery see how it ended)."""
-    with worker_process(tmp_path / "worker", rasa_server.url, database_url,
-                        SWITCHBOARD_RASA_API_TOKEN=TEST_API_TOKEN,
-                        SWITCHBOARD_REDIS_URL=redis_server.url) as worker:
-        chaos = order_call_with_a_fault(tmp_path, tts, worker.port, "redischaos", calls,
-                                        redis_server.stop)
-        [call] = stored_call(calls, "redischaos@127.0.0.1")
-        redis_server.start()
-        live = LiveState(redis_server.url, recovery_window_s=60)
-        try:
-            state = wait_for(lambda: live.call(call.id), 20, "the call's state in Redis")
-        finally:
-            live.close()
-        assert worker.child.poll() is None
-        log = worker.log()
-    assert "keeping call state in memory" in log and "is back" in log, log
-    assert state.state == "ended" and state.end_reason == "caller_hangup", state
+    """The action server (order lookups) dies as the caller keys the order number: the bot
+    says it could not do that and asks again (never silence), the call goes on; the action
+    server is back (as `switchboard run` restarts it) and the number keyed again is
+    answered."""
+    model = ensure_trained(rasa_config(rasa_test_settings(PROJECT_ROOT / "var")))
+    servers = RasaServers(rasa_config(rasa_test_settings(tmp_path / "rasa")), model,
+                          rasa_port=free_port(), action_port=free_port(),
+                          database_url=database_url)
+    try:
+        servers.start()
+        servers.wait_healthy(RASA_START_TIMEOUT_S)
+        [action_server, _] = servers._children
+
+        def key_twice(phone: Baresip) -> None:
+            key_the_number(phone)
+            wait_for(lambda: bot_turns(calls, "actions@") >= 3, 20, "the bot's answer")
+            action_server.start()
+            action_server.wait_healthy()
+            key_the_number(phone)
+
+        with worker_process(tmp_path / "worker", servers.url, database_url,
+                            SWITCHBOARD_RASA_API_TOKEN=TEST_API_TOKEN) as worker:
+            chaos = order_call_with_a_fault(tmp_path, tts, worker.port, "actions", calls,
+                                            action_server.kill, key_twice)
+            [call] = stored_call(calls, "actions@127.0.0.1")
+            assert worker.child.poll() is None
+    finally:
+        servers.stop()
+    texts = [(t.speaker, t.text) for t in call.turns]
+    retry = texts.index(("bot", TurnTaking().empty_reply_text))  # not silence
+    assert texts[retry - 1] == ("caller", "[keypad] 48213"), texts
+    assert texts[retry + 1] == ("caller", "[keypad] 48213"), texts
+    assert "empty_reply" in [e.kind for e in call.events]
     assert_answered_in_full(call, stt, chaos)
+
+
+def bot_turns(calls: CallRepository, caller_part: str) -> int:
+    found = [c for c in calls.list_calls(limit=20) if caller_part in (c.caller or "")]
+    call = calls.get_call(found[0].id) if found else None
+    return 0 if call is None else sum(t.speaker == "bot" for t in call.turns)
