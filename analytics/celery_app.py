@@ -60,6 +60,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "retention": {"task": "switchboard.apply_retention",
                           "schedule": settings.retention_check_minutes * 60.0},
+            "sweep": {"task": "switchboard.analyze_pending_calls",
+                      "schedule": settings.analytics_sweep_after_s},
         },
     }
 

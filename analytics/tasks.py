@@ -96,7 +96,8 @@ def analyze_call(self: Task, call_id: str) -> dict[str, Any] | None:
 def analyze_pending_calls() -> int:
     """Queue an analysis for every call that ended ``analytics_sweep_after_s`` ago or more
     without one (tasks lost with the embedded broker, or calls ended while the broker was
-    down). Runs when a worker starts; returns how many were queued."""
+    down). Runs when a worker starts and every ``analytics_sweep_after_s`` (Celery beat);
+    returns how many were queued."""
     settings = get_settings()
     _, analyses = _repositories()
     ended_before = utcnow() - timedelta(seconds=settings.analytics_sweep_after_s)

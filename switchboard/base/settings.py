@@ -456,7 +456,8 @@ class Settings(BaseSettings):
         default=900.0,
         gt=0,
         description="A call ended at least this long ago without an analysis is queued again "
-        "when a worker starts (covers tasks lost with a broker or a killed worker).",
+        "when a worker starts and this often while it runs (covers tasks lost with a broker "
+        "or a killed worker, and calls that ended while the broker was down).",
     )
     retention_recordings_days: float = Field(
         default=0.0, ge=0,

@@ -218,3 +218,17 @@ def test_a_starting_worker_analyses_calls_that_ended_long_ago_without_analysis(
     stored = wait_for(lambda: analyses.get(lost), ANALYSIS_TIMEOUT_S, "the swept analysis")
     assert stored.runs == 1
     assert analyses.get(recent) is None  # its own task may still be on its way
+
+
+def test_a_running_worker_sweeps_calls_that_ended_while_the_broker_was_down(
+        redis_url: str, workers_on: Callable[[str], Workers]) -> None:
+    workers = workers_on(redis_url)
+    analyses = AnalysisRepository(workers.sessions)
+    workers.start("w1", SWITCHBOARD_ANALYTICS_SWEEP_AFTER_S="2")
+    # It ends 2 s from now, after the worker's start-up sweep; its task was never sent (the
+    # broker was down).
+    lost = store_call(workers.sessions, order_call(datetime.now(UTC) - timedelta(seconds=28)))
+
+    stored = wait_for(lambda: analyses.get(lost), ANALYSIS_TIMEOUT_S, "the beat's sweep")
+    time.sleep(3)  # a later sweep leaves the analysed call alone
+    assert stored.runs == 1 and analyses.get(lost).runs == 1  # type: ignore[union-attr]
