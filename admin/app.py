@@ -72,6 +72,7 @@ def create_app(node: CallHost) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         share_with_live_calls()
+        node.replay_spooled()  # calls' writes an earlier process left on disk
         yield
         await gateway.close()
         if live is not None:

@@ -61,7 +61,7 @@ from switchboard.storage.live import (
     TurnEvent,
 )
 from switchboard.storage.repository import AuditRepository, CallIdTaken, CallRepository
-from switchboard.storage.spool import SpooledCalls, WriteSpool
+from switchboard.storage.spool import ReplayResult, SpooledCalls, WriteSpool
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ class Node:
             metadata=metadata, worker=self.settings.worker_name or None, node=self.node_id,
         )
         CALL_ID.set(call_id)  # every log line of the call, from here on, names it
-        if self.calls.spooled(call_id) or self.calls.spool.pending():
+        if self.calls.spooled(call_id):
             self._replay_soon()
         state = CallState(
             call_id=call_id, node=self.node_id, transport=request.transport,
@@ -329,11 +329,12 @@ class Node:
             owner="" if self.desk is None else self.desk.owner)
         desk = None if self.desk is None else self.desk.for_call(
             state, can_transfer=request.control is not None and bool(request.handoff_target))
+        recorder = CallRecorder(self.calls, call_id)
         try:
             pipeline = ConversationPipeline(
                 call_id=call_id, source=request.source, sink=request.sink,
                 stt=self.stt, tts=self.tts, dialog=self.dialog, vad=SileroDetector,
-                recorder=CallRecorder(self.calls, call_id),
+                recorder=recorder,
                 turn_taking=TurnTaking.from_settings(self.settings), metadata=info,
                 conversation_id=conversation_id, greet=greet,
                 opening=None if prior is None else resume_opening(
@@ -383,11 +384,17 @@ class Node:
         if state.agent:
             await asyncio.to_thread(self._agent_took_call, call_id, state.agent,
                                     result.transfer_to)
-        if self.calls.spooled(call_id):  # its analysis is queued once its end is written
+        if not recorder.end_stored:  # spooled: its analysis is queued once it is written
             self._replay_soon()
         elif self.analytics is not None:
             self._queue_analysis(call_id)
         return result
+
+    def replay_spooled(self) -> None:
+        """Write what an earlier process left in the spool (call from the running loop,
+        when the process starts)."""
+        if self.calls.spool.pending():
+            self._replay_soon()
 
     def _replay_soon(self) -> None:
         """Write the spooled call writes once the database answers (every
@@ -396,19 +403,26 @@ class Node:
             self._replaying = asyncio.create_task(self._replay(), name="spool-replay")
 
     async def _replay(self) -> None:
-        while self.calls.spool.pending():
+        while True:
+            writing = asyncio.ensure_future(asyncio.to_thread(self.calls.replay))
             try:
-                result = await asyncio.to_thread(self.calls.replay)
+                result = await asyncio.shield(writing)
+            except asyncio.CancelledError:  # stopping: finish this pass, queue its analyses
+                with contextlib.suppress(Exception):
+                    self._analyse_replayed(await writing)
+                raise
             except Exception:
                 log.exception("replaying the spooled call writes failed")
-                result = None
-            if result is not None:
-                if self.analytics is not None:
-                    for call_id in result.ended:
-                        self._queue_analysis(call_id)
+            else:
+                self._analyse_replayed(result)
                 if not result.left and not self.calls.spool.pending():
                     return
             await asyncio.sleep(self.settings.spool_retry_s)
+
+    def _analyse_replayed(self, result: ReplayResult) -> None:
+        if self.analytics is not None:
+            for call_id in result.ended:
+                self._queue_analysis(call_id)
 
     def _agent_took_call(self, call_id: str, agent: str, transfer_to: str | None) -> None:
         """The call is the agent's in its record; a transfer they asked for is audited

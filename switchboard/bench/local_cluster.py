@@ -24,6 +24,7 @@ from types import TracebackType
 import psycopg
 import redis
 
+from dialog.runtime import share_trained_model
 from switchboard.base.children import ChildError, ChildProcess, log_probe
 from switchboard.base.processes import descendants, free_port
 from switchboard.base.settings import PROJECT_ROOT
@@ -101,15 +102,17 @@ class RedisServer:
             return False
 
 
-def _postgres_bin(program: str) -> str:
-    """A PostgreSQL server program (Debian keeps them out of PATH, in
-    /usr/lib/postgresql/VERSION/bin)."""
-    found = shutil.which(program) or next(
-        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{program}"),
-                                reverse=True)), None)
-    if found is None:
-        raise ChildError(f"{program} is needed: apt-get install postgresql")
-    return found
+def _postgres_bindir() -> Path:
+    """Where the newest installed PostgreSQL keeps ``initdb`` and ``postgres`` (Debian:
+    /usr/lib/postgresql/VERSION/bin, out of PATH; else PATH)."""
+    found = [d for d in Path("/usr/lib/postgresql").glob("*/bin")
+             if (d / "initdb").exists() and (d / "postgres").exists()]
+    if found:
+        return max(found, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
+    initdb = shutil.which("initdb")
+    if initdb is None or not (Path(initdb).parent / "postgres").exists():
+        raise ChildError("PostgreSQL's server programs are needed: apt-get install postgresql")
+    return Path(initdb).parent
 
 
 class PostgresServer:
@@ -119,20 +122,25 @@ class PostgresServer:
     ends at once, as in a crash) and started again on the same port (crash recovery)."""
 
     def __init__(self, log_dir: Path) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="switchboard-pg-"))
+        bindir = _postgres_bindir()
         self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         as_postgres = (["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
                         "--"] if os.geteuid() == 0 else [])
-        if as_postgres:
-            shutil.chown(self.folder, "postgres", "postgres")
+        self.folder = Path(tempfile.mkdtemp(prefix="switchboard-pg-"))
         data = self.folder / "data"
-        subprocess.run([*as_postgres, _postgres_bin("initdb"), "-D", str(data), "-U",
-                        "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
-                       check=True, capture_output=True, timeout=POSTGRES_START_TIMEOUT_S)
+        try:
+            if as_postgres:
+                shutil.chown(self.folder, "postgres", "postgres")
+            subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U",
+                            "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+                           check=True, capture_output=True, timeout=POSTGRES_START_TIMEOUT_S)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         self._process = ChildProcess(
             "postgres",
-            [*as_postgres, _postgres_bin("postgres"), "-D", str(data), "-p", str(self.port),
+            [*as_postgres, str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
              "-h", "127.0.0.1", "-k", str(self.folder), "-c", "fsync=off"],
             log_path=log_dir / f"postgres-{self.port}.log",
             healthy=lambda: None if self._answers() else "not accepting connections yet",
@@ -159,7 +167,11 @@ class PostgresServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -195,7 +207,11 @@ class RunningNode:
 @contextmanager
 def running_node(tmp_path: Path, database_url: str, *args: str,
                  **env: str) -> Iterator[RunningNode]:
-    """`switchboard run ARGS` until it logs "node ready"; terminated (by PID) afterwards."""
+    """`switchboard run ARGS` until it logs "node ready"; terminated (by PID) afterwards.
+    A node on a data folder of its own (``SWITCHBOARD_DATA_DIR``) gets the bot's model
+    trained in the project's ``var/`` (`make train`), not a training of its own."""
+    if "SWITCHBOARD_DATA_DIR" in env:
+        share_trained_model(PROJECT_ROOT / "var", Path(env["SWITCHBOARD_DATA_DIR"]))
     sip_port = free_udp_port()
     log_path = tmp_path / "node.log"
     environment = {

@@ -28,6 +28,11 @@ class CallHost(Protocol):
         """Store a new call and run it on the request's media; returns at once."""
         ...
 
+    def replay_spooled(self) -> None:
+        """Write the calls' writes an earlier process spooled (the database was away);
+        called from the running event loop as the process starts."""
+        ...
+
     async def aclose(self) -> None:
         """Wait for background work of ended calls, close the engines the host owns."""
         ...

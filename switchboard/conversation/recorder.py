@@ -51,6 +51,9 @@ class CallRecorder:
         # a call simulated faster than real time keeps turns, events and its end in step.
         self.clock: Callable[[], datetime] = utcnow
         self.failed: list[tuple[str, Any]] = []
+        self.end_stored = False
+        """Whether the call's end is in the database (False while it waits in the spool:
+        the spool's replay queues the call's analysis then)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rec-{call_id[:8]}")
         self._pending: list[asyncio.Future[Any]] = []
 
@@ -70,7 +73,7 @@ class CallRecorder:
 
     def _end(self, reason: str, status: str, handoff_target: str | None,
              ended_at: datetime) -> None:
-        self.repository.end_call(
+        self.end_stored = self.repository.end_call(
             self.call_id, reason=reason, status=status, handoff_target=handoff_target,
             ended_at=ended_at,
         )

@@ -3,34 +3,47 @@ disk, in order, and written once it answers again.
 
 :class:`SpooledCalls` makes the writes of a call (its row, turns, events, end, recording,
 agent). A write that fails because the database cannot be reached (a connection refused,
-cut or timed out) goes to the :class:`WriteSpool` instead, and so does every later write of
-the same call, so that its rows land in the order they happened. ``replay`` (the node runs
-it every few seconds while anything is spooled) writes the spooled writes in order and
-tells which calls' ends it wrote, for their analysis to be queued then.
+cut, timed out, or a server shutting down or starting up) goes to the :class:`WriteSpool`
+instead, and so does every later write of the same call, so that its rows land in the
+order they happened. ``replay`` (the node runs it every few seconds while anything is
+spooled) writes the spooled writes in order and tells which calls' ends it wrote, for
+their analysis to be queued then.
 
-The spool is one JSON-lines file per process in ``data_dir/spool``, each line flushed and
-fsynced before the call goes on; any process of the node replays any file (a dead
-process's too), under an exclusive ``flock`` that appends also take.
+The spool is a folder, ``data_dir/spool``, shared by a node's processes:
+
+- each process appends to a file of its own (``NAME-PID.jsonl``), a JSON line per write,
+  flushed and fsynced before the call goes on, under an exclusive ``flock``;
+- a replayer claims a file by renaming it (``NAME-PID.jsonl.TIME.claimed``) under that
+  lock: the writer's next write starts a new file, so no append is ever lost or raced;
+- claimed files are written to the database oldest first, each under a lock of its own
+  (two replayers never write the same lines), and after every line the file is cut to
+  what is left, so a replayer that dies or meets the outage again goes on where it
+  stopped (a line whose commit was acknowledged but not recorded can be written twice:
+  at most one per interruption);
+- a line that cannot be read, or that the database refuses for another reason than an
+  outage, is moved to ``NAME-PID.rejected`` (kept for an operator, logged), never lost.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
-from switchboard.storage.models import utcnow
+from switchboard.storage.models import as_utc, utcnow
 from switchboard.storage.repository import CallIdTaken, CallRepository, StoredTurn
 
 log = logging.getLogger(__name__)
@@ -40,14 +53,28 @@ T = TypeVar("T")
 TURN_FIELDS = ("speaker", "text", "started_at", "ended_at", "intent", "confidence",
                "barge_in", "endpoint_ms", "stt_ms", "dialog_ms", "tts_ms", "response_ms")
 _TIMES = {"started_at", "ended_at", "at"}
+_OUTAGE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+"""PostgreSQL SQLSTATEs of an outage: connection exceptions (class 08), the server shutting
+down or crashed (57P01-02), starting up (57P03), out of connections (53300)."""
+_SQLITE_BUSY = ("database is locked", "unable to open database file")
 
 
 def database_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database could not be reached (so the write may succeed
-    later), rather than that the write itself is wrong."""
-    if isinstance(exc, OperationalError | InterfaceError):
+    """Whether ``exc`` says the database could not be reached or could not take the write
+    now (a later try may succeed), rather than that the write itself is wrong."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    original = exc.orig
+    state = getattr(original, "sqlstate", None)
+    if state is not None:
+        return str(state).startswith(_OUTAGE_STATES)
+    message = str(original).lower()
+    if type(original).__module__.startswith("sqlite3"):
+        return any(busy in message for busy in _SQLITE_BUSY)
+    # A psycopg error without SQLSTATE never reached a server (refused, reset, timed out).
+    return type(original).__name__ in ("OperationalError", "InterfaceError")
 
 
 @dataclass(frozen=True)
@@ -81,18 +108,26 @@ def _decode(fields: dict[str, Any]) -> dict[str, Any]:
 class ReplayResult:
     written: int = 0
     """Spooled writes now in the database."""
-    ended: tuple[str, ...] = ()
+    ended: list[str] = field(default_factory=list)
     """Calls whose end was among them (their analysis can be queued now)."""
     left: int = 0
-    """Spooled writes still waiting (the database went away again)."""
+    """Spooled writes still waiting (the database went away again, or another replayer
+    holds them)."""
+    rejected: int = 0
+    """Lines moved to a ``.rejected`` file (unreadable, or refused by the database)."""
+
+
+class _Outage(Exception):
+    """The database went away while replaying."""
 
 
 class WriteSpool:
-    """The spool files of one node (a folder); this process appends to its own file."""
+    """The spool folder of one node; this process appends to its own file."""
 
     def __init__(self, folder: Path, name: str) -> None:
         self.folder = folder
-        self.path = folder / f"{name}-{os.getpid()}.jsonl"
+        self.stem = f"{name}-{os.getpid()}"
+        self.path = folder / f"{self.stem}.jsonl"
         self._lock = threading.Lock()
 
     def append(self, op: str, call_id: str, **fields: Any) -> None:
@@ -103,68 +138,118 @@ class WriteSpool:
             self.folder.mkdir(parents=True, exist_ok=True)
             while True:
                 with self.path.open("a", encoding="utf-8") as file, _locked(file):
-                    if os.fstat(file.fileno()).st_nlink == 0:
-                        continue  # replayed and removed meanwhile: write to a new file
+                    if not _still_at(file, self.path):
+                        continue  # claimed by a replayer meanwhile: start a new file
                     file.write(line)
                     file.flush()
                     os.fsync(file.fileno())
                     return
 
     def pending(self) -> bool:
-        """Whether any file of the node's spool holds writes."""
-        try:
-            return any(path.stat().st_size for path in self.folder.glob("*.jsonl"))
-        except OSError:
-            return False
+        """Whether any file of the spool holds writes."""
+        for path in [*self.folder.glob("*.jsonl"), *self.folder.glob("*.claimed")]:
+            with suppress(OSError):  # (claimed or written meanwhile)
+                if path.stat().st_size:
+                    return True
+        return False
 
     def replay(self, write: Callable[[dict[str, Any]], None]) -> ReplayResult:
-        """Hand each spooled write, oldest first per file, to ``write``; a write that
-        raises an unreachable-database error stops the replay (it and the rest stay
-        spooled), any other error is logged and the write dropped (it cannot succeed)."""
+        """Claim every live file, then hand each claimed file's writes, oldest file first,
+        to ``write``; an outage (``database_unreachable``) stops the replay where it is."""
         result = ReplayResult()
-        ended: list[str] = []
         for path in sorted(self.folder.glob("*.jsonl")):
+            self._claim(path)
+        for path in sorted(self.folder.glob("*.claimed"), key=_claimed_order):
             try:
-                file = path.open("r+", encoding="utf-8")
-            except FileNotFoundError:
-                continue
-            with file, _locked(file):
-                lines = [line for line in file.read().splitlines() if line.strip()]
-                done = 0
-                try:
-                    for line in lines:
-                        item = json.loads(line)
-                        op, call_id = item.get("op"), str(item.get("call_id"))
-                        try:
-                            write(item)
-                        except Exception as exc:
-                            if database_unreachable(exc):
-                                raise
-                            log.error("call %s: spooled %s dropped, it cannot be stored: %s",
-                                      call_id, op, exc)
-                        else:
-                            if op == "end_call":
-                                ended.append(call_id)
-                        done += 1
-                except Exception as exc:
-                    if not database_unreachable(exc):
-                        raise
-                    result.left += len(lines) - done
-                    log.warning("the database went away again while replaying %s: %d "
-                                "write(s) left", path.name, len(lines) - done)
-                result.written += done
+                self._replay_file(path, write, result)
+            except _Outage:
+                break
+        for path in self.folder.glob("*.claimed"):  # what is left, for the next replay
+            with suppress(OSError):
+                result.left += sum(1 for line in path.read_text().splitlines() if line)
+        return result
+
+    def _claim(self, path: Path) -> None:
+        try:
+            file = path.open("r", encoding="utf-8")
+        except FileNotFoundError:
+            return
+        with file, _locked(file):
+            if not _still_at(file, path):
+                return
+            if os.fstat(file.fileno()).st_size == 0:
+                path.unlink()
+                return
+            path.rename(path.with_name(f"{path.name}.{time.time_ns()}.claimed"))
+
+    def _replay_file(self, path: Path, write: Callable[[dict[str, Any]], None],
+                     result: ReplayResult) -> None:
+        try:
+            file = path.open("r+", encoding="utf-8")
+        except FileNotFoundError:
+            return
+        with file:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise _Outage from exc  # another replayer is on it: leave the rest
+                raise
+            if not _still_at(file, path):
+                return
+            lines = [line for line in file.read().splitlines() if line.strip()]
+            for done, line in enumerate(lines, start=1):
+                self._replay_line(path, line, write, result)
                 file.seek(0)
                 file.truncate()
-                if done < len(lines):
-                    file.write("".join(line + "\n" for line in lines[done:]))
-                    file.flush()
-                    os.fsync(file.fileno())
-                else:
-                    path.unlink()
-            if result.left:
-                break
-        result.ended = tuple(ended)
-        return result
+                file.write("".join(rest + "\n" for rest in lines[done:]))
+                file.flush()
+                os.fsync(file.fileno())
+            path.unlink()
+
+    def _replay_line(self, path: Path, line: str, write: Callable[[dict[str, Any]], None],
+                     result: ReplayResult) -> None:
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict) or "op" not in item or "call_id" not in item:
+                raise ValueError("not a spooled write")
+        except ValueError as exc:
+            self._reject(path, line, f"unreadable: {exc}", result)
+            return
+        try:
+            write(item)
+        except Exception as exc:
+            if database_unreachable(exc):
+                log.warning("the database went away again while writing the spool: %s", exc)
+                raise _Outage from exc
+            self._reject(path, line, f"{type(exc).__name__}: {exc}", result)
+            return
+        result.written += 1
+        if item["op"] == "end_call":
+            result.ended.append(str(item["call_id"]))
+
+    def _reject(self, path: Path, line: str, why: str, result: ReplayResult) -> None:
+        rejected = path.with_name(path.name.split(".jsonl")[0] + ".rejected")
+        with rejected.open("a", encoding="utf-8") as file:
+            file.write(line.rstrip("\n") + "\n")
+        result.rejected += 1
+        log.error("a spooled write cannot be stored (%s); kept in %s: %s", why, rejected,
+                  line[:200])
+
+
+def _claimed_order(path: Path) -> int:
+    try:
+        return int(path.name.rsplit(".", 2)[-2])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _still_at(file: IO[str], path: Path) -> bool:
+    """Whether ``path`` still names the open ``file`` (not claimed, renamed or removed)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(file.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
@@ -185,6 +270,7 @@ class SpooledCalls:
         self.spool = spool
         self._spooled: set[str] = set()
         self._renamed: dict[str, str] = {}
+        """Spooled calls stored under another id (theirs was taken meanwhile)."""
         self._lock = threading.Lock()
 
     def spooled(self, call_id: str) -> bool:
@@ -193,12 +279,13 @@ class SpooledCalls:
             return call_id in self._spooled
 
     def _write(self, call_id: str, op: str, fields: dict[str, Any],
-               direct: Callable[[], T]) -> T | None:
+               direct: Callable[[str], T]) -> T | None:
         with self._lock:
+            call_id = self._renamed.get(call_id, call_id)
             spooled = call_id in self._spooled
         if not spooled:
             try:
-                return direct()
+                return direct(call_id)
             except Exception as exc:
                 if not database_unreachable(exc):
                     raise
@@ -206,7 +293,7 @@ class SpooledCalls:
                             "spooled to %s", call_id, type(exc).__name__, op, self.spool.path)
         with self._lock:
             self._spooled.add(call_id)
-            self.spool.append(op, call_id, **fields)
+        self.spool.append(op, call_id, **fields)
         return None
 
     def create_call(self, *, call_id: str | None = None, transport: str,
@@ -220,56 +307,58 @@ class SpooledCalls:
             "transport": transport, "caller": caller, "callee": callee, "metadata": metadata,
             "worker": worker, "node": node, "started_at": utcnow()}
         stored = self._write(call_id, "create_call", fields,
-                             lambda: self.calls.create_call(call_id=call_id, **fields))
+                             lambda cid: self.calls.create_call(call_id=cid, **fields))
         return stored or call_id
 
     def add_turn(self, call_id: str, turn: StoredTurn) -> None:
         fields = {name: getattr(turn, name) for name in TURN_FIELDS}
-        self._write(call_id, "add_turn", fields, lambda: self.calls.add_turn(call_id, turn))
+        self._write(call_id, "add_turn", fields, lambda cid: self.calls.add_turn(cid, turn))
 
     def add_event(self, call_id: str, kind: str, data: dict[str, Any] | None = None,
                   *, at: datetime | None = None) -> None:
         at = at or utcnow()
         self._write(call_id, "add_event", {"kind": kind, "data": data, "at": at},
-                    lambda: self.calls.add_event(call_id, kind, data, at=at))
+                    lambda cid: self.calls.add_event(cid, kind, data, at=at))
 
     def end_call(self, call_id: str, *, reason: str, status: str = "ended",
                  handoff_target: str | None = None, ended_at: datetime | None = None) -> bool:
         """Store the call's end; True when it is in the database now (False: spooled,
-        written by a later replay)."""
+        written, and its analysis queued, by a later replay)."""
         fields: dict[str, Any] = {"reason": reason, "status": status,
                                   "handoff_target": handoff_target,
-                  "ended_at": ended_at or utcnow()}
+                                  "ended_at": ended_at or utcnow()}
 
-        def direct() -> bool:
-            self.calls.end_call(call_id, **fields)
+        def direct(cid: str) -> bool:
+            self.calls.end_call(cid, **fields)
             return True
 
         return bool(self._write(call_id, "end_call", fields, direct))
 
     def set_recording(self, call_id: str, path: str) -> None:
         self._write(call_id, "set_recording", {"path": path},
-                    lambda: self.calls.set_recording(call_id, path))
+                    lambda cid: self.calls.set_recording(cid, path))
 
     def set_agent(self, call_id: str, agent: str) -> None:
         self._write(call_id, "set_agent", {"agent": agent},
-                    lambda: self.calls.set_agent(call_id, agent))
+                    lambda cid: self.calls.set_agent(cid, agent))
 
     def replay(self) -> ReplayResult:
         """Write what is spooled (this process's and any other's) to the database."""
         result = self.spool.replay(self._replay_one)
-        result.ended = tuple(self._renamed.get(call_id, call_id) for call_id in result.ended)
-        with self._lock:  # (appends take this lock: nothing is spooled while it is held)
-            if not self.spool.pending():
-                self._spooled.clear()
-        if result.written:
-            log.info("wrote %d spooled write(s) to the database (%d call end(s))",
-                     result.written, len(result.ended))
+        with self._lock:
+            result.ended = [self._renamed.get(call_id, call_id) for call_id in result.ended]
+            if not result.left and not self.spool.pending():
+                self._spooled.clear()  # (appends after this re-add their call)
+        if result.written or result.rejected:
+            log.info("wrote %d spooled write(s) to the database (%d call end(s)); %d left, "
+                     "%d rejected", result.written, len(result.ended), result.left,
+                     result.rejected)
         return result
 
     def _replay_one(self, item: dict[str, Any]) -> None:
-        op, call_id = item["op"], item["call_id"]
-        call_id = self._renamed.get(call_id, call_id)
+        op, spooled_id = item["op"], str(item["call_id"])
+        with self._lock:
+            call_id = self._renamed.get(spooled_id, spooled_id)
         fields = _decode({k: v for k, v in item.items() if k not in ("op", "call_id")})
         calls = self.calls
         if op == "create_call":
@@ -277,12 +366,12 @@ class SpooledCalls:
                 calls.create_call(call_id=call_id, **fields)
             except CallIdTaken:  # written already (a commit whose answer was lost)?
                 stored = calls.get_call(call_id)
-                if stored is None or (stored.node, stored.caller, stored.transport) != (
-                        fields["node"], fields["caller"], fields["transport"]):
+                if stored is None or as_utc(stored.started_at) != as_utc(fields["started_at"]):
                     new_id = calls.create_call(call_id=uuid.uuid4().hex, **fields)
                     log.warning("spooled call %s is stored as %s (the id was taken)",
                                 call_id, new_id)
-                    self._renamed[call_id] = new_id
+                    with self._lock:
+                        self._renamed[spooled_id] = new_id
         elif op == "add_turn":
             calls.add_turn(call_id, SpooledTurn(**fields))
         elif op == "add_event":

@@ -108,6 +108,7 @@ class SipWorker:
         """Answer calls (and call back the callers of lost calls, when configured) until
         ``stop`` is set, then shut down cleanly."""
         await self.start()
+        self.node.replay_spooled()  # calls' writes an earlier process left on disk
         settings = self.settings
         rejoins = (asyncio.create_task(self._take_rejoins(), name="sip-rejoins")
                    if settings.redis_url and settings.sip_rejoin_lost_calls else None)

@@ -16,7 +16,7 @@ from switchboard.bench.local_cluster import PostgresServer
 from switchboard.conversation.turns import TurnRecord
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
-from switchboard.storage.spool import SpooledCalls, WriteSpool
+from switchboard.storage.spool import TURN_FIELDS, SpooledCalls, WriteSpool
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def test_writes_made_while_the_database_is_down_land_in_order_once_it_is_back(
         "add_turn", "add_event", "create_call"]
 
     down = calls.replay()  # still down: everything stays, in order
-    assert (down.written, down.left, down.ended) == (0, 3, ())
+    assert (down.written, down.left, down.ended) == (0, 3, [])
 
     postgres.start()
     # The database answers again, but the call's earlier writes wait: its next ones queue
@@ -89,6 +89,7 @@ def test_writes_made_while_the_database_is_down_land_in_order_once_it_is_back(
     later = repository.get_call(other)
     assert later is not None and later.transport == "webrtc" and later.ended_at is not None
 
+    assert not list(spool.folder.glob("*.claimed"))
     again = calls.replay()  # nothing left: nothing written twice
     assert again.written == 0 and len(repository.get_call(call_id).turns) == 3  # type: ignore[union-attr]
 
@@ -109,10 +110,55 @@ def test_another_process_replays_a_dead_ones_spool_and_a_wrong_write_is_not_spoo
     successor = SpooledCalls(CallRepository(pg_sessions), WriteSpool(folder, "sip-worker-1"))
     assert successor.spool.pending()
     result = successor.replay()
-    assert result.ended == (call_id,)
+    assert result.ended == [call_id]
     stored = successor.calls.get_call(call_id)
     assert stored is not None and stored.end_reason == "worker_died"
 
     with pytest.raises(KeyError):  # not an outage: the write itself is wrong
         successor.end_call("no-such-call", reason="hangup")
     assert not successor.spool.pending()
+
+
+def test_a_line_that_cannot_be_stored_is_kept_aside_and_the_rest_written_once(
+    pg_sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    folder = tmp_path / "spool"
+    repository = CallRepository(pg_sessions)
+    web = SpooledCalls(repository, WriteSpool(folder, "web"))
+    worker = SpooledCalls(repository, WriteSpool(folder, "sip-worker-0"))
+    call_id = repository.create_call(transport="sip", caller="sip:1003@pbx", node="n1")
+    worker.spool.append("add_turn", call_id, **{name: getattr(turn("bot", "Hello.", 0), name)
+                                                for name in TURN_FIELDS})
+    with worker.spool.path.open("a") as file:
+        file.write('{"op": "add_turn", "call_id": "torn\n')  # a write cut short
+    worker.spool.append("end_call", "no-such-call", reason="hangup", status="ended",
+                        handoff_target=None, ended_at=T0)
+    worker.spool.append("end_call", call_id, reason="hangup", status="ended",
+                        handoff_target=None, ended_at=T0 + timedelta(seconds=30))
+
+    result = web.replay()  # any process of the node replays any file
+    assert (result.written, result.rejected, result.left) == (2, 2, 0)
+    assert result.ended == [call_id]
+    rejected = (folder / f"{worker.spool.stem}.rejected").read_text().splitlines()
+    assert len(rejected) == 2 and "no-such-call" in rejected[1]
+    assert not web.spool.pending()
+    assert web.replay().written == 0
+    stored = repository.get_call(call_id)
+    assert stored is not None and [t.text for t in stored.turns] == ["Hello."]
+
+
+def test_appends_while_a_file_is_claimed_go_to_a_new_file(tmp_path: Path) -> None:
+    spool = WriteSpool(tmp_path / "spool", "sip-worker-0")
+    spool.append("add_event", "c1", kind="a", data={}, at=T0)
+    seen: list[str] = []
+
+    def write(item: dict[str, object]) -> None:  # a write arrives during the replay
+        seen.append(str(item["kind"]))
+        if item["kind"] == "a":
+            spool.append("add_event", "c1", kind="b", data={}, at=T0)
+
+    first = spool.replay(write)
+    assert (first.written, seen) == (1, ["a"])
+    assert spool.pending() and spool_lines(spool.folder)[0]["kind"] == "b"
+    assert spool.replay(write).written == 1 and seen == ["a", "b"]
+    assert not spool.pending()
