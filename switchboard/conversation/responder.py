@@ -314,16 +314,19 @@ class Responder:
             reply = await self.dialog.send_event(stage.conversation_id, item.intent,
                                                  stage.metadata)
         await self._speak_reply(reply, origin_wall=item.started_wall, endpoint_ms=None,
-                                stt_ms=None, dialog_started=dialog_started)
+                                stt_ms=None, dialog_started=dialog_started,
+                                answers_caller=item.keypad is not None)
 
     async def _speak_reply(self, reply: DialogReply, *, origin_wall: float,
                            endpoint_ms: float | None, stt_ms: float | None,
-                           dialog_started: float) -> None:
+                           dialog_started: float, answers_caller: bool = True) -> None:
+        """Say the dialog's reply; a reply to what the caller said or keyed that has
+        nothing to say gets the retry prompt (never silence)."""
         stage = self.stage
         dialog_ms = (time.perf_counter() - dialog_started) * 1000
         text = " ".join(reply.texts)
         final = reply.hangup or reply.handoff is not None
-        if not text and not final:  # never silence: Rasa lost a failed action's messages
+        if not text and not final and answers_caller:  # Rasa lost a failed action's words
             log.warning("call %s: the dialog answered %r with nothing to say; asking the "
                         "caller to try again", stage.call_id, reply.sent_text)
             stage.recorder.event("empty_reply", {"sent": reply.sent_text})
