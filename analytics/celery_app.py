@@ -62,6 +62,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                           "schedule": settings.retention_check_minutes * 60.0},
             "sweep": {"task": "switchboard.analyze_pending_calls",
                       "schedule": settings.analytics_sweep_after_s},
+            "stale": {"task": "switchboard.end_stale_calls",
+                      "schedule": settings.analytics_sweep_after_s},
         },
     }
 

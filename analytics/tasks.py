@@ -109,6 +109,22 @@ def analyze_pending_calls() -> int:
     return len(call_ids)
 
 
+@app.task(name="switchboard.end_stale_calls")
+def end_stale_calls() -> int:
+    """End the calls still marked active ``stale_call_hours`` after they started, longer
+    than any call lasts: their end was lost with a process that died unsupervised, or
+    their spooled writes came back after the node had ended its dead worker's calls. The
+    next sweep analyses them. Runs every ``analytics_sweep_after_s`` (Celery beat)."""
+    calls, _ = _repositories()
+    hours = get_settings().stale_call_hours
+    ended = calls.end_active_calls(reason="lost", started_before=utcnow() - timedelta(
+        hours=hours))
+    if ended:
+        log.warning("ended %d call(s) still marked active after %g hours: %s", len(ended),
+                    hours, ", ".join(ended))
+    return len(ended)
+
+
 @app.task(name="switchboard.roll_missing_hours")
 def roll_missing_hours() -> int:
     """Roll every closed hour that was never rolled after it closed (see

@@ -279,7 +279,8 @@ class Settings(BaseSettings):
     sip_source_call_rate: str = Field(
         default="10/minute",
         description="New calls one source address may start in a moving window (10/minute, "
-        "2/second; empty: no limit); more are answered 503 with Retry-After.",
+        "2/second; empty: no limit; Kamailio in front counts in fixed windows); more are "
+        "answered 503 with Retry-After.",
     )
     sip_source_max_calls: int = Field(
         default=2, ge=0,
@@ -458,6 +459,11 @@ class Settings(BaseSettings):
         description="A call ended at least this long ago without an analysis is queued again "
         "when a worker starts and this often while it runs (covers tasks lost with a broker "
         "or a killed worker, and calls that ended while the broker was down).",
+    )
+    stale_call_hours: float = Field(
+        default=12.0, gt=0,
+        description="A call still marked active this long after it started lost its end (a "
+        "process that died unsupervised): the analytics worker ends it (reason lost).",
     )
     retention_recordings_days: float = Field(
         default=0.0, ge=0,

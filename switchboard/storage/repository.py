@@ -55,6 +55,10 @@ class StoredTurn(Protocol):
     def response_ms(self) -> float | None: ...
 
 
+EVENTS_WITH_WORDS = ("dtmf", "keypad_with_agent", "empty_reply")
+"""Call events whose data holds what the caller said or keyed (retention blanks it)."""
+
+
 class CallIdTaken(ValueError):
     """A new call was given the id of an earlier one."""
 
@@ -184,8 +188,10 @@ class CallRepository:
 
     def delete_transcripts(self, cutoff: datetime, *, limit: int) -> int:
         """Blank the words of up to ``limit`` ended calls started before ``cutoff`` (oldest
-        first): their turns' text, their analysis' transcript and summary. Timings, intents
-        and outcomes stay, so the figures do not change. Returns how many calls."""
+        first): their turns' text, the keys pressed and words kept in their events
+        (:data:`EVENTS_WITH_WORDS`), the agent's notes, their analysis' transcript and
+        summary. Timings, intents, event kinds and outcomes stay, so the figures do not
+        change. Returns how many calls."""
         with self._sessions.begin() as session:
             ids = list(session.scalars(
                 select(Call.id).where(Call.started_at < cutoff, Call.ended_at.is_not(None),
@@ -194,6 +200,11 @@ class CallRepository:
             if not ids:
                 return 0
             session.execute(update(Turn).where(Turn.call_id.in_(ids)).values(text=""))
+            session.execute(update(CallEvent).where(CallEvent.call_id.in_(ids),
+                                                    CallEvent.kind.in_(EVENTS_WITH_WORDS))
+                            .values(data={}))
+            session.execute(update(Call).where(Call.id.in_(ids), Call.agent_notes.is_not(None))
+                            .values(agent_notes=""))
             session.execute(update(CallAnalysis).where(CallAnalysis.call_id.in_(ids))
                             .values(transcript=[], summary=""))
             session.execute(update(Call).where(Call.id.in_(ids))
@@ -218,13 +229,15 @@ class CallRepository:
             )
 
     def end_active_calls(self, *, reason: str, worker: str | None = None,
-                         node: str | None = None, call_ids: list[str] | None = None
-                         ) -> list[str]:
+                         node: str | None = None, call_ids: list[str] | None = None,
+                         started_before: datetime | None = None) -> list[str]:
         """Mark the calls still active as ended after a crash: those of one node (and
-        those stored before calls had nodes), of one of its workers, or the ones named.
-        Returns their ids."""
+        those stored before calls had nodes), of one of its workers, the ones named, or
+        those started before ``started_before``. Returns their ids."""
         with self._sessions() as session:
             query = select(Call).where(Call.status == "active")
+            if started_before is not None:
+                query = query.where(Call.started_at < started_before)
             if node is not None:
                 query = query.where(or_(Call.node == node, Call.node.is_(None)))
             if worker is not None:

@@ -58,6 +58,9 @@ def test_old_recordings_and_words_go_figures_and_new_calls_stay(tmp_path: Path) 
     middle = recorded_call(sessions, tmp_path, NOW - timedelta(days=10), "middle")
     new = recorded_call(sessions, tmp_path, NOW - timedelta(hours=2), "new")
     calls, analyses = CallRepository(sessions), AnalysisRepository(sessions)
+    calls.add_event(old, "dtmf", {"digit": "4"})
+    calls.add_event(old, "empty_reply", {"sent": "my card number is 4242"})
+    calls.wrap_up(old, agent="ann", disposition="resolved", notes="card ends 4242")
     before = analyses.get(old)
     assert before is not None and before.summary and before.transcript
 
@@ -70,6 +73,9 @@ def test_old_recordings_and_words_go_figures_and_new_calls_stay(tmp_path: Path) 
     assert calls.get_call(middle).recording_path is None  # type: ignore[union-attr]
     assert gone.transcript_deleted_at is not None
     assert [t.text for t in gone.turns] == [""] * len(gone.turns)
+    assert {e.kind: e.data for e in gone.events if e.kind in ("dtmf", "empty_reply")} == {
+        "dtmf": {}, "empty_reply": {}}  # the keys and words go, that they happened stays
+    assert gone.agent_notes == "" and gone.disposition == "resolved"
     assert [t.intent for t in gone.turns] == [t.intent for t in kept.turns]  # figures stay
     assert any(t.response_ms for t in gone.turns)
     after = analyses.get(old)

@@ -79,3 +79,16 @@ def test_a_call_id_already_taken_is_refused_and_nothing_is_lost(url: str) -> Non
     stored = calls.get_call(first)
     assert stored is not None and stored.caller == "1001"
     assert calls.create_call(transport="sip", caller="1002", call_id="b" * 32) == "b" * 32
+
+
+def test_calls_left_active_for_hours_are_ended_and_recent_ones_kept(url: str) -> None:
+    """The analytics worker's ``end_stale_calls``: an end lost with a process that died
+    unsupervised does not leave its call active (unanalysed, never purged) for ever."""
+    calls = CallRepository(prepare_database(url))
+    now = datetime.now(UTC)
+    stale = calls.create_call(transport="sip", started_at=now - timedelta(hours=13))
+    recent = calls.create_call(transport="sip", started_at=now - timedelta(hours=1))
+    ended = calls.end_active_calls(reason="lost", started_before=now - timedelta(hours=12))
+    assert ended == [stale]
+    assert calls.get_call(stale).end_reason == "lost"  # type: ignore[union-attr]
+    assert calls.get_call(recent).status == "active"  # type: ignore[union-attr]
