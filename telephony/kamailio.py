@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import grp
 import json
+import math
 import os
 import pwd
 import secrets
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from switchboard.base.admission import parse_networks
+from switchboard.base.admission import parse_networks, parse_rate
 from switchboard.base.children import ChildProcess, Managed
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT, Settings
@@ -98,6 +99,13 @@ def kamailio_executable() -> Path:
     return Path(found)
 
 
+def source_call_rate(settings: Settings) -> tuple[int, int] | None:
+    """``sip_source_call_rate`` as Kamailio counts it: new calls per source address in
+    fixed windows of a number of seconds (the workers count in a moving window)."""
+    rate = parse_rate(settings.sip_source_call_rate, "SWITCHBOARD_SIP_SOURCE_CALL_RATE")
+    return None if rate is None else (rate.amount, max(1, int(rate.get_expiry())))
+
+
 def render_config(
     settings: Settings,
     *,
@@ -153,6 +161,16 @@ def render_config(
                     f"#!define SB_AUTH_PASSWORD {_cfg_string(settings.sip_auth_password)}",
                     f"#!define SB_AUTH_REALM {_cfg_string(settings.sip_auth_realm)}"]
     defines.append(f"#!define SB_FLOOD_REQUESTS {settings.sip_flood_requests}")
+    defines.append(f"#!define SB_DIALOG_TIMEOUT_S {math.ceil(settings.max_call_s) + 60}")
+    rate = source_call_rate(settings)
+    if rate is not None:
+        amount, window_s = rate
+        defines += [f'#!substdef "!SB_SOURCE_CALL_RATE!{amount}!g"',
+                    f'#!substdef "!SB_SOURCE_RATE_WINDOW_S!{window_s}!g"',
+                    "#!define SB_CALL_RATE_TABLE "
+                    f'"callrate=>size=10;autoexpire={2 * window_s};"']
+    if settings.sip_srtp == "mandatory" and settings.sip_srtp_needs_tls:
+        defines.append("#!define SB_SRTP_NEEDS_TLS")
     if settings.sip_source_max_calls:
         defines.append(f"#!define SB_SOURCE_MAX_CALLS {settings.sip_source_max_calls}")
     trusted = [str(n) for spec, name in (

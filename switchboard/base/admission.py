@@ -57,6 +57,16 @@ def source_host(address: str) -> str:
     return host
 
 
+def parse_rate(spec: str, setting: str) -> RateLimitItem | None:
+    """A rate as ``limits`` writes it ("10/minute", "2/second"); None for "" (no limit)."""
+    try:
+        return parse(spec) if spec.strip() else None
+    except ValueError as exc:
+        raise AdmissionSettingError(
+            f"{setting}={spec!r}: expected a rate such as 10/minute or 2/second ({exc})"
+        ) from None
+
+
 def in_networks(address: str, networks: list[Network]) -> bool:
     """Whether the source ``address`` lies in one of ``networks``."""
     try:
@@ -75,12 +85,7 @@ class SourceAdmission:
 
     def __init__(self, *, rate: str, concurrent: int, trusted: list[Network],
                  rate_setting: str = "rate") -> None:
-        try:
-            self._rate: RateLimitItem | None = parse(rate) if rate.strip() else None
-        except ValueError as exc:
-            raise AdmissionSettingError(
-                f"{rate_setting}={rate!r}: expected a rate such as 10/minute or 2/second "
-                f"({exc})") from None
+        self._rate = parse_rate(rate, rate_setting)
         self._concurrent = concurrent
         self._trusted = trusted
         self._limiter = MovingWindowRateLimiter(MemoryStorage())

@@ -110,7 +110,9 @@ def kamailio_check(config: Path) -> str:
 
 
 def test_rendered_config_passes_kamailio_check(settings: Settings, ports: list[int]) -> None:
-    settings = settings.model_copy(update={"sip_allowed_networks": "10.0.0.0/8, 192.168.0.0/16"})
+    settings = settings.model_copy(update={"sip_allowed_networks": "10.0.0.0/8, 192.168.0.0/16",
+                                           "sip_auth_username": "trunk",
+                                           "sip_auth_password": "secret"})
     config = kamailio.render_config(
         settings,
         port=settings.sip_port,
@@ -119,6 +121,8 @@ def test_rendered_config_passes_kamailio_check(settings: Settings, ports: list[i
     )
     assert f'#!substdef "!SB_SIP_PORT!{settings.sip_port}!g"' in config
     assert '#!define SB_ALLOWED_NETWORKS "10.0.0.0/8,192.168.0.0/16"' in config
+    assert '"!SB_SOURCE_CALL_RATE!10!g"\n#!substdef "!SB_SOURCE_RATE_WINDOW_S!60!g"' in config
+    assert "#!define SB_DIALOG_TIMEOUT_S 1860" in config  # the longest call and a minute
     path = settings.data_dir / "check.cfg"
     path.parent.mkdir(parents=True)
     path.write_text(config)
@@ -320,6 +324,47 @@ def test_callers_outside_the_allowed_networks_are_refused(
         proxy.stop()
     assert result.successful == 0, result.describe()
     assert "SIP/2.0 403 Forbidden" in result.messages
+
+
+def test_a_source_over_its_call_rate_gets_503_with_retry_after(
+    settings: Settings, ports: list[int], tmp_path: Path
+) -> None:
+    require_sipp()
+    # (per hour: the fixed window's edge falls inside the test once in 3,600 runs)
+    settings = settings.model_copy(update={"sip_source_call_rate": "3/hour"})
+    proxy = start_proxy(settings, ports)
+    try:
+        with SippWorker(ports[0], tmp_path), SippWorker(ports[1], tmp_path):
+            flooder = call(proxy, CALLERS[:6], tmp_path, concurrent=1, local_ip="127.0.0.2",
+                           name="flooder")
+            other = call(proxy, CALLERS[6:8], tmp_path, concurrent=1, local_ip="127.0.0.3",
+                         name="other")
+    finally:
+        proxy.stop()
+    assert (flooder.successful, flooder.failed) == (3, 3), flooder.describe()
+    assert "SIP/2.0 503 Too Many Calls From Your Address" in flooder.messages
+    assert "Retry-After: 3600" in flooder.messages
+    assert other.successful == 2, other.describe()  # another address has its own count
+
+
+def test_mandatory_srtp_refuses_an_invite_that_did_not_come_over_tls(
+    settings: Settings, ports: list[int], tmp_path: Path
+) -> None:
+    require_sipp()
+    certificate = make_certificate(tmp_path / "tls")
+    settings = settings.model_copy(update={
+        "sip_transports": "udp,tls", "sip_tls_port": free_udp_port(),
+        "sip_tls_cert": certificate.cert, "sip_tls_key": certificate.key,
+        "sip_srtp": "mandatory"})
+    proxy = start_proxy(settings, ports)  # its health probes (OPTIONS over UDP) still pass
+    try:
+        with SippWorker(ports[0], tmp_path), SippWorker(ports[1], tmp_path):
+            result = call(proxy, ["caller00"], tmp_path, local_ip="127.0.0.2")
+    finally:
+        proxy.stop()
+    assert result.successful == 0, result.describe()
+    assert "SIP/2.0 488 Not Acceptable Here" in result.messages
+    assert "SRTP is mandatory" in result.messages
 
 
 def test_stop_ends_kamailio_and_all_its_processes(settings: Settings, ports: list[int]) -> None:
