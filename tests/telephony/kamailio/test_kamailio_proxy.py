@@ -311,17 +311,25 @@ def test_eight_concurrent_calls_through_the_proxy_all_complete(
     assert sum(len(log.byes) for log in logs) == 8
 
 
+def calls_through(settings: Settings, ports: list[int], tmp_path: Path,
+                  runs: list[dict[str, Any]]) -> list[CallsResult]:
+    """A proxy with ``settings`` in front of two answering SIPp workers; one SIPp caller
+    run for each of ``runs`` (``call``'s arguments, ``callers`` among them), in turn."""
+    require_sipp()
+    proxy = start_proxy(settings, ports)  # its own health probe passes whatever the limits
+    try:
+        with SippWorker(ports[0], tmp_path), SippWorker(ports[1], tmp_path):
+            return [call(proxy, run.pop("callers"), tmp_path, **run) for run in runs]
+    finally:
+        proxy.stop()
+
+
 def test_callers_outside_the_allowed_networks_are_refused(
     settings: Settings, ports: list[int], tmp_path: Path
 ) -> None:
-    require_sipp()
     settings = settings.model_copy(update={"sip_allowed_networks": "10.0.0.0/8"})
-    proxy = start_proxy(settings, ports)  # its own health probe still passes
-    try:
-        with SippWorker(ports[0], tmp_path), SippWorker(ports[1], tmp_path):
-            result = call(proxy, ["caller00"], tmp_path, local_ip="127.0.0.2")
-    finally:
-        proxy.stop()
+    [result] = calls_through(settings, ports, tmp_path,
+                             [{"callers": ["caller00"], "local_ip": "127.0.0.2"}])
     assert result.successful == 0, result.describe()
     assert "SIP/2.0 403 Forbidden" in result.messages
 
@@ -329,18 +337,11 @@ def test_callers_outside_the_allowed_networks_are_refused(
 def test_a_source_over_its_call_rate_gets_503_with_retry_after(
     settings: Settings, ports: list[int], tmp_path: Path
 ) -> None:
-    require_sipp()
     # (per hour: the fixed window's edge falls inside the test once in 3,600 runs)
     settings = settings.model_copy(update={"sip_source_call_rate": "3/hour"})
-    proxy = start_proxy(settings, ports)
-    try:
-        with SippWorker(ports[0], tmp_path), SippWorker(ports[1], tmp_path):
-            flooder = call(proxy, CALLERS[:6], tmp_path, concurrent=1, local_ip="127.0.0.2",
-                           name="flooder")
-            other = call(proxy, CALLERS[6:8], tmp_path, concurrent=1, local_ip="127.0.0.3",
-                         name="other")
-    finally:
-        proxy.stop()
+    flooder, other = calls_through(settings, ports, tmp_path, [
+        {"callers": CALLERS[:6], "concurrent": 1, "local_ip": "127.0.0.2", "name": "flooder"},
+        {"callers": CALLERS[6:8], "concurrent": 1, "local_ip": "127.0.0.3", "name": "other"}])
     assert (flooder.successful, flooder.failed) == (3, 3), flooder.describe()
     assert "SIP/2.0 503 Too Many Calls From Your Address" in flooder.messages
     assert "Retry-After: 3600" in flooder.messages
@@ -350,18 +351,13 @@ def test_a_source_over_its_call_rate_gets_503_with_retry_after(
 def test_mandatory_srtp_refuses_an_invite_that_did_not_come_over_tls(
     settings: Settings, ports: list[int], tmp_path: Path
 ) -> None:
-    require_sipp()
     certificate = make_certificate(tmp_path / "tls")
     settings = settings.model_copy(update={
         "sip_transports": "udp,tls", "sip_tls_port": free_udp_port(),
         "sip_tls_cert": certificate.cert, "sip_tls_key": certificate.key,
         "sip_srtp": "mandatory"})
-    proxy = start_proxy(settings, ports)  # its health probes (OPTIONS over UDP) still pass
-    try:
-        with SippWorker(ports[0], tmp_path), SippWorker(ports[1], tmp_path):
-            result = call(proxy, ["caller00"], tmp_path, local_ip="127.0.0.2")
-    finally:
-        proxy.stop()
+    [result] = calls_through(settings, ports, tmp_path,
+                             [{"callers": ["caller00"], "local_ip": "127.0.0.2"}])
     assert result.successful == 0, result.describe()
     assert "SIP/2.0 488 Not Acceptable Here" in result.messages
     assert "SRTP is mandatory" in result.messages
