@@ -206,6 +206,9 @@ def test_a_threshold_outside_zero_to_one_is_refused(threshold: float) -> None:
 
 def test_closing_a_detector_frees_its_model_once() -> None:
     detector = SileroDetector(16000)
+    model = detector._model
+    assert hasattr(model, "_obj")  # the native Silero session
     detector.close()
+    assert not hasattr(model, "_obj")  # released now, not at the next full collection
     detector.close()  # a second close (and the garbage collector later) is harmless
-    del detector
+    del detector, model
