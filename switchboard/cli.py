@@ -370,6 +370,11 @@ def call(
     rasa_url: Annotated[
         str | None, typer.Option(help="Rasa server; started for the call if unreachable.")
     ] = None,
+    ring_timeout: Annotated[
+        float | None, typer.Option(
+            min=0.1, max=600, help="Seconds to ring before giving up "
+            "(default: SWITCHBOARD_SIP_RING_TIMEOUT_S).")
+    ] = None,
 ) -> None:
     """Call URI over SIP and let the bot talk to whoever answers; exits when the call ends."""
     from telephony.sip.endpoint import SipSetupError
@@ -381,6 +386,8 @@ def call(
     settings = settings.model_copy(update={"sip_port": port, "sip_transports": "udp"})
     if rasa_url:
         settings = settings.model_copy(update={"rasa_url": rasa_url})
+    if ring_timeout is not None:
+        settings = settings.model_copy(update={"sip_ring_timeout_s": ring_timeout})
     _setup_logging(settings, quiet=True)
     try:
         asyncio.run(_call(settings, uri))

@@ -260,6 +260,10 @@ class Settings(BaseSettings):
     sip_rtp_timeout_s: float = Field(
         default=10.0, gt=0, description="A call whose RTP stops this long is ended."
     )
+    sip_ring_timeout_s: float = Field(
+        default=60.0, gt=0, le=600,
+        description="An outbound call (`switchboard call`, a callback to a cut-off caller) "
+        "that is not answered this long is cancelled.")
     sip_allowed_networks: str = Field(
         default="",
         description="Comma list of CIDRs allowed to call in; empty allows any source.",

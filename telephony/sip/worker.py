@@ -42,7 +42,6 @@ TRANSFER_WAIT_S = 10.0
 """How long a transfer may take (REFER accepted, final NOTIFY) before the call is hung up."""
 HANGUP_WAIT_S = 5.0
 """How long to wait for a hung-up call to be disconnected."""
-ANSWER_WAIT_S = 60.0
 """How long an outbound call may ring."""
 SHUTDOWN_WAIT_S = 5.0
 """How long shutdown waits for the calls' pipelines to store their ends."""
@@ -70,6 +69,8 @@ class _Session:
     end_reason: str = ""
     transfer_status: int = 0
     rtp_timed_out: bool = False
+    ring_expired: bool = False
+    """An outbound call given up after ringing for ``sip_ring_timeout_s``."""
     started: float = field(default_factory=time.perf_counter)
     rejoins: RejoinJob | None = None
     """The lost call this outbound call takes back from its caller."""
@@ -148,6 +149,9 @@ class SipWorker:
         session = await self._place(uri)
         assert session.task is not None
         result = await session.task
+        if result is None and session.ring_expired:
+            raise SipCallFailed(
+                f"{uri} did not answer within {self.settings.sip_ring_timeout_s:g} s")
         if result is None:
             raise SipCallFailed(
                 f"{uri} did not answer: SIP {session.end_status} {session.end_reason}".strip())
@@ -326,11 +330,12 @@ class SipWorker:
         confirmed = asyncio.create_task(session.confirmed.wait())
         gone = asyncio.create_task(session.disconnected.wait())
         try:
-            await asyncio.wait({confirmed, gone}, timeout=ANSWER_WAIT_S,
+            await asyncio.wait({confirmed, gone}, timeout=self.settings.sip_ring_timeout_s,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             confirmed.cancel()
             gone.cancel()
+        session.ring_expired = not (session.confirmed.is_set() or session.disconnected.is_set())
         return session.confirmed.is_set() and not session.disconnected.is_set()
 
     def _start_call(self, session: _Session) -> CallHandle:

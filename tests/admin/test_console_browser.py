@@ -23,10 +23,10 @@ from speech.tts import PiperTTS
 from switchboard.base.children import ChildProcess, http_probe
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
-from switchboard.bench.local_cluster import free_udp_port
+from switchboard.bench.local_cluster import RedisServer, free_udp_port
 from switchboard.storage.database import prepare_database
 from switchboard.storage.repository import CallRepository
-from tests.analytics.test_worker import Workers, redis_url, workers_on
+from tests.analytics.test_worker import Workers
 from tests.support.audio_tools import piper_speech, silence, squeeze_silences, write_wav
 from tests.support.dialog_fixtures import TEST_API_TOKEN
 from tests.telephony.sip.peers import Baresip
@@ -34,8 +34,6 @@ from tests.telephony.sip.workers import worker_process
 from tests.telephony.webrtc.conftest import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.integration
-__all__ = ["redis_url", "workers_on"]  # fixtures used below
-
 ADMIN_PASSWORD = "console admin password"
 AGENT_PASSWORD = "console agent password"
 WEB_START_TIMEOUT_S = 90.0
@@ -71,12 +69,22 @@ def _web_app(env: dict[str, str], log: Path) -> ChildProcess:
     )
 
 
-@pytest.fixture
-def stack(redis_url: str, workers_on: object, rasa_server: object, tts: PiperTTS,
-          tmp_path: Path, artifacts: Path, speech_server: object) -> Iterator[Stack]:
+@pytest.fixture(scope="module")
+def stack(rasa_server: object, tts: PiperTTS, tmp_path_factory: pytest.TempPathFactory,
+          artifacts: Path, speech_server: object) -> Iterator[Stack]:
     """Worker, web app and users on one database and Redis broker, and one simulated call
-    (the caller asks for a human: the bot hands off)."""
-    workers: Workers = workers_on(redis_url)  # type: ignore[operator]
+    (the caller asks for a human: the bot hands off); shared by this module's tests."""
+    tmp_path = tmp_path_factory.mktemp("console")
+    with RedisServer(tmp_path) as redis_server:
+        workers = Workers(tmp_path, redis_server.url)
+        try:
+            yield from _stack(workers, redis_server.url, rasa_server, tts, tmp_path, artifacts)
+        finally:
+            workers.close()
+
+
+def _stack(workers: Workers, redis_url: str, rasa_server: object, tts: PiperTTS,
+           tmp_path: Path, artifacts: Path) -> Iterator[Stack]:
     workers.start("analytics")
     env = {
         **os.environ,
@@ -192,7 +200,8 @@ def test_a_simulated_call_shows_in_the_console_with_its_analysis(
 
     page.goto(f"{stack.url}/")
     expect(page.locator("#dashboard")).to_be_visible()
-    expect(page.locator("#figure-calls .value")).to_have_text("1")
+    calls = CallRepository(prepare_database(stack.env["SWITCHBOARD_DATABASE_URL"]))
+    expect(page.locator("#figure-calls .value")).to_have_text(str(len(calls.list_calls())))
     page.screenshot(path=str(stack.artifacts / "console-dashboard.png"), full_page=True)
 
     page.goto(f"{stack.url}/users")
@@ -272,10 +281,11 @@ def test_the_live_board_follows_a_call_as_it_is_spoken(
 
 
 AGENT_LINE = "Hello, this is Ann from customer support."
-DESK_CALLER_LINES = [7000, "I'd like to check my order status.", 7000, "It's 4 8 2 1 3.", 9000,
+DESK_CALLER_LINES = [7000, "I'd like to check my order status.", 7000, "It's 4 8 2 1 3.", 13000,
                      "I want to talk to an agent, please.", 24000,
                      "My parcel has not arrived yet."]
-"""What the desk's caller says (and waits, ms): an order, then a person; later, to the agent."""
+"""What the desk's caller says (and waits, ms): an order, then a person (after the bot's
+answer about the order, some 8 s of speech, has ended); later, to the agent."""
 
 
 def _desk_caller(tts: PiperTTS, path: Path, rate: int, tail_ms: int) -> Path:
@@ -385,6 +395,7 @@ def test_an_agent_takes_a_sip_call_in_the_browser(
             pcm, rate = phone.heard()
         finally:
             phone.stop()
+            print("caller:", phone.log()[-3000:], "\nworker:", worker.log()[-8000:])
         calls = CallRepository(prepare_database(stack.env["SWITCHBOARD_DATABASE_URL"]))
         ended = [c for c in calls.list_calls(limit=20)
                  if c.transport == "sip" and c.ended_at is not None]

@@ -32,6 +32,13 @@ def rasa_test_settings(data_dir: Path) -> Settings:
     )
 
 
+def shared_dialog(servers: Any) -> dict[str, str]:
+    """Settings of a node (``switchboard run``) that talks to the session's bot instead of
+    starting a Rasa server and action server of its own (a dialog tier shared by nodes)."""
+    return {"SWITCHBOARD_RASA_MANAGED": "false", "SWITCHBOARD_RASA_URL": servers.url,
+            "SWITCHBOARD_RASA_API_TOKEN": TEST_API_TOKEN}
+
+
 def say(
     url: str, sender: str, message: str, metadata: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:

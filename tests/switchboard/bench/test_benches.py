@@ -15,7 +15,7 @@ import pytest
 
 from switchboard.base.processes import free_port
 from switchboard.base.settings import PROJECT_ROOT
-from tests.support.dialog_fixtures import TEST_API_TOKEN
+from tests.support.dialog_fixtures import TEST_API_TOKEN, shared_dialog
 from tests.telephony.sip.workers import worker_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("speech_server")]
@@ -102,10 +102,11 @@ def test_bench_grammar_compares_whisper_and_the_digit_grammar(tmp_path: Path) ->
 
 def test_bench_soak_cycles_calls_and_samples_the_node(tmp_path: Path, rasa_server: Any,
                                                       database_url: str) -> None:
-    """The smallest soak: one round of one call through a node the bench starts; the node's
-    resources are sampled before and after, and no call is left open."""
+    """The smallest soak: one round of one call through a node the bench starts (on the
+    session's bot); the node's resources are sampled before and after, and no call is left
+    open."""
     figures = bench(tmp_path, rasa_server, database_url, "soak", "--minutes", "0.1",
-                    "--concurrency", "1", "--turns", "1")
+                    "--concurrency", "1", "--turns", "1", **shared_dialog(rasa_server))
     numbers = figures["figures"]
     assert numbers["calls"] >= 1 and numbers["failed_calls"] == 0
     assert numbers["stuck_calls (open after the last one ended)"] == 0

@@ -14,6 +14,7 @@ import pytest
 from switchboard.bench.local_cluster import free_udp_port, running_node
 from switchboard.storage.repository import CallRepository
 from tests.analytics.test_worker import wait_for
+from tests.support.dialog_fixtures import shared_dialog
 from tests.telephony.sip.peers import (
     invite,
     options,
@@ -29,10 +30,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_eight_calls_through_kamailio_reach_both_workers(
-    database_url: str, calls: CallRepository, tmp_path: Path
+    database_url: str, rasa_server: object, calls: CallRepository, tmp_path: Path
 ) -> None:
     base_port = str(free_udp_port(4))
-    with running_node(tmp_path, database_url, "--sip-workers", "2",
+    with running_node(tmp_path, database_url, "--sip-workers", "2", **shared_dialog(rasa_server),
                       SWITCHBOARD_SIP_WORKER_BASE_PORT=base_port) as node:
         wav = ulaw_wav(tmp_path / "quiet.wav", audio([8000]))
         scenario = write_scenario(tmp_path / "hold.xml", "caller_hangs_up", wav=wav,

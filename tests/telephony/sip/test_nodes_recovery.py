@@ -39,7 +39,7 @@ from switchboard.storage.models import Call
 from switchboard.storage.repository import AnalysisRepository, CallRepository
 from tests.analytics.test_worker import wait_for
 from tests.support.audio_tools import piper_speech, silence, write_wav
-from tests.support.dialog_fixtures import TEST_API_TOKEN
+from tests.support.dialog_fixtures import shared_dialog
 from tests.telephony.sip.peers import Baresip, options
 from tests.telephony.sip.test_sip_calls import GREETING_MS, RATE, audio
 from tests.telephony.webrtc.test_softphone import (
@@ -97,9 +97,7 @@ def nodes_behind_front(tmp_path: Path, database_url: str, rasa_server: object,
             nodes[name] = stack.enter_context(running_node(
                 data_dir, database_url,
                 SWITCHBOARD_DATA_DIR=str(data_dir), SWITCHBOARD_NODE_ID=name,
-                SWITCHBOARD_REDIS_URL=redis.url, SWITCHBOARD_RASA_MANAGED="false",
-                SWITCHBOARD_RASA_URL=rasa_server.url,  # type: ignore[attr-defined]
-                SWITCHBOARD_RASA_API_TOKEN=TEST_API_TOKEN,
+                SWITCHBOARD_REDIS_URL=redis.url, **shared_dialog(rasa_server),
                 SWITCHBOARD_WEB_PORT=str(web_ports[name]),
                 SWITCHBOARD_WEBRTC_ICE_ADDRESSES="127.0.0.1",
                 SWITCHBOARD_DRAIN_TIMEOUT_S="150",  # the drained call lasts a minute

@@ -24,6 +24,7 @@ from switchboard.storage.repository import CallRepository
 from telephony.kamailio import kamailio_executable
 from tests.analytics.test_worker import wait_for
 from tests.support.audio_tools import write_wav
+from tests.support.dialog_fixtures import shared_dialog
 from tests.telephony.sip.peers import Baresip, invite, options, run_sipp, sip_request, ulaw_wav
 from tests.telephony.sip.scenarios import write_scenario
 from tests.telephony.sip.test_sip_calls import RATE, audio, stored_call
@@ -191,11 +192,12 @@ def test_a_refused_registration_is_reported_and_retried(
 
 
 def test_kamailio_in_front_authenticates_the_trunk(
-    database_url: str, calls: CallRepository, tmp_path: Path
+    database_url: str, rasa_server: object, calls: CallRepository, tmp_path: Path
 ) -> None:
     """With several workers Kamailio asks for the credentials (407) instead of the
     workers; the right password gets a call, a wrong one none."""
     with running_node(tmp_path / "node", database_url, "--sip-workers", "2",
+                      **shared_dialog(rasa_server),
                       SWITCHBOARD_SIP_WORKER_BASE_PORT=str(free_udp_port(4)),
                       SWITCHBOARD_SIP_AUTH_USERNAME=TRUNK_USER,
                       SWITCHBOARD_SIP_AUTH_PASSWORD=TRUNK_PASSWORD) as node:

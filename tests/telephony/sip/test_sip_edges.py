@@ -28,7 +28,6 @@ from switchboard.bench.local_cluster import free_udp_port
 from switchboard.conversation.pipeline import CallResult
 from switchboard.storage.models import Call
 from switchboard.storage.repository import CallRepository
-from telephony.sip import worker as worker_module
 from telephony.sip.call import CallLeg
 from telephony.sip.worker import SipWorker
 from tests.support.audio_tools import silence, write_wav
@@ -51,8 +50,9 @@ LISTEN_S = 9.0
 """How long the callee listens (the greeting) before it hangs up."""
 CALL_EXIT_TIMEOUT_S = 30.0
 """How long ``switchboard call`` may take to exit once the callee hung up."""
-UNANSWERED_TIMEOUT_S = 150.0
-"""Model loading, then the INVITE's transaction timeout (Timer B, 32 s) or the ring limit."""
+RING_TIMEOUT_S = 4
+UNANSWERED_TIMEOUT_S = 120.0
+"""Model loading, then the ring limit (``--ring-timeout``)."""
 RTP_TIMEOUT_S = 3.0
 STORED_TIMEOUT_S = 30.0
 
@@ -141,12 +141,14 @@ def test_call_command_talks_to_an_answering_phone_and_exits_0(
 def test_call_command_to_a_silent_port_fails_with_one_clear_line(
     rasa_server: object, database_url: str, tmp_path: Path
 ) -> None:
-    """Nothing listens on the port: the command gives up (no answer) and says so."""
+    """Nothing listens on the port: the command gives up once the call has rung for
+    ``--ring-timeout`` seconds, and says so."""
     rasa_url: str = rasa_server.url  # type: ignore[attr-defined]
     uri = f"sip:nobody@127.0.0.1:{free_udp_port()}"
     started = time.monotonic()
     proc = subprocess.Popen(
-        call_command(uri, rasa_url), cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL,
+        [*call_command(uri, rasa_url), "--ring-timeout", str(RING_TIMEOUT_S)],
+        cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=env_for(tmp_path, rasa_url, database_url),
     )
@@ -166,7 +168,7 @@ def test_call_command_to_a_silent_port_fails_with_one_clear_line(
     assert "Traceback" not in err, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
-    assert uri in errors[0] and "did not answer" in errors[0], errors[0]
+    assert errors[0] == f"error: {uri} did not answer within {RING_TIMEOUT_S} s", errors[0]
     assert "ended:" not in out
 
 
@@ -314,9 +316,9 @@ async def test_an_outbound_call_answered_at_once_is_not_missed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The CONFIRMED event of an outbound call may reach the loop before the call's session
-    exists; it must not be dropped (the call would wait ANSWER_WAIT_S, then fail)."""
-    monkeypatch.setattr(worker_module, "ANSWER_WAIT_S", 2.0)
-    worker = SipWorker(SimpleNamespace(settings=None))  # type: ignore[arg-type]
+    exists; it must not be dropped (the call would ring out, then fail)."""
+    ringing = SimpleNamespace(sip_ring_timeout_s=2.0)
+    worker = SipWorker(SimpleNamespace(settings=ringing))  # type: ignore[arg-type]
     worker._loop = asyncio.get_running_loop()
     worker._endpoint = _AnswerAtOnce(worker)  # type: ignore[assignment]
 

@@ -15,6 +15,7 @@ import pytest
 
 from switchboard.bench.local_cluster import free_udp_port, running_node
 from switchboard.storage.repository import CallRepository
+from tests.support.dialog_fixtures import shared_dialog
 from tests.telephony.sip.peers import run_sipp, sipp_command, stop_process, ulaw_wav
 from tests.telephony.sip.scenarios import write_scenario
 from tests.telephony.sip.test_sip_calls import audio, stored_call
@@ -142,10 +143,10 @@ def test_a_flood_from_one_address_leaves_a_lone_worker_to_other_callers(
 
 
 def test_kamailio_drops_a_flood_and_the_node_answers_other_callers(
-    database_url: str, calls: CallRepository, tmp_path: Path
+    database_url: str, rasa_server: object, calls: CallRepository, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "node"
-    with running_node(data_dir, database_url, "--sip-workers", "2",
+    with running_node(data_dir, database_url, "--sip-workers", "2", **shared_dialog(rasa_server),
                       SWITCHBOARD_DATA_DIR=str(data_dir),
                       SWITCHBOARD_SIP_WORKER_BASE_PORT=str(free_udp_port(4))) as node:
         quiet = ulaw_wav(tmp_path / "silence.wav", audio([1000]))

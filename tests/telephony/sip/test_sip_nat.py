@@ -16,6 +16,7 @@ import soundfile
 
 from switchboard.bench.local_cluster import free_udp_port, running_node
 from switchboard.storage.repository import CallRepository
+from tests.support.dialog_fixtures import shared_dialog
 from tests.telephony.sip.raw_caller import RawCaller, header, ulaw_to_linear
 from tests.telephony.sip.test_sip_calls import stored_call
 from tests.telephony.sip.workers import Worker, worker_process
@@ -61,13 +62,14 @@ def test_a_caller_behind_nat_hears_the_bot_and_sees_the_public_address(
 
 
 def test_a_node_with_kamailio_behind_nat_advertises_the_public_address(
-    database_url: str, calls: CallRepository, tmp_path: Path
+    database_url: str, rasa_server: object, calls: CallRepository, tmp_path: Path
 ) -> None:
     """`switchboard run --sip-workers 2` behind NAT: Kamailio advertises the public address
     to the caller (Record-Route) and reaches its workers from a socket of their own; the
     worker's SDP carries the public address; the caller behind its own NAT hears the bot
     and hangs up through Kamailio."""
     with running_node(tmp_path / "node", database_url, "--sip-workers", "2",
+                      **shared_dialog(rasa_server),
                       SWITCHBOARD_DATA_DIR=str(tmp_path / "node"),
                       SWITCHBOARD_SIP_WORKER_BASE_PORT=str(free_udp_port(4)),
                       SWITCHBOARD_SIP_PUBLIC_ADDRESS=PUBLIC) as node:

@@ -17,6 +17,7 @@ from switchboard.bench.local_cluster import free_udp_port, running_node
 from switchboard.storage.repository import CallRepository
 from tests.support.audio_tools import piper_speech, write_wav
 from tests.support.certs import ServerCertificate, make_certificate
+from tests.support.dialog_fixtures import shared_dialog
 from tests.telephony.sip.peers import Baresip, invite, sip_request
 from tests.telephony.sip.test_sip_calls import (
     GREETING_MS,
@@ -109,8 +110,8 @@ def test_a_plain_rtp_offer_over_udp_gets_488(tls_worker: tuple[Worker, int]) -> 
 
 
 def test_kamailio_ends_tls_and_the_workers_carry_srtp(
-    database_url: str, certificate: ServerCertificate, tts: PiperTTS, stt: WhisperSTT,
-    calls: CallRepository, tmp_path: Path,
+    database_url: str, rasa_server: object, certificate: ServerCertificate, tts: PiperTTS,
+    stt: WhisperSTT, calls: CallRepository, tmp_path: Path,
 ) -> None:
     """`switchboard run --sip-workers 2`: callers reach Kamailio over TLS (the workers
     behind it over UDP on loopback), the SDP's SRTP keys go through to the worker, and
@@ -120,6 +121,7 @@ def test_kamailio_ends_tls_and_the_workers_carry_srtp(
     write_wav(wav, audio([GREETING_MS, piper_speech(tts, "I'd like to check my order.", RATE),
                           12000]), RATE)
     with running_node(tmp_path / "node", database_url, "--sip-workers", "2",
+                      **shared_dialog(rasa_server),
                       SWITCHBOARD_SIP_WORKER_BASE_PORT=str(free_udp_port(4)),
                       SWITCHBOARD_SIP_TRANSPORTS="udp,tls",
                       SWITCHBOARD_SIP_TLS_PORT=str(tls_port),

@@ -16,6 +16,7 @@ from switchboard.base.processes import descendants
 from switchboard.bench.local_cluster import free_udp_port, running_node
 from switchboard.storage.repository import AnalysisRepository, CallRepository
 from tests.integration.test_node import command_line
+from tests.support.dialog_fixtures import shared_dialog
 from tests.telephony.sip.peers import options, sipp_command, stop_process, ulaw_wav
 from tests.telephony.sip.scenarios import write_scenario
 from tests.telephony.sip.test_sip_calls import audio
@@ -34,10 +35,11 @@ def wait_for(check: object, timeout: float, what: str, log_path: Path) -> object
 
 
 def test_a_dead_worker_is_restarted_and_its_call_ended(
-    database_url: str, calls: CallRepository, sessions: sessionmaker[Session], tmp_path: Path
+    database_url: str, rasa_server: object, calls: CallRepository,
+    sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     caller: subprocess.Popen[bytes] | None = None
-    with running_node(tmp_path, database_url) as node:
+    with running_node(tmp_path, database_url, **shared_dialog(rasa_server)) as node:
         try:
             wav = ulaw_wav(tmp_path / "quiet.wav", audio([20000]))
             scenario = write_scenario(tmp_path / "long.xml", "caller_hangs_up", wav=wav,
