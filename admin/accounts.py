@@ -240,20 +240,25 @@ class AccountRepository:
             session.commit()
 
     # --- sign-in and the failed-login limit ---------------------------------------------
-    def _locked_for(self, session: Session, key: str, ip: str | None) -> float:
-        """Seconds until sign-in opens again for ``key``/``ip``, counting the attempt just
-        recorded: more than the limit of attempts in the window means locked."""
+    def _locked_for(self, session: Session, attempt: LoginFailure) -> float:
+        """Seconds until sign-in opens again for the attempt's name/address: locked when
+        the limit of attempts in the window was reached *before* this one was recorded.
+        Counting only earlier attempts (by id), the first ones of a parallel burst are
+        checked and stay as failures, the later ones are refused; counting every attempt,
+        all of a burst would see the others, be refused and remove themselves, leaving no
+        lock behind."""
         now = utcnow()
         since = now - self.failure_window
-        checks = [(LoginFailure.username == key, self.max_failures)]
-        if ip:
-            checks.append((LoginFailure.ip == ip, self.max_failures * IP_FAILURE_FACTOR))
+        checks = [(LoginFailure.username == attempt.username, self.max_failures)]
+        if attempt.ip:
+            checks.append((LoginFailure.ip == attempt.ip, self.max_failures * IP_FAILURE_FACTOR))
         for condition, limit in checks:
             times = list(session.scalars(
-                select(LoginFailure.at).where(condition, LoginFailure.at >= since)
-                .order_by(LoginFailure.at.desc()).limit(limit + 1)))
-            if len(times) > limit:
-                oldest = times[-1]
+                select(LoginFailure.at)
+                .where(condition, LoginFailure.at >= since, LoginFailure.id < attempt.id)
+                .order_by(LoginFailure.id.desc()).limit(limit)))
+            if len(times) >= limit:
+                oldest = min(times)
                 return max(1.0, (oldest + self.failure_window - now).total_seconds())
         return 0.0
 
@@ -270,7 +275,7 @@ class AccountRepository:
             attempt = LoginFailure(username=key, ip=ip)
             session.add(attempt)
             session.commit()
-            locked = self._locked_for(session, key, ip)
+            locked = self._locked_for(session, attempt)
             if locked:
                 session.delete(attempt)  # a refused attempt does not extend the lock
                 session.commit()
