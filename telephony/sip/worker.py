@@ -42,7 +42,6 @@ TRANSFER_WAIT_S = 10.0
 """How long a transfer may take (REFER accepted, final NOTIFY) before the call is hung up."""
 HANGUP_WAIT_S = 5.0
 """How long to wait for a hung-up call to be disconnected."""
-"""How long an outbound call may ring."""
 SHUTDOWN_WAIT_S = 5.0
 """How long shutdown waits for the calls' pipelines to store their ends."""
 START_WAIT_S = 20.0
